@@ -1,0 +1,377 @@
+//! The iptables backend: Istio's restore text, applied with `iptables-restore --noflush` and
+//! `ip6tables-restore --noflush` of the legacy or nft variant, read back with `iptables-save`.
+
+pub mod spell;
+
+use super::{Applied, BackendError, Firewall, Ruleset, routing};
+use crate::config::IptablesVariant;
+use crate::plan::{Family, FamilyPlan, Plan, Table};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// How the iptables backend applies a plan.
+#[derive(Clone, Debug)]
+pub struct IptablesBackend {
+    /// `None`: pick as Istio does (legacy when it already holds rules, else nft).
+    pub variant: Option<IptablesVariant>,
+    /// Replace rules of another configuration instead of refusing.
+    pub reconcile: bool,
+    /// Apply even when the rules are in place.
+    pub force_apply: bool,
+}
+
+fn family_prefix(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    }
+}
+
+fn variant_suffix(variant: IptablesVariant) -> &'static str {
+    match variant {
+        IptablesVariant::Legacy => "legacy",
+        IptablesVariant::Nft => "nft",
+    }
+}
+
+/// The program name of a tool (`restore` or `save`) for a family and variant.
+pub fn program(family: Family, variant: IptablesVariant, tool: &str) -> String {
+    format!(
+        "{}-{}-{tool}",
+        family_prefix(family),
+        variant_suffix(variant)
+    )
+}
+
+/// Runs a program, feeding `stdin`, and returns its standard output.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BackendError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BackendError::Spawn {
+            program: program.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| BackendError::Spawn {
+                program: program.to_owned(),
+                reason: format!("writing its input: {e}"),
+            })?;
+    }
+    let out = child.wait_with_output().map_err(|e| BackendError::Spawn {
+        program: program.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(BackendError::Command {
+            program: format!("{program} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Rules and chains of an `iptables-save` text, per table.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SavedTables {
+    /// (table, chain) → rules (`-A CHAIN …`) in order; every chain of the text is present.
+    pub chains: Vec<((String, String), Vec<String>)>,
+}
+
+impl SavedTables {
+    pub fn parse(text: &str) -> SavedTables {
+        let mut saved = SavedTables::default();
+        let mut table = String::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('*') {
+                table = name.trim().to_owned();
+            } else if let Some(rest) = line.strip_prefix(':') {
+                let chain = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                saved.chain_mut(&table, &chain);
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let chain = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                saved.chain_mut(&table, &chain).push(line.to_owned());
+            }
+        }
+        saved
+    }
+
+    fn chain_mut(&mut self, table: &str, chain: &str) -> &mut Vec<String> {
+        let key = (table.to_owned(), chain.to_owned());
+        if let Some(i) = self.chains.iter().position(|(k, _)| *k == key) {
+            return &mut self.chains[i].1;
+        }
+        self.chains.push((key, Vec::new()));
+        &mut self.chains.last_mut().expect("pushed").1
+    }
+
+    /// Whether any chain of Istio's (or meshcap's) exists.
+    pub fn has_istio_chains(&self) -> bool {
+        self.chains
+            .iter()
+            .any(|((_, chain), _)| is_istio_chain(chain))
+    }
+}
+
+/// Istio's chains all start with `ISTIO_`.
+pub fn is_istio_chain(name: &str) -> bool {
+    name.starts_with("ISTIO_")
+}
+
+fn jumps_to_istio(rule: &str) -> bool {
+    rule.split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0] == "-j" && is_istio_chain(w[1]))
+}
+
+fn family_label(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
+
+fn gid_of(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+/// The plan of one family in `iptables-save` spelling.
+fn expected_family(plan: &FamilyPlan) -> Ruleset {
+    let mut ruleset = Ruleset::default();
+    for table in plan.tables() {
+        for chain in plan.chains_with_rules(table) {
+            let rules = plan
+                .chain_rules(table, chain)
+                .into_iter()
+                .map(|(rule, _)| spell::saved_rule(chain, rule, plan.family, &gid_of))
+                .collect();
+            let key = format!(
+                "{} {} {}",
+                family_label(plan.family),
+                spell::table_name(table),
+                spell::chain_name(chain)
+            );
+            ruleset.chains.insert(key, rules);
+        }
+    }
+    ruleset
+}
+
+/// The part of a saved family that is meshcap's: every ISTIO_ chain, and in the built-in chains
+/// the rules that jump to one or that the plan would add (exclusions on interfaces, marks).
+fn ours(saved: &SavedTables, family: Family, expected: &Ruleset) -> Ruleset {
+    let mut ruleset = Ruleset::default();
+    for ((table, chain), rules) in &saved.chains {
+        let key = format!("{} {table} {chain}", family_label(family));
+        let planned = expected.chains.get(&key);
+        let rules: Vec<String> = if is_istio_chain(chain) {
+            rules.clone()
+        } else {
+            rules
+                .iter()
+                .filter(|r| jumps_to_istio(r) || planned.is_some_and(|p| p.contains(r)))
+                .cloned()
+                .collect()
+        };
+        if !rules.is_empty() || is_istio_chain(chain) {
+            ruleset.chains.insert(key, rules);
+        }
+    }
+    ruleset
+}
+
+/// A restore script (for `--noflush`) that deletes meshcap's rules from the built-in chains and
+/// removes every ISTIO_ chain of the saved state.
+fn cleanup_text(saved: &SavedTables, ours: &Ruleset, family: Family) -> String {
+    let mut out = String::new();
+    for table in Table::ALL.map(spell::table_name) {
+        let chains: Vec<_> = saved
+            .chains
+            .iter()
+            .filter(|((t, _), _)| t == table)
+            .collect();
+        let mut lines = Vec::new();
+        for ((_, chain), rules) in &chains {
+            if is_istio_chain(chain) {
+                continue;
+            }
+            let key = format!("{} {table} {chain}", family_label(family));
+            let mine = ours.chains.get(&key);
+            for rule in rules.iter().filter(|r| mine.is_some_and(|m| m.contains(r))) {
+                lines.push(format!("-D{}", &rule[2..]));
+            }
+        }
+        let istio: Vec<&String> = chains
+            .iter()
+            .map(|((_, c), _)| c)
+            .filter(|c| is_istio_chain(c))
+            .collect();
+        lines.extend(istio.iter().map(|c| format!("-F {c}")));
+        lines.extend(istio.iter().map(|c| format!("-X {c}")));
+        if !lines.is_empty() {
+            out.push_str(&format!("*{table}\n{}\nCOMMIT\n", lines.join("\n")));
+        }
+    }
+    out
+}
+
+impl IptablesBackend {
+    /// The variant to use, decided as Istio does: the forced one; else legacy when
+    /// iptables-legacy already holds rules (the node's tooling uses it), else nft.
+    pub fn variant(&self) -> IptablesVariant {
+        if let Some(v) = self.variant {
+            return v;
+        }
+        let legacy_has_rules = [Family::V4, Family::V6].iter().any(|&f| {
+            run(&program(f, IptablesVariant::Legacy, "save"), &[], None)
+                .map(|text| text.lines().any(|l| l.starts_with("-A ")))
+                .unwrap_or(false)
+        });
+        if legacy_has_rules {
+            IptablesVariant::Legacy
+        } else {
+            IptablesVariant::Nft
+        }
+    }
+
+    fn save(&self, family: Family, variant: IptablesVariant) -> Result<SavedTables, BackendError> {
+        Ok(SavedTables::parse(&run(
+            &program(family, variant, "save"),
+            &[],
+            None,
+        )?))
+    }
+
+    fn restore(
+        &self,
+        family: Family,
+        variant: IptablesVariant,
+        text: &str,
+    ) -> Result<(), BackendError> {
+        tracing::debug!(
+            family = family_label(family),
+            "iptables-restore input:\n{text}"
+        );
+        run(
+            &program(family, variant, "restore"),
+            &["--noflush", "--wait"],
+            Some(text),
+        )
+        .map(|_| ())
+    }
+}
+
+impl Firewall for IptablesBackend {
+    fn render(&self, plan: &Plan) -> String {
+        let mut out = String::new();
+        for family in plan.families() {
+            let tool = match family.family {
+                Family::V4 => "iptables-restore",
+                Family::V6 => "ip6tables-restore",
+            };
+            out.push_str(&format!(
+                "# {} rules: input of {tool} --noflush\n",
+                family_label(family.family)
+            ));
+            out.push_str(&spell::restore_text(family));
+        }
+        out
+    }
+
+    fn apply(&self, plan: &Plan) -> Result<Applied, BackendError> {
+        let variant = self.variant();
+        let mut outcome = Applied::Installed;
+        let mut scripts = Vec::new();
+        for family in plan.families() {
+            let saved = self.save(family.family, variant)?;
+            let mine = ours(&saved, family.family, &expected_family(family));
+            let in_place = mine.diff(&expected_family(family)).is_empty();
+            let script = if !saved.has_istio_chains() {
+                spell::restore_text(family)
+            } else if in_place && !self.force_apply {
+                outcome = Applied::AlreadyInPlace;
+                continue;
+            } else if self.reconcile || self.force_apply {
+                // One restore per family: the old rules go and the new come in one commit per table.
+                outcome = Applied::Replaced;
+                format!(
+                    "{}{}",
+                    cleanup_text(&saved, &mine, family.family),
+                    spell::restore_text(family)
+                )
+            } else {
+                return Err(BackendError::Conflict(format!(
+                    "{} already holds Istio/meshcap chains of another configuration; \
+                     run with --reconcile to replace them or --cleanup-only to remove them",
+                    program(family.family, variant, "save")
+                )));
+            };
+            scripts.push((family.family, script));
+        }
+        for (family, script) in &scripts {
+            self.restore(*family, variant, script)?;
+        }
+        routing::apply(&plan.routing)?;
+        Ok(outcome)
+    }
+
+    fn read_back(&self, plan: &Plan) -> Result<Ruleset, BackendError> {
+        let variant = self.variant();
+        let mut all = Ruleset::default();
+        for family in plan.families() {
+            let saved = self.save(family.family, variant)?;
+            all.chains
+                .extend(ours(&saved, family.family, &expected_family(family)).chains);
+        }
+        Ok(all)
+    }
+
+    fn expected(&self, plan: &Plan) -> Ruleset {
+        let mut all = Ruleset::default();
+        for family in plan.families() {
+            all.chains.extend(expected_family(family).chains);
+        }
+        all
+    }
+
+    fn clean(&self, plan: &Plan) -> Result<(), BackendError> {
+        let variant = self.variant();
+        for family in [Family::V4, Family::V6] {
+            let saved = match self.save(family, variant) {
+                Ok(saved) => saved,
+                // No ip6tables on the node: nothing of ours can be there.
+                Err(BackendError::Spawn { .. }) if family == Family::V6 => continue,
+                Err(e) => return Err(e),
+            };
+            let fam_plan = plan.families().find(|f| f.family == family);
+            let expected = fam_plan.map(expected_family).unwrap_or_default();
+            let script = cleanup_text(&saved, &ours(&saved, family, &expected), family);
+            if !script.is_empty() {
+                self.restore(family, variant, &script)?;
+            }
+        }
+        routing::clean(&plan.routing)
+    }
+}

@@ -1,0 +1,10 @@
+//! meshcap: installs the netfilter rules that send a pod's TCP traffic through its sidecar proxy.
+//!
+//! The flow runs one way: [`cli`] (raw flags and environment) → [`config`] (validated, typed) →
+//! [`plan`] (which rules exist, backend-neutral, pure) → a [`backend`] (how they are spelled and
+//! applied).
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod plan;
