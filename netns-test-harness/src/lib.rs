@@ -1,1 +1,167 @@
-pub fn placeholder() {}
+//! Throwaway network namespaces for meshcap's integration tests.
+//!
+//! [`Netns::new`] creates a uniquely named namespace (`meshcap-…`) with `lo` up; dropping it
+//! deletes the namespace and kills what runs in it, also when the test panics. Namespaces left
+//! behind by a crashed run (their creating process is gone) are removed by the next
+//! [`Netns::new`].
+//!
+//! Tests that need root call [`require_root`] first: without root it prints why the test is
+//! skipped and returns `false`; with `MESHCAP_REQUIRE_NETNS=1` it panics instead, so CI cannot
+//! pass by skipping.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Prefix of every namespace the harness creates.
+pub const PREFIX: &str = "meshcap-";
+
+/// Whether the test may run: true as root. Otherwise prints a skip reason and returns false, or
+/// panics when `MESHCAP_REQUIRE_NETNS=1`.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let reason = format!("{test}: skipped: needs root to create network namespaces");
+    if std::env::var("MESHCAP_REQUIRE_NETNS").as_deref() == Ok("1") {
+        panic!("{reason} (MESHCAP_REQUIRE_NETNS=1 forbids skipping)");
+    }
+    eprintln!("{reason}");
+    false
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that exists until dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `meshcap-<tag>-<pid>-<n>` with `lo` up. Panics on failure (tests only).
+    pub fn new(tag: &str) -> Netns {
+        remove_stale();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // Names must fit IFNAMSIZ-like limits of some tools; keep them short.
+        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let name = format!("{PREFIX}{tag}-{}-{n}", std::process::id());
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name (as `ip netns` knows it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its bind-mount path, usable with setns or meshcap's --network-namespace.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// A command that runs `argv` inside the namespace (via `ip netns exec`).
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(argv);
+        cmd
+    }
+
+    /// Runs `argv` inside the namespace and returns its output, whatever its status.
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        self.command(argv).stdin(Stdio::null()).output().expect("spawn ip netns exec")
+    }
+
+    /// Runs `argv` inside the namespace; panics with its stderr unless it succeeds. Returns stdout.
+    pub fn exec_ok(&self, argv: &[&str]) -> String {
+        run_ok(self.command(argv).stdin(Stdio::null()))
+    }
+
+    /// Runs `argv` inside the namespace with `input` on its standard input; panics on failure.
+    pub fn exec_with_input(&self, argv: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ip netns exec");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+
+    /// Runs `f` on a fresh thread that has entered the namespace, and returns its result.
+    /// The calling thread's namespace is untouched.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = File::open(self.path()).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// `iptables-save` (or another dump command) inside the namespace.
+    pub fn dump(&self, argv: &[&str]) -> String {
+        self.exec_ok(argv)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        delete_namespace(&self.name);
+    }
+}
+
+fn delete_namespace(name: &str) {
+    // Kill what still runs inside, then remove the namespace.
+    let _ = Command::new("ip").args(["netns", "pids", name]).output().map(|out| {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    });
+    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+}
+
+/// Deletes `meshcap-*` namespaces whose creating process (the pid in the name) is gone.
+pub fn remove_stale() {
+    for name in list_namespaces() {
+        let pid = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').nth(1)).and_then(|p| p.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            if !alive {
+                delete_namespace(&name);
+            }
+        }
+    }
+}
+
+/// The names of the `meshcap-*` namespaces that exist now.
+pub fn list_namespaces() -> Vec<String> {
+    match std::fs::read_dir("/var/run/netns") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(PREFIX))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("reading /var/run/netns: {e}"),
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
