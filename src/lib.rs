@@ -8,3 +8,4 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod plan;
+pub mod proxy;

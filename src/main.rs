@@ -17,6 +17,12 @@ fn main() -> ExitCode {
         .without_time()
         .init();
 
+    // Subcommands have their own flags; the installer keeps Istio's flat command line.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "proxy") {
+        return meshcap::proxy::main(args[1..].to_vec());
+    }
+
     let inputs = match Inputs::from_process() {
         Ok(inputs) => inputs,
         Err(e) => e.exit(),

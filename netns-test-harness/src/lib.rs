@@ -47,7 +47,11 @@ impl Netns {
         remove_stale();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Names must fit IFNAMSIZ-like limits of some tools; keep them short.
-        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let tag: String = tag
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
         let name = format!("{PREFIX}{tag}-{}-{n}", std::process::id());
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
@@ -74,7 +78,10 @@ impl Netns {
 
     /// Runs `argv` inside the namespace and returns its output, whatever its status.
     pub fn exec(&self, argv: &[&str]) -> Output {
-        self.command(argv).stdin(Stdio::null()).output().expect("spawn ip netns exec")
+        self.command(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn ip netns exec")
     }
 
     /// Runs `argv` inside the namespace; panics with its stderr unless it succeeds. Returns stdout.
@@ -92,7 +99,12 @@ impl Netns {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ip netns exec");
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
         child.wait_with_output().expect("wait")
     }
 
@@ -108,9 +120,108 @@ impl Netns {
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
+    /// Connects this namespace to `peer` with a veth pair and configures the addresses (CIDR
+    /// notation, e.g. `192.0.2.1/24`, `2001:db8::1/64`) on each end. Returns the interface names
+    /// (here, there). Use only documentation ranges: the namespaces have no other route.
+    pub fn link(&self, peer: &Netns, here: &[&str], there: &[&str]) -> (String, String) {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let (a, b) = (
+            format!("mcv{n}a{}", std::process::id() % 10000),
+            format!("mcv{n}b{}", std::process::id() % 10000),
+        );
+        run_ok(Command::new("ip").args([
+            "link", "add", &a, "netns", &self.name, "type", "veth", "peer", "name", &b, "netns",
+            &peer.name,
+        ]));
+        for (ns, dev, addrs) in [(self, &a, here), (peer, &b, there)] {
+            for addr in addrs {
+                // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
+                let mut argv = vec!["ip", "addr", "add", addr, "dev", dev];
+                if addr.contains(':') {
+                    argv.push("nodad");
+                }
+                ns.exec_ok(&argv);
+            }
+            ns.exec_ok(&["ip", "link", "set", dev, "up"]);
+        }
+        (a, b)
+    }
+
+    /// Starts `argv` inside the namespace in the background as `uid`/`gid` (None: as root).
+    /// The process is killed when the returned guard drops (and with the namespace).
+    pub fn spawn(&self, argv: &[&str], user: Option<(u32, u32)>) -> Process {
+        let mut full: Vec<String> = Vec::new();
+        if let Some((uid, gid)) = user {
+            full.extend(
+                [
+                    "setpriv",
+                    "--reuid",
+                    &uid.to_string(),
+                    "--regid",
+                    &gid.to_string(),
+                    "--clear-groups",
+                ]
+                .map(String::from),
+            );
+        }
+        full.extend(argv.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let child = self
+            .command(&refs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
+        Process { child: Some(child) }
+    }
+
     /// `iptables-save` (or another dump command) inside the namespace.
     pub fn dump(&self, argv: &[&str]) -> String {
         self.exec_ok(argv)
+    }
+}
+
+/// A background process in a namespace; killed on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<std::process::Child>,
+}
+
+impl Process {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal (e.g. SIGTERM) without waiting.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal);
+    }
+
+    /// Waits for the process to exit and returns its output.
+    pub fn wait(mut self) -> Output {
+        self.child
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .expect("wait")
+    }
+
+    /// Kills the process and returns what it printed.
+    pub fn stop(mut self) -> Output {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        child.wait_with_output().expect("wait")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -122,20 +233,32 @@ impl Drop for Netns {
 
 fn delete_namespace(name: &str) {
     // Kill what still runs inside, then remove the namespace.
-    let _ = Command::new("ip").args(["netns", "pids", name]).output().map(|out| {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|out| {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
-        }
-    });
-    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        });
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Deletes `meshcap-*` namespaces whose creating process (the pid in the name) is gone.
 pub fn remove_stale() {
     for name in list_namespaces() {
-        let pid = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').nth(1)).and_then(|p| p.parse::<i32>().ok());
+        let pid = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
         if let Some(pid) = pid {
             let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
             if !alive {
@@ -159,9 +282,15 @@ pub fn list_namespaces() -> Vec<String> {
 }
 
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if !out.status.success() {
-        panic!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
