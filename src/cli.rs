@@ -32,60 +32,60 @@ const RUN: &str = "Run control";
 pub struct Cli {
     // --- Inbound -------------------------------------------------------------------------
     /// Port the proxy's inbound listener captures on.
-    #[arg(short = 'z', long, env = "INBOUND_CAPTURE_PORT", default_value = "15006", help_heading = INBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'z', long, env = "INBOUND_CAPTURE_PORT", default_value = "15006", help_heading = INBOUND)]
     pub inbound_capture_port: String,
 
     /// Inbound tunnel (HBONE) port, never redirected.
-    #[arg(short = 'e', long, env = "INBOUND_TUNNEL_PORT", default_value = "15008", help_heading = INBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'e', long, env = "INBOUND_TUNNEL_PORT", default_value = "15008", help_heading = INBOUND)]
     pub inbound_tunnel_port: String,
 
     /// Inbound interception mode: REDIRECT or TPROXY (any case; empty means REDIRECT).
-    #[arg(short = 'm', long, env = "ISTIO_INBOUND_INTERCEPTION_MODE", default_value = "", hide_default_value = true, help_heading = INBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'm', long, env = "ISTIO_INBOUND_INTERCEPTION_MODE", default_value = "", hide_default_value = true, help_heading = INBOUND)]
     pub istio_inbound_interception_mode: String,
 
     /// Inbound ports to capture: '*' for all, a list, or "" for none [default: ""].
-    #[arg(short = 'b', long, env = "ISTIO_INBOUND_PORTS", default_value = "", hide_default_value = true, help_heading = INBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'b', long, env = "ISTIO_INBOUND_PORTS", default_value = "", hide_default_value = true, help_heading = INBOUND)]
     pub istio_inbound_ports: String,
 
     /// Inbound ports never captured; used only with -b '*'.
-    #[arg(short = 'd', long, env = "ISTIO_LOCAL_EXCLUDE_PORTS", default_value = "", hide_default_value = true, help_heading = INBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'd', long, env = "ISTIO_LOCAL_EXCLUDE_PORTS", default_value = "", hide_default_value = true, help_heading = INBOUND)]
     pub istio_local_exclude_ports: String,
 
     /// Interfaces whose traffic is never captured, inbound or outbound.
-    #[arg(short = 'c', long, env = "ISTIO_EXCLUDE_INTERFACES", default_value = "", hide_default_value = true, help_heading = INBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'c', long, env = "ISTIO_EXCLUDE_INTERFACES", default_value = "", hide_default_value = true, help_heading = INBOUND)]
     pub istio_exclude_interfaces: String,
 
     /// Interfaces (e.g. KubeVirt VM bridges) whose traffic is treated as outbound.
-    #[arg(short = 'k', long, env = "KUBE_VIRT_INTERFACES", default_value = "", hide_default_value = true, help_heading = INBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'k', long, env = "KUBE_VIRT_INTERFACES", default_value = "", hide_default_value = true, help_heading = INBOUND)]
     pub kube_virt_interfaces: String,
 
     // --- Outbound ------------------------------------------------------------------------
     /// Port the proxy's outbound listener captures on.
-    #[arg(short = 'p', long, env = "ENVOY_PORT", default_value = "15001", help_heading = OUTBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'p', long, env = "ENVOY_PORT", default_value = "15001", help_heading = OUTBOUND)]
     pub envoy_port: String,
 
     /// Proxy uid(s), whose traffic is never captured [default: uid of $ENVOY_USER, else 1337].
-    #[arg(short = 'u', long, env = "PROXY_UID", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'u', long, env = "PROXY_UID", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
     pub proxy_uid: String,
 
     /// Proxy gid(s), whose traffic is never captured [default: the uid value].
-    #[arg(short = 'g', long, env = "PROXY_GID", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'g', long, env = "PROXY_GID", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
     pub proxy_gid: String,
 
     /// Outbound CIDRs to capture: '*' for all, a list, or "" for none [default: ""].
-    #[arg(short = 'i', long, env = "ISTIO_SERVICE_CIDR", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'i', long, env = "ISTIO_SERVICE_CIDR", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
     pub istio_service_cidr: String,
 
     /// Outbound CIDRs never captured.
-    #[arg(short = 'x', long, env = "ISTIO_SERVICE_EXCLUDE_CIDR", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'x', long, env = "ISTIO_SERVICE_EXCLUDE_CIDR", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
     pub istio_service_exclude_cidr: String,
 
     /// Outbound TCP ports always captured, whatever the destination.
-    #[arg(short = 'q', long, env = "ISTIO_OUTBOUND_PORTS", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'q', long, env = "ISTIO_OUTBOUND_PORTS", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
     pub istio_outbound_ports: String,
 
     /// Outbound ports (TCP and UDP) never captured.
-    #[arg(short = 'o', long, env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
+    #[arg(allow_hyphen_values = true, short = 'o', long, env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE", default_value = "", hide_default_value = true, help_heading = OUTBOUND)]
     pub istio_local_outbound_ports_exclude: String,
 
     // --- DNS -----------------------------------------------------------------------------
@@ -98,16 +98,16 @@ pub struct Cli {
     pub capture_all_dns: String,
 
     /// DNS servers to capture (IPv4 and IPv6 mixed; "" for none) [default: read /etc/resolv.conf].
-    #[arg(long, env = "MESHCAP_DNS_SERVERS", help_heading = DNS)]
+    #[arg(allow_hyphen_values = true, long, env = "MESHCAP_DNS_SERVERS", help_heading = DNS)]
     pub dns_servers: Option<String>,
 
     // --- TPROXY --------------------------------------------------------------------------
     /// Packet mark of TPROXYed inbound packets.
-    #[arg(short = 't', long, env = "ISTIO_INBOUND_TPROXY_MARK", default_value = "1337", help_heading = TPROXY)]
+    #[arg(allow_hyphen_values = true, short = 't', long, env = "ISTIO_INBOUND_TPROXY_MARK", default_value = "1337", help_heading = TPROXY)]
     pub istio_inbound_tproxy_mark: String,
 
     /// Routing table that delivers marked packets locally.
-    #[arg(short = 'r', long, env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE", default_value = "133", help_heading = TPROXY)]
+    #[arg(allow_hyphen_values = true, short = 'r', long, env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE", default_value = "133", help_heading = TPROXY)]
     pub istio_inbound_tproxy_route_table: String,
 
     // --- Run control ---------------------------------------------------------------------
@@ -116,11 +116,11 @@ pub struct Cli {
     pub dry_run: String,
 
     /// IPv6 rules: on, off, or auto (on when the pod has a global IPv6 address, as Istio decides).
-    #[arg(long, env = "MESHCAP_IPV6", default_value = "auto", help_heading = RUN)]
+    #[arg(allow_hyphen_values = true, long, env = "MESHCAP_IPV6", default_value = "auto", help_heading = RUN)]
     pub ipv6: String,
 
     /// Backend: iptables (iptables-restore) or nftables (native netlink).
-    #[arg(long, env = "MESHCAP_BACKEND", default_value = "iptables", help_heading = RUN)]
+    #[arg(allow_hyphen_values = true, long, env = "MESHCAP_BACKEND", default_value = "iptables", help_heading = RUN)]
     pub backend: String,
 
     /// Same as --backend nftables.
@@ -128,7 +128,7 @@ pub struct Cli {
     pub native_nftables: String,
 
     /// Use this iptables variant: legacy or nft [default: legacy if it holds rules, else nft].
-    #[arg(long, env = "FORCE_IPTABLES_BINARY", help_heading = RUN)]
+    #[arg(allow_hyphen_values = true, long, env = "FORCE_IPTABLES_BINARY", help_heading = RUN)]
     pub force_iptables_binary: Option<String>,
 
     /// Drop packets conntrack finds INVALID instead of letting them reset connections
@@ -141,11 +141,11 @@ pub struct Cli {
     pub dual_stack: String,
 
     /// Port the validation probe uses.
-    #[arg(long, env = "IPTABLES_PROBE_PORT", default_value = "15002", help_heading = RUN)]
+    #[arg(allow_hyphen_values = true, long, env = "IPTABLES_PROBE_PORT", default_value = "15002", help_heading = RUN)]
     pub iptables_probe_port: String,
 
     /// How long the validation probe waits (e.g. 5s, 500ms).
-    #[arg(long, env = "PROBE_TIMEOUT", default_value = "5s", help_heading = RUN)]
+    #[arg(allow_hyphen_values = true, long, env = "PROBE_TIMEOUT", default_value = "5s", help_heading = RUN)]
     pub probe_timeout: String,
 
     /// Build and validate, but do not apply rules.
@@ -157,7 +157,7 @@ pub struct Cli {
     pub run_validation: String,
 
     /// Network namespace (a path such as /var/run/netns/NAME) to apply the rules in.
-    #[arg(long, env = "NETWORK_NAMESPACE", help_heading = RUN)]
+    #[arg(allow_hyphen_values = true, long, env = "NETWORK_NAMESPACE", help_heading = RUN)]
     pub network_namespace: Option<String>,
 
     /// When rules of another configuration are present, remove them and apply these.

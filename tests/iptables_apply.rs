@@ -6,8 +6,9 @@ use netns_test_harness::{Netns, require_root};
 use std::process::Output;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
-const DEFAULT_ISTIO_INIT: [&str; 14] =
-    ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*"];
+const DEFAULT_ISTIO_INIT: [&str; 14] = [
+    "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
+];
 
 fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
     let mut argv = vec![MESHCAP];
@@ -18,19 +19,31 @@ fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "meshcap failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "meshcap failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The `-A` lines of iptables-save, normalised for comparison.
 fn saved_rules(ns: &Netns, save: &str) -> Vec<String> {
-    ns.dump(&[save]).lines().filter(|l| l.starts_with("-A ")).map(str::to_owned).collect()
+    ns.dump(&[save])
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn applied_rules_equal_plan(variant: &str) {
     let ns = Netns::new(&format!("ipt{variant}"));
     let save = format!("iptables-{variant}-save");
-    let stderr = ok(&meshcap(&ns, &["--ipv6", "off", "--force-iptables-binary", variant]));
+    let stderr = ok(&meshcap(
+        &ns,
+        &["--ipv6", "off", "--force-iptables-binary", variant],
+    ));
     assert!(stderr.contains("rules installed"), "{stderr}");
 
     let got = saved_rules(&ns, &save);
@@ -55,22 +68,47 @@ fn applied_rules_equal_plan(variant: &str) {
         "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
         "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
     ] {
-        assert!(got.iter().any(|l| l == want), "{variant}: missing {want:?} in\n{}", got.join("\n"));
+        assert!(
+            got.iter().any(|l| l == want),
+            "{variant}: missing {want:?} in\n{}",
+            got.join("\n")
+        );
     }
-    assert_eq!(got.len(), 18, "{variant}: unexpected rules:\n{}", got.join("\n"));
+    assert_eq!(
+        got.len(),
+        18,
+        "{variant}: unexpected rules:\n{}",
+        got.join("\n")
+    );
 
     // The other variant holds nothing: the rules went where they were sent.
     let other = if variant == "nft" { "legacy" } else { "nft" };
     assert!(saved_rules(&ns, &format!("iptables-{other}-save")).is_empty());
 
     // Same config again: a successful no-op, no duplicates.
-    let stderr = ok(&meshcap(&ns, &["--ipv6", "off", "--force-iptables-binary", variant]));
+    let stderr = ok(&meshcap(
+        &ns,
+        &["--ipv6", "off", "--force-iptables-binary", variant],
+    ));
     assert!(stderr.contains("already in place"), "{stderr}");
     assert_eq!(saved_rules(&ns, &save), got);
 
     // Cleanup leaves nothing of ours.
-    ok(&meshcap(&ns, &["--ipv6", "off", "--force-iptables-binary", variant, "--cleanup-only"]));
-    assert!(saved_rules(&ns, &save).is_empty(), "{}", saved_rules(&ns, &save).join("\n"));
+    ok(&meshcap(
+        &ns,
+        &[
+            "--ipv6",
+            "off",
+            "--force-iptables-binary",
+            variant,
+            "--cleanup-only",
+        ],
+    ));
+    assert!(
+        saved_rules(&ns, &save).is_empty(),
+        "{}",
+        saved_rules(&ns, &save).join("\n")
+    );
     assert!(!ns.dump(&[&save]).contains("ISTIO_"));
 }
 

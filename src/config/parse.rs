@@ -459,13 +459,17 @@ impl Config {
             _ => return Err(invalid(&ipv6_raw, "expected on, off or auto")),
         };
 
+        // Validated even when DNS capture is off: a bad value is never silently accepted.
+        let dns_flag = opt("dns_servers")
+            .map(|raw| dns_servers_list(&raw))
+            .transpose()?;
         let dns = if !redirect_dns {
             None
         } else if capture_all_dns {
             Some(DnsCapture::All)
         } else {
-            let (v4, v6) = match opt("dns_servers") {
-                Some(raw) => dns_servers_list(&raw)?,
+            let (v4, v6) = match dns_flag {
+                Some(servers) => servers,
                 None => {
                     let servers =
                         host.resolv_conf_nameservers()

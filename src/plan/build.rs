@@ -173,18 +173,16 @@ impl<'a> Builder<'a> {
     fn push(
         &mut self,
         families: Families,
-        table: Table,
-        chain: Chain,
+        (table, chain): (Table, Chain),
         position: Position,
-        matches: Vec<Match>,
-        target: Target,
+        rule: Rule,
         group: Option<ListGroup>,
     ) {
         let op = RuleOp {
             table,
             chain,
             position,
-            rule: Rule { matches, target },
+            rule,
             group,
         };
         match families {
@@ -201,11 +199,9 @@ impl<'a> Builder<'a> {
     fn append(&mut self, table: Table, chain: Chain, matches: Vec<Match>, target: Target) {
         self.push(
             Families::Both,
-            table,
-            chain,
+            (table, chain),
             Position::Append,
-            matches,
-            target,
+            Rule { matches, target },
             None,
         );
     }
@@ -222,11 +218,9 @@ impl<'a> Builder<'a> {
     ) {
         self.push(
             families,
-            table,
-            chain,
+            (table, chain),
             Position::Append,
-            matches,
-            target,
+            Rule { matches, target },
             Some(group),
         );
     }
@@ -241,11 +235,9 @@ impl<'a> Builder<'a> {
     ) {
         self.push(
             Families::Only(family),
-            table,
-            chain,
+            (table, chain),
             Position::Append,
-            matches,
-            target,
+            Rule { matches, target },
             None,
         );
     }
@@ -261,11 +253,9 @@ impl<'a> Builder<'a> {
     ) {
         self.push(
             families,
-            table,
-            chain,
+            (table, chain),
             Position::Insert(index),
-            matches,
-            target,
+            Rule { matches, target },
             None,
         );
     }

@@ -333,3 +333,6 @@ impl Plan {
         std::iter::once(&self.v4).chain(self.v6.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests;
