@@ -1,0 +1,25 @@
+# The two commands of the README:
+#   make run    installs what is missing, builds, prints Istio's default rules (--dry-run)
+#   make test   installs what is missing, then formatting, clippy and the whole test suite
+# and `make bench` for the benchmark report.
+
+ISTIO_DEFAULT = -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020
+
+.PHONY: run setup build test bench
+
+run: build
+	./target/release/meshcap $(ISTIO_DEFAULT) --ipv6 off --dry-run
+
+setup:
+	./scripts/setup.sh
+
+build: setup
+	cargo build --release --locked
+
+test: setup
+	cargo fmt --all --check
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo test --locked --workspace
+
+bench: build
+	./scripts/bench.sh

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what meshcap needs to build, run and test on Debian, when it is missing:
+# iptables (legacy and nft variants), nftables, libnftnl-dev, libmnl-dev, pkg-config,
+# iproute2 (ip netns), util-linux (setpriv), socat (the proxy benchmark's peer).
+# Runs apt-get only when something is missing; needs root then (sudo is used if present).
+set -euo pipefail
+
+packages=(iptables nftables libnftnl-dev libmnl-dev pkg-config iproute2 util-linux socat gcc)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq </dev/null
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+fi
+
+for tool in cargo rustfmt cargo-clippy; do
+    command -v "$tool" >/dev/null || { echo "setup: $tool not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+done
