@@ -125,3 +125,91 @@ fn default_config_through_iptables_legacy() {
         applied_rules_equal_plan("legacy");
     }
 }
+
+/// A directory whose only programs are links to the iptables-nft tools but ip6tables-nft-restore:
+/// the state can be read and the IPv4 restore works, the IPv6 one cannot start.
+fn path_without_ip6tables() -> tempdir::Dir {
+    let dir = tempdir::Dir::new("meshcap-noip6t");
+    for tool in [
+        "iptables-nft-restore",
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+        "iptables-legacy-save",
+    ] {
+        let target = format!("/usr/sbin/{tool}");
+        std::os::unix::fs::symlink(&target, dir.path().join(tool)).expect("symlink");
+    }
+    dir
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop.
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!(
+                "{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("mkdir");
+            Dir(path)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// When IPv6 cannot be applied after IPv4 was, meshcap puts the IPv4 rules back as they were and
+/// exits 1 naming the missing program: never half a ruleset.
+#[test]
+fn a_failure_after_ipv4_leaves_no_half_ruleset() {
+    if !require_root("a_failure_after_ipv4_leaves_no_half_ruleset") {
+        return;
+    }
+    let ns = Netns::new("halfapply");
+    let dir = path_without_ip6tables();
+    let run = |extra: &[&str]| {
+        let path = format!("PATH={}", dir.path().display());
+        let mut argv = vec!["env", &path, MESHCAP];
+        argv.extend(DEFAULT_ISTIO_INIT);
+        argv.extend(["--ipv6", "on", "--force-iptables-binary", "nft"]);
+        argv.extend(extra);
+        ns.exec(&argv)
+    };
+
+    // Fresh namespace: nothing may remain.
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ip6tables-nft-restore"),
+        "names the missing program: {stderr}"
+    );
+    assert!(
+        saved_rules(&ns, "iptables-nft-save").is_empty(),
+        "IPv4 rules left behind"
+    );
+
+    // A namespace holding an older configuration keeps exactly it.
+    ok(&meshcap(
+        &ns,
+        &["--ipv6", "off", "--force-iptables-binary", "nft"],
+    ));
+    let before = saved_rules(&ns, "iptables-nft-save");
+    let out = run(&["-b", "8080", "--reconcile"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(saved_rules(&ns, "iptables-nft-save"), before);
+}

@@ -264,6 +264,29 @@ impl IptablesBackend {
         )?))
     }
 
+    /// Restores a family's tables to a saved state: a flushing restore of every table the saved
+    /// text names, and of every table meshcap touched that did not exist then (as empty).
+    fn put_back(
+        &self,
+        family: Family,
+        variant: IptablesVariant,
+        saved: &str,
+    ) -> Result<(), BackendError> {
+        let present = SavedTables::parse(saved);
+        let mut text = saved.to_owned();
+        for table in Table::ALL.map(spell::table_name) {
+            if !present.chains.iter().any(|((t, _), _)| t == table) {
+                text.push_str(&format!("*{table}\nCOMMIT\n"));
+            }
+        }
+        run(
+            &program(family, variant, "restore"),
+            &["--wait"],
+            Some(&text),
+        )
+        .map(|_| ())
+    }
+
     fn restore(
         &self,
         family: Family,
@@ -305,7 +328,8 @@ impl Firewall for IptablesBackend {
         let mut outcome = Applied::Installed;
         let mut scripts = Vec::new();
         for family in plan.families() {
-            let saved = self.save(family.family, variant)?;
+            let text = run(&program(family.family, variant, "save"), &[], None)?;
+            let saved = SavedTables::parse(&text);
             let mine = ours(&saved, family.family, &expected_family(family));
             let in_place = mine.diff(&expected_family(family)).is_empty();
             let script = if !saved.has_istio_chains() {
@@ -328,12 +352,31 @@ impl Firewall for IptablesBackend {
                     program(family.family, variant, "save")
                 )));
             };
-            scripts.push((family.family, script));
+            scripts.push((family.family, script, text));
         }
-        for (family, script) in &scripts {
-            self.restore(*family, variant, script)?;
+        // iptables-restore is atomic per table and family, not across families: when a later
+        // step fails, put back what the earlier ones changed, so that the pod is left with its
+        // old complete ruleset rather than half of the new one.
+        let mut done: Vec<(Family, &str)> = Vec::new();
+        let result = scripts
+            .iter()
+            .try_for_each(|(family, script, before)| {
+                self.restore(*family, variant, script)?;
+                done.push((*family, before));
+                Ok(())
+            })
+            .and_then(|()| routing::apply(&plan.routing));
+        if let Err(e) = result {
+            for (family, before) in done.iter().rev() {
+                if let Err(undo) = self.put_back(*family, variant, before) {
+                    tracing::error!(
+                        "could not restore the previous {} rules: {undo}",
+                        family_label(*family)
+                    );
+                }
+            }
+            return Err(e);
         }
-        routing::apply(&plan.routing)?;
         Ok(outcome)
     }
 
