@@ -9,3 +9,4 @@ pub mod cli;
 pub mod config;
 pub mod plan;
 pub mod proxy;
+pub mod validation;

@@ -31,6 +31,33 @@ pub enum BackendError {
     Conflict(String),
 }
 
+/// Serializes meshcap runs in one network namespace for the duration of the returned guard.
+///
+/// iptables-restore checks `-N` against the state it read, so two runs that read before either
+/// writes would both append their rules (iptables-nft does not take the xtables lock at all).
+/// The lock file is named after the namespace's identity (device and inode of
+/// /proc/self/ns/net), so runs in different pods never wait for each other.
+pub fn namespace_lock() -> Result<nix::fcntl::Flock<std::fs::File>, BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let fail = |what: &str, reason: String| BackendError::Spawn {
+        program: format!("meshcap lock ({what})"),
+        reason,
+    };
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| fail("/proc/self/ns/net", e.to_string()))?;
+    let dir = std::path::Path::new("/run/meshcap");
+    std::fs::create_dir_all(dir).map_err(|e| fail("/run/meshcap", e.to_string()))?;
+    let path = dir.join(format!("netns-{}-{}.lock", ns.dev(), ns.ino()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail(&path.display().to_string(), e.to_string()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| fail(&path.display().to_string(), e.to_string()))
+}
+
 /// What a namespace holds, per chain, in a backend's own spelling: the key names the family,
 /// table and chain (e.g. `ipv4 nat ISTIO_OUTPUT`), the value is the chain's rules in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

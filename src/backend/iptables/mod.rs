@@ -9,6 +9,17 @@ use crate::plan::{Family, FamilyPlan, Plan, Table};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+/// How often apply re-plans when concurrent writers keep changing the state under it.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Why one apply attempt failed.
+enum Failure {
+    /// The restore failed because another writer changed the state after we read it.
+    Raced(BackendError),
+    /// Anything else; earlier steps were rolled back.
+    Failed(BackendError),
+}
+
 /// How the iptables backend applies a plan.
 #[derive(Clone, Debug)]
 pub struct IptablesBackend {
@@ -264,6 +275,73 @@ impl IptablesBackend {
         )?))
     }
 
+    /// One attempt: read the state, decide per family, restore, roll back on failure.
+    fn apply_once(&self, plan: &Plan, variant: IptablesVariant) -> Result<Applied, Failure> {
+        let mut outcome = Applied::Installed;
+        let mut scripts = Vec::new();
+        for family in plan.families() {
+            let text = run(&program(family.family, variant, "save"), &[], None)
+                .map_err(Failure::Failed)?;
+            let saved = SavedTables::parse(&text);
+            let mine = ours(&saved, family.family, &expected_family(family));
+            let in_place = mine.diff(&expected_family(family)).is_empty();
+            let script = if !saved.has_istio_chains() {
+                spell::restore_text(family)
+            } else if in_place && !self.force_apply {
+                outcome = Applied::AlreadyInPlace;
+                continue;
+            } else if self.reconcile || self.force_apply {
+                // One restore per family: the old rules go and the new come in one commit per table.
+                outcome = Applied::Replaced;
+                format!(
+                    "{}{}",
+                    cleanup_text(&saved, &mine, family.family),
+                    spell::restore_text(family)
+                )
+            } else {
+                return Err(Failure::Failed(BackendError::Conflict(format!(
+                    "{} already holds Istio/meshcap chains of another configuration; \
+                     run with --reconcile to replace them or --cleanup-only to remove them",
+                    program(family.family, variant, "save")
+                ))));
+            };
+            scripts.push((family.family, script, text));
+        }
+        // iptables-restore is atomic per table and family, not across families: when a later
+        // step fails, put back what the earlier ones changed, so that the pod is left with its
+        // old complete ruleset rather than half of the new one.
+        let mut done: Vec<(Family, &str)> = Vec::new();
+        let result = scripts
+            .iter()
+            .try_for_each(|(family, script, before)| {
+                self.restore(*family, variant, script)?;
+                done.push((*family, before));
+                Ok(())
+            })
+            .and_then(|()| routing::apply(&plan.routing));
+        if let Err(e) = result {
+            // Another meshcap (or istio-init) wrote between our read and our restore: its
+            // rules are complete, so re-plan from what is there instead of undoing anything.
+            let raced = scripts.iter().any(|(family, _, before)| {
+                run(&program(*family, variant, "save"), &[], None).is_ok_and(|now| now != *before)
+                    && !done.iter().any(|(f, _)| f == family)
+            });
+            if raced {
+                return Err(Failure::Raced(e));
+            }
+            for (family, before) in done.iter().rev() {
+                if let Err(undo) = self.put_back(*family, variant, before) {
+                    tracing::error!(
+                        "could not restore the previous {} rules: {undo}",
+                        family_label(*family)
+                    );
+                }
+            }
+            return Err(Failure::Failed(e));
+        }
+        Ok(outcome)
+    }
+
     /// Restores a family's tables to a saved state: a flushing restore of every table the saved
     /// text names, and of every table meshcap touched that did not exist then (as empty).
     fn put_back(
@@ -324,60 +402,21 @@ impl Firewall for IptablesBackend {
     }
 
     fn apply(&self, plan: &Plan) -> Result<Applied, BackendError> {
+        let _lock = super::namespace_lock()?;
         let variant = self.variant();
-        let mut outcome = Applied::Installed;
-        let mut scripts = Vec::new();
-        for family in plan.families() {
-            let text = run(&program(family.family, variant, "save"), &[], None)?;
-            let saved = SavedTables::parse(&text);
-            let mine = ours(&saved, family.family, &expected_family(family));
-            let in_place = mine.diff(&expected_family(family)).is_empty();
-            let script = if !saved.has_istio_chains() {
-                spell::restore_text(family)
-            } else if in_place && !self.force_apply {
-                outcome = Applied::AlreadyInPlace;
-                continue;
-            } else if self.reconcile || self.force_apply {
-                // One restore per family: the old rules go and the new come in one commit per table.
-                outcome = Applied::Replaced;
-                format!(
-                    "{}{}",
-                    cleanup_text(&saved, &mine, family.family),
-                    spell::restore_text(family)
-                )
-            } else {
-                return Err(BackendError::Conflict(format!(
-                    "{} already holds Istio/meshcap chains of another configuration; \
-                     run with --reconcile to replace them or --cleanup-only to remove them",
-                    program(family.family, variant, "save")
-                )));
-            };
-            scripts.push((family.family, script, text));
-        }
-        // iptables-restore is atomic per table and family, not across families: when a later
-        // step fails, put back what the earlier ones changed, so that the pod is left with its
-        // old complete ruleset rather than half of the new one.
-        let mut done: Vec<(Family, &str)> = Vec::new();
-        let result = scripts
-            .iter()
-            .try_for_each(|(family, script, before)| {
-                self.restore(*family, variant, script)?;
-                done.push((*family, before));
-                Ok(())
-            })
-            .and_then(|()| routing::apply(&plan.routing));
-        if let Err(e) = result {
-            for (family, before) in done.iter().rev() {
-                if let Err(undo) = self.put_back(*family, variant, before) {
-                    tracing::error!(
-                        "could not restore the previous {} rules: {undo}",
-                        family_label(*family)
+        let mut attempt = 1;
+        loop {
+            match self.apply_once(plan, variant) {
+                Ok(applied) => return Ok(applied),
+                Err(Failure::Raced(e)) if attempt < MAX_ATTEMPTS => {
+                    tracing::info!(
+                        "another writer changed the rules meanwhile ({e}); planning again"
                     );
+                    attempt += 1;
                 }
+                Err(Failure::Raced(e) | Failure::Failed(e)) => return Err(e),
             }
-            return Err(e);
         }
-        Ok(outcome)
     }
 
     fn read_back(&self, plan: &Plan) -> Result<Ruleset, BackendError> {
@@ -400,6 +439,7 @@ impl Firewall for IptablesBackend {
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {
+        let _lock = super::namespace_lock()?;
         let variant = self.variant();
         for family in [Family::V4, Family::V6] {
             let saved = match self.save(family, variant) {

@@ -1,0 +1,154 @@
+//! `--run-validation`, as Istio's istio-validation does it: listen on the capture ports on
+//! loopback, dial `127.0.0.6:<probe port>` (`[::6]:<probe port>` for IPv6) as the proxy uid from
+//! loopback, and succeed once an accepted connection's original destination is the probe port:
+//! the proxy uid's call to its own pod address is sent to the inbound listener, so the rules
+//! are in force.
+
+use nix::sys::socket::{getsockopt, sockopt};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Exit status of a failed validation (Istio's).
+pub const EXIT_VALIDATION_FAILED: u8 = 126;
+
+/// Hidden subcommand the validation runs as the proxy uid to dial the probe address.
+pub const DIAL_SUBCOMMAND: &str = "__validation-dial";
+
+/// What to validate.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    pub capture_ports: Vec<u16>,
+    pub probe_port: u16,
+    pub ipv6: bool,
+    pub timeout: Duration,
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error(
+        "no connection to {probe} reached a capture port within {timeout:?}: the rules do not redirect"
+    )]
+    Timeout {
+        probe: SocketAddr,
+        timeout: Duration,
+    },
+}
+
+fn families(ipv6: bool) -> Vec<(IpAddr, IpAddr)> {
+    let mut out = vec![(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+    )];
+    if ipv6 {
+        out.push((
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+        ));
+    }
+    out
+}
+
+/// The original destination of a redirected connection.
+fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+    match stream.local_addr().ok()? {
+        SocketAddr::V4(_) => getsockopt(stream, sockopt::OriginalDst).ok().map(|sin| {
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        }),
+        SocketAddr::V6(_) => getsockopt(stream, sockopt::Ip6tOriginalDst)
+            .ok()
+            .map(|sin6| {
+                SocketAddr::from((
+                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                    u16::from_be(sin6.sin6_port),
+                ))
+            }),
+    }
+}
+
+/// Runs the validation for every family in force; each must see its probe redirected.
+pub fn run(v: &Validation) -> Result<(), ValidationError> {
+    for (local, probe_ip) in families(v.ipv6) {
+        let probe = SocketAddr::new(probe_ip, v.probe_port);
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        for &port in &v.capture_ports {
+            let addr = SocketAddr::new(local, port);
+            let listener = TcpListener::bind(addr)
+                .map_err(|source| ValidationError::Listen { addr, source })?;
+            let tx = tx.clone();
+            // The listener threads end with the process; validation is the last thing it does.
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    if let Some(orig) = original_destination(&stream) {
+                        tracing::debug!(%orig, "validation listener accepted a connection");
+                        let _ = tx.send(orig);
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + v.timeout;
+        let mut passed = false;
+        while !passed && Instant::now() < deadline {
+            dial_as(v.proxy_uid, v.proxy_gid, local, probe);
+            let wait =
+                Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
+            while let Ok(orig) = rx.recv_timeout(wait) {
+                if orig.port() == v.probe_port {
+                    passed = true;
+                    break;
+                }
+            }
+        }
+        if !passed {
+            return Err(ValidationError::Timeout {
+                probe,
+                timeout: v.timeout,
+            });
+        }
+        tracing::info!(%probe, "validation passed");
+    }
+    Ok(())
+}
+
+/// Dials once from a child process running as the proxy uid and gid (owner matches see the
+/// process's credentials, and changing them would change them for every thread of ours; std
+/// also drops the supplementary groups when root sets a uid).
+fn dial_as(uid: u32, gid: u32, local: IpAddr, probe: SocketAddr) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let status = Command::new(exe)
+        .args([DIAL_SUBCOMMAND, &local.to_string(), &probe.to_string()])
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    tracing::debug!(?status, %probe, "validation dial");
+}
+
+/// The child's side: connect from `local` to `probe`, then close.
+pub fn dial(local: &str, probe: &str) -> io::Result<()> {
+    let invalid = |e: std::net::AddrParseError| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let local: IpAddr = local.parse().map_err(invalid)?;
+    let probe: SocketAddr = probe.parse().map_err(invalid)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(probe),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // Bound to loopback like Istio's client, so the connection leaves through lo.
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&probe.into(), Duration::from_secs(1))
+}
