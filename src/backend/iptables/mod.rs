@@ -213,6 +213,17 @@ fn ours(saved: &SavedTables, family: Family, expected: &Ruleset) -> Ruleset {
     ruleset
 }
 
+/// Whether every chain of `have` holds a subsequence of the same chain of `want`.
+fn is_part_of(have: &Ruleset, want: &Ruleset) -> bool {
+    have.chains.iter().all(|(key, rules)| {
+        let Some(planned) = want.chains.get(key) else {
+            return false;
+        };
+        let mut rest = planned.iter();
+        rules.iter().all(|r| rest.any(|p| p == r))
+    })
+}
+
 /// A restore script (for `--noflush`) that deletes meshcap's rules from the built-in chains and
 /// removes every ISTIO_ chain of the saved state.
 fn cleanup_text(saved: &SavedTables, ours: &Ruleset, family: Family) -> String {
@@ -290,7 +301,13 @@ impl IptablesBackend {
             } else if in_place && !self.force_apply {
                 outcome = Applied::AlreadyInPlace;
                 continue;
-            } else if self.reconcile || self.force_apply {
+            } else if self.reconcile
+                || self.force_apply
+                || is_part_of(&mine, &expected_family(family))
+            {
+                // A part of this very plan is an install that was interrupted (killed between
+                // two tables or families): completing it is what the operator wants, with or
+                // without --reconcile.
                 // One restore per family: the old rules go and the new come in one commit per table.
                 outcome = Applied::Replaced;
                 format!(
