@@ -321,3 +321,29 @@ fn binary_installs_and_removes_the_routing_steps() {
         "--cleanup-only must remove rule, routes and ::6"
     );
 }
+
+/// `::6` that was on lo before meshcap ran is not meshcap's to remove; the one meshcap adds is
+/// marked (IFA_PROTO) and removed by cleanup.
+#[test]
+fn cleanup_removes_only_the_passthrough_address_meshcap_added() {
+    if !require_root("cleanup_removes_only_the_passthrough_address_meshcap_added") {
+        return;
+    }
+    let steps = vec![RoutingStep::LoopbackAddress {
+        addr: "::6/128".parse().unwrap(),
+    }];
+    let has_6 =
+        |ns: &Netns| show(ns, &["ip", "-6", "addr", "show", "dev", "lo"]).contains("::6/128");
+
+    let ours = Netns::new("addrours");
+    apply_in(&ours, &steps).expect("apply");
+    assert!(has_6(&ours));
+    clean_in(&ours, &steps).expect("clean");
+    assert!(!has_6(&ours), "meshcap's ::6 must go");
+
+    let theirs = Netns::new("addrtheirs");
+    theirs.exec_ok(&["ip", "-6", "addr", "add", "::6/128", "dev", "lo"]);
+    apply_in(&theirs, &steps).expect("apply over an existing ::6");
+    clean_in(&theirs, &steps).expect("clean");
+    assert!(has_6(&theirs), "a ::6 meshcap did not add must stay");
+}

@@ -16,7 +16,9 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressMessage, AddressProtocol, AddressScope,
+};
 use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -162,6 +164,11 @@ fn remove(nl: &mut Rtnl, step: &RoutingStep) -> Result<(), BackendError> {
         }
         RoutingStep::LoopbackAddress { addr } => {
             let what = format!("ip -{} addr del {addr} dev lo", ip_version(addr));
+            // Only the address meshcap added goes: one that was there before (put there by the
+            // node's tooling or another sidecar) carries no meshcap protocol mark and stays.
+            if !added_by_meshcap(nl, addr).map_err(|f| f.into_error(&what))? {
+                return Ok(());
+            }
             let msg = loopback_address(addr).map_err(|f| f.into_error(&what))?;
             nl.request(RouteNetlinkMessage::DelAddress(msg), 0)
                 .or_else(|f| f.tolerate(&[Errno::EADDRNOTAVAIL, Errno::ENOENT]))
@@ -281,8 +288,40 @@ fn loopback_address(addr: &IpNetwork) -> Result<AddressMessage, Failure> {
     msg.attributes = vec![
         AddressAttribute::Local(addr.ip()),
         AddressAttribute::Address(addr.ip()),
+        // IFA_PROTO (kernel 5.18+, ignored by older ones): who added the address, so that
+        // cleanup removes only meshcap's.
+        AddressAttribute::Protocol(AddressProtocol::Other(MESHCAP_ADDRESS_PROTOCOL)),
     ];
     Ok(msg)
+}
+
+/// The IFA_PROTO value meshcap's addresses carry (`ip -d addr` shows it as `proto 0x6d`; values
+/// 0-3 are the kernel's own).
+pub const MESHCAP_ADDRESS_PROTOCOL: u8 = 0x6d;
+
+/// Whether lo holds `addr` and meshcap added it.
+fn added_by_meshcap(nl: &mut Rtnl, addr: &IpNetwork) -> Result<bool, Failure> {
+    let mut query = AddressMessage::default();
+    query.header.family = match addr {
+        IpNetwork::V4(_) => AddressFamily::Inet,
+        IpNetwork::V6(_) => AddressFamily::Inet6,
+    };
+    let lo = loopback_index()?;
+    Ok(nl
+        .dump(RouteNetlinkMessage::GetAddress(query))?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) => Some(a),
+            _ => None,
+        })
+        .filter(|a| a.header.index == lo && a.header.prefix_len == addr.prefix())
+        .any(|a| {
+            let has = |want: &AddressAttribute| a.attributes.iter().any(|x| x == want);
+            has(&AddressAttribute::Address(addr.ip()))
+                && has(&AddressAttribute::Protocol(AddressProtocol::Other(
+                    MESHCAP_ADDRESS_PROTOCOL,
+                )))
+        }))
 }
 
 /// lo's interface index in the current namespace (1 in practice, but not by contract).
