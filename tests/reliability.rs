@@ -6,7 +6,24 @@ use std::process::Output;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 const ISTIO_DEFAULT: [&str; 18] = [
-    "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020", "--ipv6", "off",
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+    "--ipv6",
+    "off",
 ];
 
 fn meshcap(ns: &Netns, pre: &[&str], extra: &[&str]) -> Output {
@@ -19,7 +36,11 @@ fn meshcap(ns: &Netns, pre: &[&str], extra: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -31,7 +52,11 @@ fn diff_reports_drift_with_exit_3() {
     // Nothing installed: everything is missing.
     let out = meshcap(&ns, &["diff"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("missing: ipv4 nat ISTIO_OUTPUT"), "{}", text(&out));
+    assert!(
+        text(&out).contains("missing: ipv4 nat ISTIO_OUTPUT"),
+        "{}",
+        text(&out)
+    );
 
     assert!(meshcap(&ns, &[], &[]).status.success());
     let out = meshcap(&ns, &["diff"], &[]);
@@ -39,18 +64,52 @@ fn diff_reports_drift_with_exit_3() {
     assert!(text(&out).contains("in sync"));
 
     // Someone deletes a rule: reported missing.
-    ns.exec_ok(&["iptables-nft", "-t", "nat", "-D", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN"]);
+    ns.exec_ok(&[
+        "iptables-nft",
+        "-t",
+        "nat",
+        "-D",
+        "ISTIO_OUTPUT",
+        "-d",
+        "127.0.0.1/32",
+        "-j",
+        "RETURN",
+    ]);
     let out = meshcap(&ns, &["diff"], &[]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).contains("missing: ipv4 nat ISTIO_OUTPUT: -A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("missing: ipv4 nat ISTIO_OUTPUT: -A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"),
+        "{}",
+        text(&out)
+    );
 
     // Someone adds a bypass: reported extra.
-    ns.exec_ok(&["iptables-nft", "-t", "nat", "-I", "ISTIO_OUTPUT", "1", "-d", "192.0.2.9/32", "-j", "RETURN"]);
+    ns.exec_ok(&[
+        "iptables-nft",
+        "-t",
+        "nat",
+        "-I",
+        "ISTIO_OUTPUT",
+        "1",
+        "-d",
+        "192.0.2.9/32",
+        "-j",
+        "RETURN",
+    ]);
     let out = meshcap(&ns, &["diff"], &[]);
-    assert!(text(&out).contains("extra: ipv4 nat ISTIO_OUTPUT: -A ISTIO_OUTPUT -d 192.0.2.9/32 -j RETURN"), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("extra: ipv4 nat ISTIO_OUTPUT: -A ISTIO_OUTPUT -d 192.0.2.9/32 -j RETURN"),
+        "{}",
+        text(&out)
+    );
 
     // Compared with another configuration, the installed one has drifted too.
-    assert_eq!(meshcap(&ns, &["diff"], &["-b", "8080"]).status.code(), Some(3));
+    assert_eq!(
+        meshcap(&ns, &["diff"], &["-b", "8080"]).status.code(),
+        Some(3)
+    );
 }
 
 #[test]
@@ -60,7 +119,16 @@ fn validation_passes_with_rules_and_fails_with_126_without() {
     }
     let ns = Netns::new("validate");
     // No rules (the CNI flow with nothing installed): the probe never reaches a capture port.
-    let out = meshcap(&ns, &[], &["--skip-rule-apply", "--run-validation", "--probe-timeout", "1s"]);
+    let out = meshcap(
+        &ns,
+        &[],
+        &[
+            "--skip-rule-apply",
+            "--run-validation",
+            "--probe-timeout",
+            "1s",
+        ],
+    );
     assert_eq!(out.status.code(), Some(126), "{}", text(&out));
     assert!(text(&out).contains("validation failed"), "{}", text(&out));
 
@@ -82,8 +150,28 @@ fn cleanup_removes_ours_and_keeps_foreign_rules() {
     let foreign = [
         ["iptables-nft", "-t", "nat", "-N", "FOREIGN"].as_slice(),
         &["iptables-nft", "-t", "nat", "-A", "FOREIGN", "-j", "RETURN"],
-        &["iptables-nft", "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.7/32", "-j", "FOREIGN"],
-        &["iptables-nft", "-t", "nat", "-A", "PREROUTING", "-i", "lo", "-j", "RETURN"],
+        &[
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "192.0.2.7/32",
+            "-j",
+            "FOREIGN",
+        ],
+        &[
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "lo",
+            "-j",
+            "RETURN",
+        ],
     ];
     for cmd in foreign {
         ns.exec_ok(cmd);
@@ -94,8 +182,17 @@ fn cleanup_removes_ours_and_keeps_foreign_rules() {
     let out = meshcap(&ns, &[], &["--cleanup-only"]);
     assert!(out.status.success(), "{}", text(&out));
     let after = ns.dump(&["iptables-nft-save", "-t", "nat"]);
-    let rules = |s: &str| s.lines().filter(|l| l.starts_with('-') || l.starts_with(':')).map(str::to_owned).collect::<Vec<_>>();
-    assert_eq!(rules(&after), rules(&before), "cleanup must leave exactly the foreign state");
+    let rules = |s: &str| {
+        s.lines()
+            .filter(|l| l.starts_with('-') || l.starts_with(':'))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rules(&after),
+        rules(&before),
+        "cleanup must leave exactly the foreign state"
+    );
     // Nothing to clean is fine.
     assert!(meshcap(&ns, &[], &["--cleanup-only"]).status.success());
 }
@@ -112,7 +209,11 @@ fn concurrent_runs_end_in_one_complete_ruleset() {
                 let mut argv = vec![MESHCAP];
                 argv.extend(ISTIO_DEFAULT);
                 argv.extend(["--force-iptables-binary", "nft"]);
-                ns.command(&argv).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn")
+                ns.command(&argv)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
             })
             .collect();
         for child in runs {

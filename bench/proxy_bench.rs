@@ -1,0 +1,342 @@
+//! Benchmark of `meshcap proxy` on the inbound path (peer namespace -> pod's app through the
+//! REDIRECT capture and the proxy), against the same path with no rules and no proxy ("direct")
+//! and with socat as the proxy, all in one run. Needs root and socat.
+//!
+//!     cargo bench --bench proxy_bench            # full: 1 GiB transfers, 20 000 round trips
+//!     cargo bench --bench proxy_bench -- quick   # 128 MiB, 2 000 round trips
+//!
+//! Measures: throughput of one 1 GiB upload, p50/p99 of 64-byte request/response round trips on
+//! one connection, and the proxy's resident memory idle and with 1000 idle connections.
+//! The servers are this binary re-run with a role (`sink`, `echo`, `hold`) as uid 1000.
+
+use netns_test_harness::{Netns, Process};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+const POD: &str = "192.0.2.1";
+const PEER: &str = "192.0.2.2";
+const SINK: u16 = 9080;
+const ECHO: u16 = 9081;
+const HOLD: u16 = 9082;
+const MSG: usize = 64;
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+// ---- server roles (run as separate processes) ----
+
+fn role_sink(port: u16) {
+    let l = TcpListener::bind(sa("0.0.0.0", port)).unwrap();
+    for s in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut s = s;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total: u64 = 0;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n as u64,
+                }
+            }
+            let _ = s.write_all(&total.to_be_bytes());
+        });
+    }
+}
+
+fn role_echo(port: u16) {
+    let l = TcpListener::bind(sa("0.0.0.0", port)).unwrap();
+    for s in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut s = s;
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; MSG];
+            while s.read_exact(&mut buf).is_ok() {
+                if s.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn role_hold(port: u16) {
+    let l = TcpListener::bind(sa("0.0.0.0", port)).unwrap();
+    let mut held = Vec::new();
+    for s in l.incoming().flatten() {
+        held.push(s);
+    }
+}
+
+// ---- client side (runs in the peer namespace) ----
+
+fn throughput(bytes: u64) -> f64 {
+    let mut s = TcpStream::connect(sa(POD, SINK)).expect("connect sink");
+    let chunk = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).expect("upload");
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut ack = [0u8; 8];
+    s.read_exact(&mut ack).expect("ack");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(u64::from_be_bytes(ack), bytes, "the sink got every byte");
+    bytes as f64 * 8.0 / secs / 1e9
+}
+
+fn latency(rounds: usize) -> (f64, f64) {
+    let mut s = TcpStream::connect(sa(POD, ECHO)).expect("connect echo");
+    s.set_nodelay(true).unwrap();
+    let msg = [7u8; MSG];
+    let mut back = [0u8; MSG];
+    // Warm-up.
+    for _ in 0..rounds / 10 {
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut back).unwrap();
+    }
+    let mut us: Vec<f64> = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut back).unwrap();
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (us[rounds / 2], us[rounds * 99 / 100])
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+struct Result {
+    name: &'static str,
+    gbps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn measure(name: &'static str, peer: &Netns, bytes: u64, rounds: usize) -> Result {
+    // Best of two transfers: the machine is shared by client, proxy and server.
+    let gbps = (0..2)
+        .map(|_| peer.run(move || throughput(bytes)))
+        .fold(0.0, f64::max);
+    let (p50, p99) = peer.run(move || latency(rounds));
+    eprintln!("{name:>16}: {gbps:6.2} Gbit/s  p50 {p50:7.1} us  p99 {p99:7.1} us");
+    Result {
+        name,
+        gbps,
+        p50,
+        p99,
+    }
+}
+
+fn wait_port(ns: &Netns, addr: SocketAddr) {
+    ns.run(move || {
+        for _ in 0..200 {
+            if TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("{addr} never answered");
+    })
+}
+
+fn start_proxy(pod: &Netns, engine: &str) -> Process {
+    let extra = std::env::var("PROXY_BENCH_ARGS").unwrap_or_default();
+    let mut argv = vec![MESHCAP, "proxy", "--engine", engine];
+    argv.extend(extra.split_whitespace());
+    let p = pod.spawn(&argv, Some((1337, 1337)));
+    pod.run(|| {
+        for _ in 0..200 {
+            if let Ok(mut s) = TcpStream::connect(sa("127.0.0.1", 15021)) {
+                let _ = s.write_all(b"GET /healthz/ready HTTP/1.1\r\n\r\n");
+                let mut r = String::new();
+                let _ = s.read_to_string(&mut r);
+                if r.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("proxy not ready");
+    });
+    p
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+}
+
+fn main() {
+    raise_fd_limit();
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("sink") => return role_sink(SINK),
+        Some("echo") => return role_echo(ECHO),
+        Some("hold") => return role_hold(HOLD),
+        _ => {}
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("proxy_bench: needs root (network namespaces); skipped");
+        return;
+    }
+    let quick = args.iter().any(|a| a == "quick");
+    let (bytes, rounds) = if quick {
+        (128 << 20, 2_000)
+    } else {
+        (1 << 30, 20_000)
+    };
+    let pod = Netns::new("benchpod");
+    let peer = Netns::new("benchpeer");
+    pod.link(&peer, &[&format!("{POD}/24")], &[&format!("{PEER}/24")]);
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let _servers: Vec<Process> = ["sink", "echo", "hold"]
+        .iter()
+        .map(|role| pod.spawn(&[exe, role], Some((1000, 1000))))
+        .collect();
+    for port in [SINK, ECHO, HOLD] {
+        wait_port(&peer, sa(POD, port));
+    }
+    eprintln!(
+        "proxy_bench: {} MiB transfers, {rounds} round trips of {MSG} bytes, {} CPUs",
+        bytes >> 20,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let mut results = vec![measure("direct", &peer, bytes, rounds)];
+
+    let out = pod.exec(&[
+        MESHCAP,
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--ipv6",
+        "off",
+        "--force-iptables-binary",
+        "nft",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut memory = None;
+    for engine in ["splice", "copy"] {
+        let proxy = start_proxy(&pod, engine);
+        results.push(measure(
+            if engine == "splice" {
+                "meshcap splice"
+            } else {
+                "meshcap copy"
+            },
+            &peer,
+            bytes,
+            rounds,
+        ));
+        if engine == "splice" {
+            let pid = proxy.pid();
+            let idle = rss_kib(pid);
+            let conns: Vec<TcpStream> = peer.run(|| {
+                (0..1000)
+                    .map(|_| TcpStream::connect(sa(POD, HOLD)).expect("idle connection"))
+                    .collect()
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let loaded = rss_kib(pid);
+            drop(conns);
+            memory = Some((idle, loaded));
+        }
+        proxy.stop();
+    }
+
+    // socat as the proxy: same capture, fixed target (socat cannot read the original destination).
+    let socat = pod.spawn(
+        &[
+            "socat",
+            "TCP-LISTEN:15006,fork,reuseaddr",
+            &format!("TCP:{POD}:{SINK},bind=127.0.0.6"),
+        ],
+        Some((1337, 1337)),
+    );
+    wait_port(&pod, sa("127.0.0.1", 15006));
+    let gbps = (0..2)
+        .map(|_| peer.run(move || throughput(bytes)))
+        .fold(0.0, f64::max);
+    socat.stop();
+    let socat_echo = pod.spawn(
+        &[
+            "socat",
+            "TCP-LISTEN:15006,fork,reuseaddr,nodelay",
+            &format!("TCP:{POD}:{ECHO},bind=127.0.0.6,nodelay"),
+        ],
+        Some((1337, 1337)),
+    );
+    wait_port(&pod, sa("127.0.0.1", 15006));
+    let (p50, p99) = peer.run(move || latency(rounds));
+    socat_echo.stop();
+    eprintln!(
+        "{:>16}: {gbps:6.2} Gbit/s  p50 {p50:7.1} us  p99 {p99:7.1} us",
+        "socat"
+    );
+    results.push(Result {
+        name: "socat",
+        gbps,
+        p50,
+        p99,
+    });
+
+    let direct = &results[0];
+    let socat = results.last().unwrap();
+    println!("\n| path | Gbit/s | vs direct | vs socat | p50 us | p99 us | added p50 us |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &results {
+        println!(
+            "| {} | {:.2} | {:.0}% | {:.2}x | {:.1} | {:.1} | {:+.1} |",
+            r.name,
+            r.gbps,
+            100.0 * r.gbps / direct.gbps,
+            r.gbps / socat.gbps,
+            r.p50,
+            r.p99,
+            r.p50 - direct.p50
+        );
+    }
+    if let Some((idle, loaded)) = memory {
+        println!(
+            "\nmeshcap proxy RSS: idle {idle} KiB; with 1000 idle connections {loaded} KiB \
+             (+{} KiB, {:.1} KiB per connection)",
+            loaded.saturating_sub(idle),
+            loaded.saturating_sub(idle) as f64 / 1000.0
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! Moves bytes both ways between the downstream and upstream sockets, with half-close (an EOF
+//! one way shuts down writing that way only; the other way keeps flowing) and an idle timeout.
+//!
+//! Two engines: a userspace copy through a buffer, and splice(2) through a pipe (socket → pipe →
+//! socket, no copy to userspace). Both wait on tokio's readiness and use non-blocking calls, so
+//! one task drives both directions of a connection. Buffers and pipes are created when the first
+//! byte arrives, so an idle connection costs no buffer memory.
+
+use super::metrics::{Direction, Metrics};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Which engine moves the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// read(2)/write(2) through a userspace buffer.
+    Copy,
+    /// splice(2) through a pipe: the bytes never enter userspace.
+    Splice,
+}
+
+/// How a pumped connection ended.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Bytes read from the downstream and written upstream.
+    pub rx: u64,
+    /// Bytes read from the upstream and written downstream.
+    pub tx: u64,
+    /// Closed by the idle timeout.
+    pub idle_timeout: bool,
+    /// The error that ended it, if any (e.g. a reset).
+    pub error: Option<io::Error>,
+}
+
+/// What the two directions share: the last time any byte moved (ms since `start`).
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let deadline =
+                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// Per-direction byte counting: the connection's own total and the process metrics.
+struct Tally<'a> {
+    metrics: &'a Metrics,
+    direction: Direction,
+    downstream_to_upstream: bool,
+    total: u64,
+}
+
+impl Tally<'_> {
+    fn add(&mut self, n: usize) {
+        self.total += n as u64;
+        if self.downstream_to_upstream {
+            self.metrics.add_rx(self.direction, n as u64);
+        } else {
+            self.metrics.add_tx(self.direction, n as u64);
+        }
+    }
+}
+
+/// Pumps until both directions reached EOF, one failed, or the connection was idle for `idle`.
+pub async fn pump(
+    downstream: &TcpStream,
+    upstream: &TcpStream,
+    engine: Engine,
+    buffer: usize,
+    idle: Duration,
+    metrics: &Arc<Metrics>,
+    direction: Direction,
+) -> Outcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let mut up = Tally {
+        metrics,
+        direction,
+        downstream_to_upstream: true,
+        total: 0,
+    };
+    let mut down = Tally {
+        metrics,
+        direction,
+        downstream_to_upstream: false,
+        total: 0,
+    };
+    let result = {
+        let both = async {
+            match engine {
+                Engine::Copy => tokio::try_join!(
+                    copy_one_way(downstream, upstream, buffer, &activity, &mut up),
+                    copy_one_way(upstream, downstream, buffer, &activity, &mut down),
+                ),
+                Engine::Splice => tokio::try_join!(
+                    splice_one_way(downstream, upstream, buffer, &activity, &mut up),
+                    splice_one_way(upstream, downstream, buffer, &activity, &mut down),
+                ),
+            }
+        };
+        tokio::select! {
+            r = both => Some(r),
+            () = activity.idle(idle) => None,
+        }
+    };
+    let mut outcome = Outcome {
+        rx: up.total,
+        tx: down.total,
+        ..Outcome::default()
+    };
+    match result {
+        None => outcome.idle_timeout = true,
+        Some(Ok(((), ()))) => {}
+        Some(Err(e)) => outcome.error = Some(e),
+    }
+    outcome
+}
+
+fn shutdown_write(s: &TcpStream) -> io::Result<()> {
+    match nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+    }
+}
+
+async fn copy_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    size: usize,
+    activity: &Activity,
+    tally: &mut Tally<'_>,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        src.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; size];
+        }
+        let n = match src.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return shutdown_write(dst);
+        }
+        let mut sent = 0;
+        while sent < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        tally.add(n);
+        activity.touch();
+    }
+}
+
+/// A pipe for splicing; created on first use.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new(size: usize) -> io::Result<Pipe> {
+        use nix::fcntl::OFlag;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        // A larger pipe moves more per call; the default (64 KiB) is kept when asked for less or
+        // when the system limit refuses.
+        if size > 65536 {
+            let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size as i32));
+        }
+        Ok(Pipe { read, write })
+    }
+}
+
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    use nix::fcntl::SpliceFFlags;
+    nix::fcntl::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+    )
+    .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+async fn splice_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    size: usize,
+    activity: &Activity,
+    tally: &mut Tally<'_>,
+) -> io::Result<()> {
+    let mut pipe: Option<Pipe> = None;
+    loop {
+        src.readable().await?;
+        let p = match &pipe {
+            Some(p) => p,
+            None => pipe.insert(Pipe::new(size)?),
+        };
+        // The pipe is empty here: everything spliced in is spliced out before reading again.
+        let n = match src.try_io(Interest::READABLE, || splice(src, &p.write, size)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return shutdown_write(dst);
+        }
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || splice(&p.read, dst, left)) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        tally.add(n);
+        activity.touch();
+    }
+}
