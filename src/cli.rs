@@ -110,6 +110,12 @@ pub struct Cli {
     #[arg(allow_hyphen_values = true, short = 'r', long, env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE", default_value = "133", help_heading = TPROXY)]
     pub istio_inbound_tproxy_route_table: String,
 
+    /// TPROXY: packets already carrying the TPROXY mark leave over lo uncaptured (nat), so a proxy
+    /// running as the proxy uid can connect to the app from the peer's address. Istio runs Envoy
+    /// as uid 0 / gid 1337 in TPROXY pods instead and has no such rule (off by default).
+    #[arg(long, env = "MESHCAP_TPROXY_RETURN_MARKED", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", help_heading = TPROXY)]
+    pub tproxy_return_marked: String,
+
     // --- Run control ---------------------------------------------------------------------
     /// Print the rules; touch nothing (needs no privileges).
     #[arg(short = 'n', long, env = "DRY_RUN", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", help_heading = RUN)]

@@ -75,11 +75,16 @@ impl Pod {
     /// Sets up both namespaces, meshcap's rules in `mode` and the app and upstream; the proxy is
     /// started by [`Pod::start_proxy`].
     fn new(tag: &str, mode: &str) -> Pod {
+        Pod::with_flags(tag, mode, &[])
+    }
+
+    /// As [`Pod::new`], with extra installer flags.
+    fn with_flags(tag: &str, mode: &str, flags: &[&str]) -> Pod {
         let pod = Netns::new(&format!("pod{tag}"));
         let peer = Netns::new(&format!("peer{tag}"));
         pod.link(&peer, &[&format!("{POD}/24")], &[&format!("{PEER}/24")]);
 
-        let out = pod.exec(&[
+        let mut argv = vec![
             MESHCAP,
             "-p",
             "15001",
@@ -101,7 +106,9 @@ impl Pod {
             "off",
             "--force-iptables-binary",
             "nft",
-        ]);
+        ];
+        argv.extend(flags);
+        let out = pod.exec(&argv);
         assert!(
             out.status.success(),
             "meshcap {mode} failed: {}",
@@ -457,29 +464,14 @@ fn sigterm_drains_an_open_connection_to_completion() {
 }
 
 fn tproxy(tag: &str, user: ProxyUser, extra_rule: bool) {
-    let mut pod = Pod::new(tag, "TPROXY");
-    if extra_rule {
-        // The proposed rule: a connection the proxy marks with the TPROXY mark (its transparent
-        // passthrough to the app) is not sent back to the inbound listener.
-        pod.pod.exec_ok(&[
-            "iptables-nft",
-            "-t",
-            "nat",
-            "-I",
-            "ISTIO_OUTPUT",
-            "1",
-            "-o",
-            "lo",
-            "-p",
-            "tcp",
-            "-m",
-            "mark",
-            "--mark",
-            "1337",
-            "-j",
-            "RETURN",
-        ]);
-    }
+    // --tproxy-return-marked: a connection the proxy marks with the TPROXY mark (its transparent
+    // passthrough to the app) is not sent back to the inbound listener.
+    let flags: &[&str] = if extra_rule {
+        &["--tproxy-return-marked"]
+    } else {
+        &[]
+    };
+    let mut pod = Pod::with_flags(tag, "TPROXY", flags);
     pod.start_proxy(user, &["--mode", "tproxy"]);
     inbound_and_outbound(&pod, PEER);
     let log = pod.stop_proxy();

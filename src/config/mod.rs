@@ -95,6 +95,9 @@ pub struct CaptureConfig {
     pub owner_groups: OwnerGroups,
     pub ipv4_loopback_cidr: Ipv4Network,
     pub ipv6: bool,
+    /// meshcap's addition for a transparent proxy running as the proxy uid (see
+    /// `--tproxy-return-marked`); only takes effect in TPROXY mode.
+    pub tproxy_return_marked: bool,
 }
 
 /// Which backend writes the rules.

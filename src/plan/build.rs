@@ -339,6 +339,23 @@ impl<'a> Builder<'a> {
 
         self.append(Table::Nat, Chain::Output, vec![], jump(Chain::IstioOutput));
 
+        if tproxy && cfg.tproxy_return_marked {
+            // A transparent proxy running as the proxy uid connects to the app from the peer's
+            // address with the TPROXY mark; without this the uid rule below would send that
+            // connection back into the inbound listener (Istio avoids it by running Envoy as
+            // uid 0 in TPROXY pods). Only sockets with SO_MARK, which takes CAP_NET_ADMIN, match.
+            let marked = Match::Mark {
+                value: cfg.tproxy_mark,
+                negated: false,
+            };
+            self.append(
+                Table::Nat,
+                Chain::IstioOutput,
+                vec![oif("lo"), tcp(), marked],
+                Target::Return,
+            );
+        }
+
         // Port exclusions come before the rules that send connections back to self.
         if !cfg.outbound_ports_exclude.is_empty() {
             let (tcp_group, udp_group) = (self.group(), self.group());

@@ -29,6 +29,7 @@ fn default_config() -> CaptureConfig {
         owner_groups: OwnerGroups::AllExcept(vec![]),
         ipv4_loopback_cidr: "127.0.0.1/32".parse().unwrap(),
         ipv6: false,
+        tproxy_return_marked: false,
     }
 }
 
@@ -269,4 +270,39 @@ fn an_included_loopback_range_stays_captured() {
         !lo_return,
         "no '-o lo ! --uid-owner' RETURN when loopback is included"
     );
+}
+
+#[test]
+fn the_marked_return_is_opt_in_and_tproxy_only() {
+    let mut cfg = default_config();
+    cfg.mode = InterceptMode::Tproxy;
+    let istio = build(&cfg);
+    cfg.tproxy_return_marked = true;
+    let with = build(&cfg);
+    let marked_return = |p: &Plan| {
+        p.v4.chain_rules(Table::Nat, Chain::IstioOutput)
+            .first()
+            .map(|(r, _)| {
+                r.matches.iter().any(|m| {
+                    matches!(
+                        m,
+                        Match::Mark {
+                            value: 1337,
+                            negated: false
+                        }
+                    )
+                })
+            })
+            .unwrap_or(false)
+    };
+    assert!(!marked_return(&istio), "default output stays Istio's");
+    assert!(
+        marked_return(&with),
+        "first rule of ISTIO_OUTPUT when asked for"
+    );
+    assert_eq!(with.v4.ops.len(), istio.v4.ops.len() + 1);
+    cfg.mode = InterceptMode::Redirect;
+    let redirect = build(&cfg);
+    cfg.tproxy_return_marked = false;
+    assert_eq!(redirect, build(&cfg), "no effect in REDIRECT mode");
 }
