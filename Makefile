@@ -16,10 +16,8 @@ setup:
 build: setup
 	cargo build --release --locked
 
-test: setup
-	cargo fmt --all --check
-	cargo clippy --locked --all-targets -- -D warnings
-	cargo test --locked --workspace
+test:
+	./scripts/test.sh
 
 bench: build
 	./scripts/bench.sh
