@@ -78,9 +78,7 @@ fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
             reconcile: config.run.reconcile,
             force_apply: config.run.force_apply,
         }),
-        BackendKind::Nftables => {
-            anyhow::bail!("the nftables backend is not available in this build")
-        }
+        BackendKind::Nftables => Box::new(meshcap::backend::nftables::NftablesBackend),
     };
     if config.run.dry_run {
         print!("{}", backend.render(&plan));

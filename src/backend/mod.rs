@@ -5,6 +5,7 @@
 //! comparing them says whether the kernel holds the plan.
 
 pub mod iptables;
+pub mod nftables;
 pub mod routing;
 
 use crate::plan::Plan;

@@ -1,0 +1,353 @@
+//! On a real kernel: the nftables backend's life cycle in throwaway namespaces. It installs
+//! without any `nft`/iptables binary on PATH; a re-run does not duplicate; another configuration
+//! replaces; `--cleanup-only` removes the tables (and succeeds when there are none); read-back
+//! notices rules added or deleted behind its back; a batch the kernel refuses changes nothing and
+//! fails with exit status 1 naming the kernel's reason and the refused rule; 1000 excluded ports
+//! and 1000 excluded CIDRs cost no more rules than one of each.
+
+use meshcap::backend::Firewall;
+use meshcap::backend::nftables::NftablesBackend;
+use netns_test_harness::{Netns, require_root};
+use std::process::Output;
+
+const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+const TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
+
+fn default_args() -> Vec<String> {
+    [
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--backend",
+        "nftables",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn with(extra: &[&str]) -> Vec<String> {
+    let mut args = default_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs meshcap in `ns` with a clean meshcap environment plus `env`.
+fn run(ns: &Netns, args: &[String], env: &[(&str, &str)]) -> Output {
+    let mut argv = vec![MESHCAP];
+    argv.extend(args.iter().map(String::as_str));
+    let mut cmd = ns.command(&argv);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MESHCAP_") || k.starts_with("ISTIO_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied()).output().expect("run meshcap")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "meshcap failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The rules of meshcap's tables (`nft -a` handles and counters dropped), table by table.
+fn rules(ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        let o = ns.exec(&["nft", "list", "table", "inet", t]);
+        if !o.status.success() {
+            continue;
+        }
+        out.push(format!("table {t}"));
+        for line in String::from_utf8_lossy(&o.stdout).lines().map(str::trim) {
+            if line.is_empty() || line == "}" || line.starts_with("table ") {
+                continue;
+            }
+            let line = match line.find("counter packets") {
+                Some(i) => {
+                    let rest: Vec<&str> = line[i..].split(' ').skip(5).collect();
+                    format!("{}counter {}", &line[..i], rest.join(" "))
+                }
+                None => line.to_owned(),
+            };
+            out.push(line);
+        }
+    }
+    out
+}
+
+fn rule_count(ns: &Netns) -> usize {
+    rules(ns)
+        .iter()
+        .filter(|l| !l.starts_with("table ") && !l.starts_with("chain ") && !l.starts_with("type "))
+        .count()
+}
+
+fn plan_of(args: &[String]) -> meshcap::plan::Plan {
+    let mut argv = vec!["meshcap".to_owned()];
+    argv.extend(args.iter().cloned());
+    let inputs = meshcap::cli::Inputs::parse_from(argv, vec![]).expect("flags parse");
+    let config = meshcap::config::Config::from_inputs(&inputs, &meshcap::config::SystemHost)
+        .expect("valid config");
+    meshcap::plan::build(&config.capture)
+}
+
+fn drift(ns: &Netns, plan: &meshcap::plan::Plan) -> meshcap::backend::RulesetDiff {
+    let p = plan.clone();
+    let read = ns
+        .run(move || NftablesBackend.read_back(&p))
+        .expect("read back");
+    read.diff(&NftablesBackend.expected(plan))
+}
+
+#[test]
+fn installs_without_any_firewall_binary_on_path() {
+    if !require_root("installs_without_any_firewall_binary_on_path") {
+        return;
+    }
+    let ns = Netns::new("nftpath");
+    // --ipv6 absent: auto-detected, off in a namespace that only has lo.
+    let out = ns.exec(&[
+        "env",
+        "PATH=/nonexistent",
+        MESHCAP,
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--backend",
+        "nftables",
+    ]);
+    let stderr = ok(&out);
+    assert!(stderr.contains("rules installed"), "{stderr}");
+    let listing = ns.exec_ok(&["nft", "list", "table", "inet", "istio-proxy-nat"]);
+    assert!(listing.contains("redirect to :15006"), "{listing}");
+    assert!(
+        listing.contains("tcp dport { 15020, 15021, 15090 }"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn rerun_replaces_without_duplicates_and_cleanup_removes() {
+    if !require_root("rerun_replaces_without_duplicates_and_cleanup_removes") {
+        return;
+    }
+    let ns = Netns::new("nftcycle");
+    let first = with(&["--ipv6", "off"]);
+    ok(&run(&ns, &first, &[]));
+    let installed = rules(&ns);
+    assert!(installed.len() > 10, "{installed:?}");
+    assert!(drift(&ns, &plan_of(&first)).is_empty());
+
+    // Same configuration again: replaced in place, nothing duplicated.
+    let stderr = ok(&run(&ns, &first, &[]));
+    assert!(stderr.contains("replaced"), "{stderr}");
+    assert_eq!(rules(&ns), installed);
+
+    // Another configuration (TPROXY with DNS capture: other tables and chains) replaces it and
+    // lists exactly as it does in a fresh namespace.
+    let second = with(&[
+        "-m",
+        "TPROXY",
+        "--redirect-dns",
+        "--dns-servers",
+        "192.0.2.53",
+        "-c",
+        "exc0+",
+        "--ipv6",
+        "off",
+    ]);
+    ok(&run(&ns, &second, &[]));
+    let fresh = Netns::new("nftfresh");
+    ok(&run(&fresh, &second, &[]));
+    assert_eq!(rules(&ns), rules(&fresh));
+    assert!(rules(&ns).iter().any(|l| l == "table istio-proxy-mangle"));
+    assert!(drift(&ns, &plan_of(&second)).is_empty());
+
+    // And back: the mangle and raw tables of the TPROXY/DNS configuration go.
+    ok(&run(&ns, &first, &[]));
+    assert_eq!(rules(&ns), installed);
+
+    // Cleanup removes the three tables; a second cleanup finds nothing and succeeds.
+    ok(&run(&ns, &with(&["--ipv6", "off", "--cleanup-only"]), &[]));
+    assert!(rules(&ns).is_empty(), "{:?}", rules(&ns));
+    ok(&run(&ns, &with(&["--ipv6", "off", "--cleanup-only"]), &[]));
+    ok(&run(
+        &fresh,
+        &with(&["-m", "TPROXY", "--ipv6", "off", "--cleanup-only"]),
+        &[],
+    ));
+    assert!(rules(&fresh).is_empty());
+}
+
+#[test]
+fn read_back_notices_added_and_deleted_rules() {
+    if !require_root("read_back_notices_added_and_deleted_rules") {
+        return;
+    }
+    let ns = Netns::new("nftdrift");
+    let args = with(&["-x", "198.51.100.0/24,203.0.113.0/24", "--ipv6", "off"]);
+    let plan = plan_of(&args);
+    ok(&run(&ns, &args, &[]));
+    assert!(drift(&ns, &plan).is_empty());
+
+    // Someone adds a rule.
+    ns.exec_ok(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+        "tcp",
+        "dport",
+        "4444",
+        "return",
+    ]);
+    let d = drift(&ns, &plan);
+    assert_eq!(d.extra.len(), 1, "{d:#?}");
+    assert!(d.missing.is_empty(), "{d:#?}");
+
+    // Re-applying repairs it.
+    ok(&run(&ns, &args, &[]));
+    assert!(drift(&ns, &plan).is_empty());
+
+    // Someone deletes the rule that holds the excluded CIDR set.
+    let listing = ns.exec_ok(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+    ]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("198.51.100.0/24"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .expect("the CIDR rule")
+        .trim()
+        .to_owned();
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "rule",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+        "handle",
+        &handle,
+    ]);
+    let d = drift(&ns, &plan);
+    assert_eq!(d.missing.len(), 1, "{d:#?}");
+    assert!(d.missing[0].contains("c6336400"), "{d:#?}");
+}
+
+fn refused_batch_changes_nothing(ns: &Netns) {
+    let before = ns.exec_ok(&["nft", "list", "ruleset"]);
+    let args = with(&["-m", "TPROXY", "--ipv6", "off"]);
+    let out = run(ns, &args, &[("MESHCAP_TEST_FAIL_BATCH", "1")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The kernel's reason and the refused object.
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    assert!(stderr.contains("jump istio-test-missing-chain"), "{stderr}");
+    assert_eq!(ns.exec_ok(&["nft", "list", "ruleset"]), before);
+}
+
+#[test]
+fn refused_batch_leaves_fresh_and_installed_namespaces_unchanged() {
+    if !require_root("refused_batch_leaves_fresh_and_installed_namespaces_unchanged") {
+        return;
+    }
+    let fresh = Netns::new("nftfail0");
+    refused_batch_changes_nothing(&fresh);
+    assert!(rules(&fresh).is_empty());
+
+    let installed = Netns::new("nftfail1");
+    ok(&run(
+        &installed,
+        &with(&[
+            "--redirect-dns",
+            "--dns-servers",
+            "192.0.2.53",
+            "--ipv6",
+            "off",
+        ]),
+        &[],
+    ));
+    assert!(!rules(&installed).is_empty());
+    refused_batch_changes_nothing(&installed);
+}
+
+#[test]
+fn long_lists_cost_no_more_rules_than_short_ones() {
+    if !require_root("long_lists_cost_no_more_rules_than_short_ones") {
+        return;
+    }
+    let ports: Vec<String> = (1..=1000).map(|p| p.to_string()).collect();
+    // 1000 distinct, non-adjacent /24s (so the set really holds 1000 intervals).
+    let cidrs: Vec<String> = (0..1000)
+        .map(|i| format!("10.{}.{}.0/24", i / 100, (i % 100) * 2))
+        .collect();
+    let long = Netns::new("nftlong");
+    let long_args = {
+        let mut a = default_args();
+        a.extend([
+            "-d".into(),
+            ports.join(","),
+            "-x".into(),
+            cidrs.join(","),
+            "--ipv6".into(),
+            "off".into(),
+        ]);
+        a
+    };
+    ok(&run(&long, &long_args, &[]));
+    let short = Netns::new("nftshort");
+    ok(&run(
+        &short,
+        &with(&["-d", "1", "-x", "10.0.0.0/24", "--ipv6", "off"]),
+        &[],
+    ));
+    assert_eq!(rule_count(&long), rule_count(&short));
+    // The elements are really there: 1000 ports, 1000 networks.
+    let listing = long.exec_ok(&["nft", "list", "table", "inet", "istio-proxy-nat"]);
+    assert!(listing.contains("10.9.198.0/24"), "last CIDR missing");
+    assert!(
+        listing.contains(" 1000 }") || listing.contains(" 1000,"),
+        "last port missing"
+    );
+    assert!(drift(&long, &plan_of(&long_args)).is_empty());
+}
