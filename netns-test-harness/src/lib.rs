@@ -8,6 +8,17 @@
 //! Tests that need root call [`require_root`] first: without root it prints why the test is
 //! skipped and returns `false`; with `MESHCAP_REQUIRE_NETNS=1` it panics instead, so CI cannot
 //! pass by skipping.
+//!
+//! On top of the namespaces: [`Netns::thread`] / [`Netns::run_as`] run code inside a namespace as
+//! a chosen uid/gid (only that thread changes identity), [`probe`] has TCP/UDP listeners that
+//! say who accepted a connection and where it was going, clients that classify what happened,
+//! and the table format of expected classifications; [`pod`] builds a standard pod with peers
+//! (documentation addresses only) and the standard probe matrix; [`install`] loads restore text
+//! or `nft -f` scripts and Istio's routing commands into a namespace.
+
+pub mod install;
+pub mod pod;
+pub mod probe;
 
 use std::fs::File;
 use std::io;
@@ -15,6 +26,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
 
 /// Prefix of every namespace the harness creates.
 pub const PREFIX: &str = "meshcap-";
@@ -55,7 +67,7 @@ impl Netns {
         let name = format!("{PREFIX}{tag}-{}-{n}", std::process::id());
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
-        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns.ip_batch(&["link set lo up".to_owned()]);
         ns
     }
 
@@ -111,13 +123,101 @@ impl Netns {
     /// Runs `f` on a fresh thread that has entered the namespace, and returns its result.
     /// The calling thread's namespace is untouched.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        join(self.thread(None, f))
+    }
+
+    /// Runs `f` on a fresh thread inside the namespace as `user` (see [`Netns::thread`]) and
+    /// returns its result.
+    pub fn run_as<T: Send + 'static>(
+        &self,
+        user: User,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        join(self.thread(Some(user), f))
+    }
+
+    /// Starts `f` on a fresh thread that has entered the namespace and, with `Some(user)`, taken
+    /// that identity (supplementary groups, gid, then uid). Sockets the thread creates belong to
+    /// the namespace and to that user, as netfilter's owner match sees it.
+    ///
+    /// Only this thread changes identity: the credentials are set with the raw `setresuid` /
+    /// `setresgid` / `setgroups` system calls, which act on the calling thread alone (glibc's
+    /// wrappers would broadcast the change to every thread of the test process). The thread
+    /// cannot get root back and ends when `f` returns, so nothing else runs with that identity.
+    pub fn thread<T: Send + 'static>(
+        &self,
+        user: Option<User>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
         let file = File::open(self.path()).expect("open netns");
         std::thread::spawn(move || {
             nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            drop(file);
+            if let Some(user) = user {
+                user.become_on_this_thread()
+                    .unwrap_or_else(|e| panic!("becoming {user}: {e}"));
+            }
             f()
         })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Runs `ip -batch` inside the namespace: one `ip` command per element, without the
+    /// leading `ip` (e.g. `addr add 192.0.2.1/24 dev net0`). A command may start with global
+    /// options (`-6 route add …`, `-f inet6 rule add …`); consecutive commands with the same
+    /// options share one `ip` process. Panics if one fails.
+    pub fn ip_batch(&self, commands: &[String]) {
+        let mut groups: Vec<(Vec<&str>, Vec<String>)> = Vec::new();
+        for command in commands {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let mut n = 0;
+            while n < words.len() && words[n].starts_with('-') {
+                // `-f FAMILY` takes a value; `-4`, `-6` do not.
+                n += if words[n] == "-f" { 2 } else { 1 };
+            }
+            let (opts, rest) = words.split_at(n.min(words.len()));
+            match groups.last_mut() {
+                Some((o, cmds)) if *o == opts => cmds.push(rest.join(" ")),
+                _ => groups.push((opts.to_vec(), vec![rest.join(" ")])),
+            }
+        }
+        for (opts, cmds) in groups {
+            let out = Command::new("ip")
+                .args(["-n", &self.name])
+                .args(&opts)
+                .args(["-batch", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    let mut text = cmds.join("\n");
+                    text.push('\n');
+                    child
+                        .stdin
+                        .take()
+                        .expect("stdin")
+                        .write_all(text.as_bytes())?;
+                    child.wait_with_output()
+                })
+                .expect("spawn ip -batch");
+            assert!(
+                out.status.success(),
+                "ip -n {} {} -batch failed ({}): {}\ncommands:\n{}",
+                self.name,
+                opts.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                cmds.join("\n")
+            );
+        }
+    }
+
+    /// Sets sysctls of the namespace (`net.ipv4.ip_forward=1`, …). Panics on failure.
+    pub fn sysctl(&self, settings: &[&str]) {
+        let mut argv = vec!["sysctl", "-q", "-w"];
+        argv.extend(settings);
+        self.exec_ok(&argv);
     }
 
     /// Connects this namespace to `peer` with a veth pair and configures the addresses (CIDR
@@ -129,22 +229,38 @@ impl Netns {
             format!("mcv{n}a{}", std::process::id() % 10000),
             format!("mcv{n}b{}", std::process::id() % 10000),
         );
-        run_ok(Command::new("ip").args([
-            "link", "add", &a, "netns", &self.name, "type", "veth", "peer", "name", &b, "netns",
-            &peer.name,
-        ]));
-        for (ns, dev, addrs) in [(self, &a, here), (peer, &b, there)] {
-            for addr in addrs {
-                // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
-                let mut argv = vec!["ip", "addr", "add", addr, "dev", dev];
-                if addr.contains(':') {
-                    argv.push("nodad");
-                }
-                ns.exec_ok(&argv);
-            }
-            ns.exec_ok(&["ip", "link", "set", dev, "up"]);
-        }
+        self.link_named(peer, &a, &b, here, there);
         (a, b)
+    }
+
+    /// Like [`Netns::link`], with chosen interface names (`here_dev` in this namespace,
+    /// `there_dev` in `peer`). The ends are created directly inside their namespaces, so a name
+    /// only has to be unique there: every pod of a parallel test can have its own `net0`.
+    pub fn link_named(
+        &self,
+        peer: &Netns,
+        here_dev: &str,
+        there_dev: &str,
+        here: &[&str],
+        there: &[&str],
+    ) {
+        run_ok(Command::new("ip").args([
+            "link", "add", here_dev, "netns", &self.name, "type", "veth", "peer", "name",
+            there_dev, "netns", &peer.name,
+        ]));
+        for (ns, dev, addrs) in [(self, here_dev, here), (peer, there_dev, there)] {
+            let mut batch: Vec<String> = addrs
+                .iter()
+                .map(|addr| {
+                    // nodad: IPv6 addresses are usable at once instead of after duplicate
+                    // detection.
+                    let nodad = if addr.contains(':') { " nodad" } else { "" };
+                    format!("addr add {addr} dev {dev}{nodad}")
+                })
+                .collect();
+            batch.push(format!("link set {dev} up"));
+            ns.ip_batch(&batch);
+        }
     }
 
     /// Starts `argv` inside the namespace in the background as `uid`/`gid` (None: as root).
@@ -180,6 +296,91 @@ impl Netns {
     pub fn dump(&self, argv: &[&str]) -> String {
         self.exec_ok(argv)
     }
+
+    /// Everything netfilter holds in the namespace, for failure messages: `iptables-save` and
+    /// `ip6tables-save` of both variants, `nft list ruleset`, and the policy routing state.
+    /// A tool that fails contributes its error instead.
+    pub fn dump_rulesets(&self) -> String {
+        let mut text = String::new();
+        for argv in [
+            &["iptables-legacy-save"][..],
+            &["ip6tables-legacy-save"],
+            &["iptables-nft-save"],
+            &["ip6tables-nft-save"],
+            &["nft", "list", "ruleset"],
+            &["ip", "rule"],
+            &["ip", "-6", "rule"],
+        ] {
+            let out = self.exec(argv);
+            text.push_str(&format!("### {} ({})\n", argv.join(" "), out.status));
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        text
+    }
+}
+
+/// A uid, a primary gid and optionally one supplementary group, as a probe's client runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub supplementary: Option<u32>,
+}
+
+impl User {
+    /// `uid`/`gid` without supplementary groups.
+    pub const fn new(uid: u32, gid: u32) -> User {
+        User {
+            uid,
+            gid,
+            supplementary: None,
+        }
+    }
+
+    /// Sets this thread's (and only this thread's) credentials.
+    fn become_on_this_thread(self) -> io::Result<()> {
+        use nix::libc;
+        let groups: Vec<libc::gid_t> = self.supplementary.into_iter().collect();
+        let check = |rc: libc::c_long| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        // SAFETY: raw system calls with plain integer arguments and a pointer to `groups`,
+        // which outlives the call.
+        unsafe {
+            check(libc::syscall(
+                libc::SYS_setgroups,
+                groups.len() as libc::c_long,
+                groups.as_ptr(),
+            ))?;
+            let gid = self.gid as libc::c_long;
+            check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+            let uid = self.uid as libc::c_long;
+            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)?;
+        if let Some(g) = self.supplementary {
+            write!(f, "+{g}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Joins a thread, re-raising its panic in the caller.
+pub fn join<T>(handle: JoinHandle<T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// A background process in a namespace; killed on drop.
@@ -266,6 +467,19 @@ pub fn remove_stale() {
             }
         }
     }
+}
+
+/// The names of the `meshcap-*` namespaces this process created that still exist.
+pub fn own_namespaces() -> Vec<String> {
+    let pid = std::process::id().to_string();
+    list_namespaces()
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('-').nth(1))
+                == Some(pid.as_str())
+        })
+        .collect()
 }
 
 /// The names of the `meshcap-*` namespaces that exist now.
