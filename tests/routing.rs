@@ -27,7 +27,8 @@ fn tproxy_ipv6_steps(mark: u32, table: u32) -> Vec<RoutingStep> {
     steps
 }
 
-/// What Istio runs for the same plan (tools/istio-iptables/pkg/capture/run.go).
+/// What Istio runs for the same plan (tools/istio-iptables/pkg/capture/run.go), except that
+/// meshcap adds `::6` with `nodad` on purpose, so that the proxy can bind it at once.
 fn istio_commands(mark: u32, table: u32) -> Vec<Vec<String>> {
     let (mark, table) = (mark.to_string(), table.to_string());
     let mut cmds = Vec::new();
@@ -39,7 +40,9 @@ fn istio_commands(mark: u32, table: u32) -> Vec<Vec<String>> {
             "ip", "-f", family, "route", "add", "local", "default", "dev", "lo", "table", &table,
         ]);
     }
-    cmds.push(vec!["ip", "-6", "addr", "add", "::6/128", "dev", "lo"]);
+    cmds.push(vec![
+        "ip", "-6", "addr", "add", "::6/128", "dev", "lo", "nodad",
+    ]);
     cmds.into_iter()
         .map(|c| c.into_iter().map(str::to_owned).collect())
         .collect()

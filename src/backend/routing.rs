@@ -17,7 +17,7 @@ use netlink_packet_core::{
     NetlinkPayload,
 };
 use netlink_packet_route::address::{
-    AddressAttribute, AddressMessage, AddressProtocol, AddressScope,
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope,
 };
 use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -291,6 +291,9 @@ fn loopback_address(addr: &IpNetwork) -> Result<AddressMessage, Failure> {
         // IFA_PROTO (kernel 5.18+, ignored by older ones): who added the address, so that
         // cleanup removes only meshcap's.
         AddressAttribute::Protocol(AddressProtocol::Other(MESHCAP_ADDRESS_PROTOCOL)),
+        // No duplicate address detection: until it finishes (even on lo) binding the address
+        // fails with EADDRNOTAVAIL, and the proxy may start right after meshcap.
+        AddressAttribute::Flags(AddressFlags::Nodad),
     ];
     Ok(msg)
 }
