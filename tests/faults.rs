@@ -8,7 +8,6 @@
 
 use netns_test_harness::{Netns, require_root};
 use std::process::Stdio;
-use std::time::Duration;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
@@ -88,11 +87,28 @@ fn run(ns: &Netns, args: Vec<&str>, backend: &[&str], extra: &[&str]) -> std::pr
     ns.exec(&argv)
 }
 
-/// Kills `meshcap NEW --reconcile` after 0, 8, 16, … ms and checks what the namespace holds.
+/// Kills `meshcap NEW --reconcile` at 24 points from 0 to 120 % of an uninterrupted run's time
+/// and checks what the namespace holds.
 /// Returns how often each state was seen.
 fn kill_during_replace(ns: &Netns, backend: &[&str]) -> [usize; 3] {
     let mut seen = [0; 3];
-    for delay_ms in (0..24u64).map(|i| i * 8) {
+    // Kill points spread over how long an uninterrupted replace takes on this machine now
+    // (timing places the kills; it decides no outcome).
+    let out = run(ns, old_args(), backend, &["--reconcile"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = std::time::Instant::now();
+    let out = run(ns, new_args(), backend, &["--reconcile"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let step = started.elapsed() / 20;
+    for delay in (0..24u32).map(|i| step * i) {
         let out = run(ns, old_args(), backend, &["--reconcile"]);
         assert!(
             out.status.success(),
@@ -111,7 +127,7 @@ fn kill_during_replace(ns: &Netns, backend: &[&str]) -> [usize; 3] {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        std::thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().expect("wait");
         let after = state(ns, backend);
@@ -127,10 +143,10 @@ fn kill_during_replace(ns: &Netns, backend: &[&str]) -> [usize; 3] {
         let out = run(ns, new_args(), backend, &["--reconcile"]);
         assert!(
             out.status.success(),
-            "delay {delay_ms} ms, left {after:?}: {}",
+            "delay {delay:?}, left {after:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(state(ns, backend), State::New, "delay {delay_ms} ms");
+        assert_eq!(state(ns, backend), State::New, "delay {delay:?}");
     }
     seen
 }
@@ -174,4 +190,22 @@ fn iptables_interrupted_install_is_completed_without_reconcile() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(state(&ns, &["--force-iptables-binary", "nft"]), State::New);
+}
+
+#[test]
+fn nftables_killed_mid_apply_leaves_old_or_new_never_a_mix() {
+    if !require_root("nftables_killed_mid_apply_leaves_old_or_new_never_a_mix") {
+        return;
+    }
+    let ns = Netns::new("killnft");
+    let seen = kill_during_replace(&ns, &["--backend", "nftables"]);
+    println!(
+        "nftables, SIGKILL during replace: old {} / new {} / mixed {}",
+        seen[0], seen[1], seen[2]
+    );
+    assert_eq!(seen[2], 0, "one transaction: never a mix, got {seen:?}");
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "the kill points must cover both before and after: {seen:?}"
+    );
 }

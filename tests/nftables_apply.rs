@@ -169,10 +169,13 @@ fn rerun_replaces_without_duplicates_and_cleanup_removes() {
     assert!(installed.len() > 10, "{installed:?}");
     assert!(drift(&ns, &plan_of(&first)).is_empty());
 
-    // Same configuration again: replaced in place, nothing duplicated.
+    // Same configuration again: a no-op (no transaction), nothing duplicated; the rules'
+    // handles are unchanged, which a flush-and-refill would not leave.
+    let handles = ns.exec_ok(&["nft", "-a", "list", "ruleset"]);
     let stderr = ok(&run(&ns, &first, &[]));
-    assert!(stderr.contains("replaced"), "{stderr}");
+    assert!(stderr.contains("already in place"), "{stderr}");
     assert_eq!(rules(&ns), installed);
+    assert_eq!(ns.exec_ok(&["nft", "-a", "list", "ruleset"]), handles);
 
     // Another configuration (TPROXY with DNS capture: other tables and chains) replaces it and
     // lists exactly as it does in a fresh namespace.
