@@ -116,6 +116,12 @@ pub struct Cli {
     #[arg(long, env = "MESHCAP_TPROXY_RETURN_MARKED", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", help_heading = TPROXY)]
     pub tproxy_return_marked: String,
 
+    /// Hardened rules (see SECURITY.md): exempt the proxy by uid only, and let only the proxy
+    /// uid use the 127.0.0.6 / ::6 passthrough. Istio's rules (the default) also exempt every
+    /// process with the proxy's gid and anyone who binds 127.0.0.6.
+    #[arg(long, env = "MESHCAP_STRICT", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", help_heading = OUTBOUND)]
+    pub strict: String,
+
     // --- Run control ---------------------------------------------------------------------
     /// Print the rules; touch nothing (needs no privileges).
     #[arg(short = 'n', long, env = "DRY_RUN", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", help_heading = RUN)]

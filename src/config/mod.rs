@@ -98,6 +98,9 @@ pub struct CaptureConfig {
     /// meshcap's addition for a transparent proxy running as the proxy uid (see
     /// `--tproxy-return-marked`); only takes effect in TPROXY mode.
     pub tproxy_return_marked: bool,
+    /// meshcap's hardened rules (`--strict`): the proxy is exempt by uid only, and the
+    /// 127.0.0.6 / ::6 passthrough RETURN only matches the proxy uid.
+    pub strict: bool,
 }
 
 /// Which backend writes the rules.

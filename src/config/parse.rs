@@ -513,6 +513,7 @@ impl Config {
             ipv4_loopback_cidr: loopback_cidr(inputs.env_var("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"))?,
             ipv6,
             tproxy_return_marked: boolean(&get("tproxy_return_marked"))?,
+            strict: boolean(&get("strict"))?,
         };
 
         let backend_raw = get("backend");

@@ -380,9 +380,22 @@ impl<'a> Builder<'a> {
         }
 
         // The proxy's inbound passthrough connects to the app from 127.0.0.6 / ::6: never recapture.
-        self.append_versioned(Table::Nat, Chain::IstioOutput, |f, _| {
-            (vec![oif("lo"), src(passthrough_source(f))], Target::Return)
-        });
+        if cfg.strict {
+            // Istio's rule matches whoever binds 127.0.0.6, which lets any process of the pod
+            // skip the rest of ISTIO_OUTPUT (DNS capture to a resolver on lo, for one).
+            for &id in &cfg.proxy_uids {
+                self.append_versioned(Table::Nat, Chain::IstioOutput, |f, _| {
+                    (
+                        vec![oif("lo"), src(passthrough_source(f)), uid(id, false)],
+                        Target::Return,
+                    )
+                });
+            }
+        } else {
+            self.append_versioned(Table::Nat, Chain::IstioOutput, |f, _| {
+                (vec![oif("lo"), src(passthrough_source(f))], Target::Return)
+            });
+        }
 
         let include_has_loopback = match &cfg.outbound_cidrs {
             OutboundCidrs::All => false,
@@ -398,7 +411,7 @@ impl<'a> Builder<'a> {
                 dns_on,
             );
         }
-        for &id in &cfg.proxy_gids {
+        for &id in proxy_gids(cfg) {
             // Istio's gid rule lacks the port-53 exclusion of the uid rule; kept as Istio has it.
             self.proxy_owner_rules(
                 gid(id, false),
@@ -741,7 +754,7 @@ impl<'a> Builder<'a> {
             .proxy_uids
             .iter()
             .map(|&u| (uid(u, false),))
-            .chain(cfg.proxy_gids.iter().map(|&g| (gid(g, false),)))
+            .chain(proxy_gids(cfg).iter().map(|&g| (gid(g, false),)))
             .collect();
         for (owner,) in owners {
             self.append(
@@ -882,7 +895,7 @@ impl<'a> Builder<'a> {
             .proxy_uids
             .iter()
             .map(|&u| uid(u, false))
-            .chain(cfg.proxy_gids.iter().map(|&g| gid(g, false)))
+            .chain(proxy_gids(cfg).iter().map(|&g| gid(g, false)))
         {
             self.append_versioned(Table::Mangle, Chain::Output, |_, lo| {
                 (
@@ -940,6 +953,13 @@ impl<'a> Builder<'a> {
             Target::Return,
         );
     }
+}
+
+/// The proxy gids whose traffic is exempt: none under --strict, which identifies the proxy by
+/// uid only (a gid rule matches every process whose primary group is the proxy's, e.g. an app
+/// container run with `runAsGroup: 1337`).
+fn proxy_gids(cfg: &CaptureConfig) -> &[u32] {
+    if cfg.strict { &[] } else { &cfg.proxy_gids }
 }
 
 fn split_families(nets: &[IpNetwork]) -> (Vec<IpNetwork>, Vec<IpNetwork>) {
