@@ -231,6 +231,9 @@ pub struct Raw {
 #[derive(Debug, Clone)]
 pub struct Inputs {
     pub cli: Cli,
+    /// The command the arguments were matched against, kept to name flags in errors
+    /// (building it again for each lookup would dominate meshcap's start-up time).
+    command: clap::Command,
     matches: ArgMatches,
     env: Vec<(String, String)>,
 }
@@ -245,9 +248,15 @@ impl Inputs {
     {
         // clap reads `env = ...` from the process environment; tests pass their own, so the
         // process environment must agree with `env` (see `with_env` in the tests).
-        let matches = Cli::command().try_get_matches_from(args)?;
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(args)?;
         let cli = Cli::from_arg_matches(&matches)?;
-        Ok(Inputs { cli, matches, env })
+        Ok(Inputs {
+            cli,
+            command,
+            matches,
+            env,
+        })
     }
 
     /// Parses the process's arguments and environment.
@@ -272,8 +281,8 @@ impl Inputs {
     /// arguments with an old variable name (see `ENV_ALIASES`), that variable is used when
     /// neither the flag nor the current variable is set.
     pub fn get(&self, id: &str) -> Option<Raw> {
-        let cmd = Cli::command();
-        let arg = cmd
+        let arg = self
+            .command
             .get_arguments()
             .find(|a| a.get_id() == id)
             .unwrap_or_else(|| panic!("no argument {id}"));
