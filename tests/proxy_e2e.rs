@@ -464,14 +464,17 @@ fn sigterm_drains_an_open_connection_to_completion() {
 }
 
 fn tproxy(tag: &str, user: ProxyUser, extra_rule: bool) {
+    tproxy_with(tag, user, extra_rule, &[]);
+}
+
+fn tproxy_with(tag: &str, user: ProxyUser, extra_rule: bool, backend: &[&str]) {
     // --tproxy-return-marked: a connection the proxy marks with the TPROXY mark (its transparent
     // passthrough to the app) is not sent back to the inbound listener.
-    let flags: &[&str] = if extra_rule {
-        &["--tproxy-return-marked"]
-    } else {
-        &[]
-    };
-    let mut pod = Pod::with_flags(tag, "TPROXY", flags);
+    let mut flags: Vec<&str> = backend.to_vec();
+    if extra_rule {
+        flags.push("--tproxy-return-marked");
+    }
+    let mut pod = Pod::with_flags(tag, "TPROXY", &flags);
     pod.start_proxy(user, &["--mode", "tproxy"]);
     inbound_and_outbound(&pod, PEER);
     let log = pod.stop_proxy();
@@ -520,5 +523,43 @@ fn tproxy_as_uid_1337_without_the_mark_return_rule_never_reaches_the_app() {
         value(&m, "meshcap_bytes_total{direction=\"inbound\",flow=\"tx\"}"),
         0,
         "{m}"
+    );
+}
+
+/// The same data path with the rules installed by the nftables backend (netlink): REDIRECT.
+#[test]
+fn nftables_redirect_inbound_from_127_0_0_6_and_outbound_through_15001() {
+    if !require_root("nftables_redirect_inbound_from_127_0_0_6_and_outbound_through_15001") {
+        return;
+    }
+    let mut pod = Pod::with_flags("nrd", "REDIRECT", &["--backend", "nftables"]);
+    assert!(
+        pod.pod
+            .exec_ok(&["nft", "list", "tables"])
+            .contains("istio-proxy-nat"),
+        "the nftables backend installed the rules"
+    );
+    pod.start_proxy(ProxyUser::Proxy, &[]);
+    inbound_and_outbound(&pod, "127.0.0.6");
+    pod.stop_proxy();
+}
+
+/// TPROXY through the nftables backend, both ways of running the proxy.
+#[test]
+fn nftables_tproxy_app_sees_the_peer() {
+    if !require_root("nftables_tproxy_app_sees_the_peer") {
+        return;
+    }
+    tproxy_with(
+        "ntpi",
+        ProxyUser::RootGid1337,
+        false,
+        &["--backend", "nftables"],
+    );
+    tproxy_with(
+        "ntpu",
+        ProxyUser::ProxyWithNetAdmin,
+        true,
+        &["--backend", "nftables"],
     );
 }
