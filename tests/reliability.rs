@@ -199,16 +199,58 @@ fn cleanup_removes_ours_and_keeps_foreign_rules() {
 
 #[test]
 fn concurrent_runs_end_in_one_complete_ruleset() {
-    if !require_root("concurrent_runs_end_in_one_complete_ruleset") {
+    if require_root("concurrent_runs_end_in_one_complete_ruleset") {
+        concurrent_runs(&["--force-iptables-binary", "nft"]);
+    }
+}
+
+#[test]
+fn concurrent_nftables_runs_end_in_one_complete_ruleset() {
+    if require_root("concurrent_nftables_runs_end_in_one_complete_ruleset") {
+        concurrent_runs(&["--backend", "nftables"]);
+    }
+}
+
+#[test]
+fn diff_reports_nftables_drift() {
+    if !require_root("diff_reports_nftables_drift") {
         return;
     }
+    let ns = Netns::new("diffnft");
+    let nft = ["--backend", "nftables"];
+    assert!(meshcap(&ns, &[], &nft).status.success());
+    let out = meshcap(&ns, &["diff"], &nft);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A bypass slipped in front of the outbound chain.
+    ns.exec_ok(&[
+        "nft",
+        "insert",
+        "rule",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+        "ip",
+        "daddr",
+        "192.0.2.9",
+        "return",
+    ]);
+    let out = meshcap(&ns, &["diff"], &nft);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("extra:") && text(&out).contains("192.0.2.9"),
+        "{}",
+        text(&out)
+    );
+}
+
+fn concurrent_runs(backend: &[&str]) {
     let ns = Netns::new("concurrent");
     for round in 0..5 {
         let runs: Vec<_> = (0..4)
             .map(|_| {
                 let mut argv = vec![MESHCAP];
                 argv.extend(ISTIO_DEFAULT);
-                argv.extend(["--force-iptables-binary", "nft"]);
+                argv.extend(backend);
                 ns.command(&argv)
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
@@ -220,8 +262,12 @@ fn concurrent_runs_end_in_one_complete_ruleset() {
             let out = child.wait_with_output().expect("wait");
             assert!(out.status.success(), "round {round}: {}", text(&out));
         }
-        let out = meshcap(&ns, &["diff"], &[]);
+        let out = meshcap(&ns, &["diff"], backend);
         assert_eq!(out.status.code(), Some(0), "round {round}: {}", text(&out));
-        assert!(meshcap(&ns, &[], &["--cleanup-only"]).status.success());
+        assert!(
+            meshcap(&ns, &[], &[&["--cleanup-only"], backend].concat())
+                .status
+                .success()
+        );
     }
 }
