@@ -2,7 +2,8 @@
 //! - any text in any flag either parses or is refused with exit 2 naming that flag, never a panic;
 //! - lists in Istio's forms parse to what they list;
 //! - any valid configuration renders to restore text that iptables-restore --test accepts, for
-//!   both families and both variants (in a throwaway namespace, as root).
+//!   both families and both variants, and to an nftables script `nft -c -f` accepts (in a
+//!   throwaway namespace, as root).
 
 mod common;
 
@@ -192,10 +193,11 @@ proptest! {
     }
 }
 
-/// Rendering is checked by the kernel's own parser: iptables-restore --test in a namespace.
+/// Rendering is checked by the tools' own parsers: iptables-restore --test and nft -c -f, in a
+/// namespace.
 #[test]
-fn rendered_rules_pass_iptables_restore_test() {
-    if !require_root("rendered_rules_pass_iptables_restore_test") {
+fn rendered_rules_pass_iptables_restore_test_and_nft_check() {
+    if !require_root("rendered_rules_pass_iptables_restore_test_and_nft_check") {
         return;
     }
     let ns = Netns::new("fuzzrender");
@@ -207,6 +209,17 @@ fn rendered_rules_pass_iptables_restore_test() {
         .run(&valid_args(), |args| {
             let cfg = parse(&args).expect("valid");
             let plan = meshcap::plan::build(&cfg.capture);
+            // The nftables backend's dry-run script, checked by nft itself.
+            let script = meshcap::backend::Firewall::render(
+                &meshcap::backend::nftables::NftablesBackend,
+                &plan,
+            );
+            let out = ns.exec_with_input(&["nft", "-c", "-f", "-"], &script);
+            prop_assert!(
+                out.status.success(),
+                "nft -c refused {args:?}:\n{}\n{script}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             for family in plan.families() {
                 let text = meshcap::backend::iptables::spell::restore_text(family);
                 let tool = match family.family {
