@@ -37,8 +37,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a client waits for a connection or an answer before it calls the probe `timeout`.
-/// Nothing in the standard matrix is expected to wait for it: refusals come back as RST or ICMP.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Nothing in the standard matrix is expected to wait for it: refusals come back as RST or ICMP,
+/// so it only bounds a probe that went wrong. It covers two SYN retransmissions (1 s, 3 s) and a
+/// loaded machine's scheduling delays (1.5 s once let a probe time out under load in CI).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Transport protocol of a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
