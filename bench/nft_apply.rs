@@ -8,7 +8,7 @@
 //! exec floor. Prints medians and ratios from one run. Uses the meshcap binary built next to this
 //! benchmark (build it with `cargo build --release` first).
 
-use netns_test_harness::Netns;
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,28 +25,11 @@ fn meshcap_bin() -> String {
 }
 
 fn default_args() -> Vec<String> {
-    [
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--ipv6",
-        "off",
-    ]
-    .map(String::from)
-    .to_vec()
+    ISTIO_DEFAULT_ARGS
+        .iter()
+        .chain(&["--ipv6", "off"])
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn long_args() -> Vec<String> {

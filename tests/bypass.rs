@@ -5,29 +5,14 @@
 
 use netns_test_harness::pod::Pod;
 use netns_test_harness::probe::{parse_table, render_table};
-use netns_test_harness::require_root;
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, require_root};
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
 fn install(pod: &Pod, extra: &[&str]) {
     let ns = pod.pod.path().display().to_string();
-    let mut args = vec![
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
+    let mut args = ISTIO_DEFAULT_ARGS.to_vec();
+    args.extend([
         "--redirect-dns",
         "--dns-servers",
         "127.0.0.53,192.0.2.53,2001:db8::53",
@@ -35,7 +20,7 @@ fn install(pod: &Pod, extra: &[&str]) {
         "on",
         "--network-namespace",
         &ns,
-    ];
+    ]);
     args.extend(extra);
     let out = std::process::Command::new(MESHCAP)
         .args(&args)

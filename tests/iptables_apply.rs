@@ -2,18 +2,13 @@
 //! iptables-nft and iptables-legacy, holds every rule of the plan when read back with
 //! iptables-save; a second run is a no-op; cleanup removes everything.
 
-use netns_test_harness::{Netns, require_root};
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
 use std::process::Output;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
-const DEFAULT_ISTIO_INIT: [&str; 14] = [
-    "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-];
-
 fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
     let mut argv = vec![MESHCAP];
-    argv.extend(DEFAULT_ISTIO_INIT);
-    argv.extend(["-d", "15090,15021,15020"]);
+    argv.extend(ISTIO_DEFAULT_ARGS);
     argv.extend(extra);
     ns.exec(&argv)
 }
@@ -179,7 +174,7 @@ fn a_failure_after_ipv4_leaves_no_half_ruleset() {
     let run = |extra: &[&str]| {
         let path = format!("PATH={}", dir.path().display());
         let mut argv = vec!["env", &path, MESHCAP];
-        argv.extend(DEFAULT_ISTIO_INIT);
+        argv.extend(ISTIO_DEFAULT_ARGS);
         argv.extend(["--ipv6", "on", "--force-iptables-binary", "nft"]);
         argv.extend(extra);
         ns.exec(&argv)

@@ -7,35 +7,18 @@
 
 use meshcap::backend::Firewall;
 use meshcap::backend::nftables::NftablesBackend;
-use netns_test_harness::{Netns, require_root};
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
 use std::process::Output;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 const TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
 
 fn default_args() -> Vec<String> {
-    [
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--backend",
-        "nftables",
-    ]
-    .map(String::from)
-    .to_vec()
+    ISTIO_DEFAULT_ARGS
+        .iter()
+        .chain(&["--backend", "nftables"])
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn with(extra: &[&str]) -> Vec<String> {
@@ -123,7 +106,8 @@ fn installs_without_any_firewall_binary_on_path() {
         return;
     }
     let ns = Netns::new("nftpath");
-    // --ipv6 absent: auto-detected, off in a namespace that only has lo.
+    // The nftables issue's acceptance command, verbatim. --ipv6 absent: auto-detected, off in a
+    // namespace that only has lo.
     let out = ns.exec(&[
         "env",
         "PATH=/nonexistent",

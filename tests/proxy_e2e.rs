@@ -9,7 +9,7 @@
 #[path = "../bench/proxy_app.rs"]
 mod app;
 
-use netns_test_harness::{Netns, Process, require_root};
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, Process, require_root};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -84,29 +84,16 @@ impl Pod {
         let peer = Netns::new(&format!("peer{tag}"));
         pod.link(&peer, &[&format!("{POD}/24")], &[&format!("{PEER}/24")]);
 
-        let mut argv = vec![
-            MESHCAP,
-            "-p",
-            "15001",
-            "-z",
-            "15006",
-            "-u",
-            "1337",
+        let mut argv = vec![MESHCAP];
+        argv.extend(ISTIO_DEFAULT_ARGS);
+        argv.extend([
             "-m",
             mode,
-            "-i",
-            "*",
-            "-x",
-            "",
-            "-b",
-            "*",
-            "-d",
-            "15090,15021,15020",
             "--ipv6",
             "off",
             "--force-iptables-binary",
             "nft",
-        ];
+        ]);
         argv.extend(flags);
         let out = pod.exec(&argv);
         assert!(

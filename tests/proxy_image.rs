@@ -81,28 +81,10 @@ fn staged_rootfs_holds_meshcap_iptables_and_their_libraries() {
 
     // Inside the staged root alone: meshcap renders Istio's rules, both iptables variants run.
     let chroot = |argv: &[&str]| ok(Command::new("chroot").arg(&dir.0).args(argv));
-    let rules = chroot(&[
-        "/usr/local/bin/meshcap",
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--ipv6",
-        "off",
-        "--dry-run",
-    ]);
+    let mut argv = vec!["/usr/local/bin/meshcap"];
+    argv.extend(netns_test_harness::ISTIO_DEFAULT_ARGS);
+    argv.extend(["--ipv6", "off", "--dry-run"]);
+    let rules = chroot(&argv);
     assert!(
         rules.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"),
         "{rules}"

@@ -1,35 +1,17 @@
 //! Reliability on a real kernel (iptables backend): drift detection with `meshcap diff`,
 //! `--run-validation`, cleanup that keeps foreign rules, and concurrent runs.
 
-use netns_test_harness::{Netns, require_root};
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
 use std::process::Output;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
-const ISTIO_DEFAULT: [&str; 18] = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--ipv6",
-    "off",
-];
+const IPV4_ONLY: [&str; 2] = ["--ipv6", "off"];
 
 fn meshcap(ns: &Netns, pre: &[&str], extra: &[&str]) -> Output {
     let mut argv = vec![MESHCAP];
     argv.extend(pre);
-    argv.extend(ISTIO_DEFAULT);
+    argv.extend(ISTIO_DEFAULT_ARGS);
+    argv.extend(IPV4_ONLY);
     argv.extend(["--force-iptables-binary", "nft"]);
     argv.extend(extra);
     ns.exec(&argv)
@@ -251,7 +233,8 @@ fn concurrent_runs(backend: &[&str]) {
         let runs: Vec<_> = (0..4)
             .map(|_| {
                 let mut argv = vec![MESHCAP];
-                argv.extend(ISTIO_DEFAULT);
+                argv.extend(ISTIO_DEFAULT_ARGS);
+                argv.extend(IPV4_ONLY);
                 argv.extend(backend);
                 ns.command(&argv)
                     .stdout(std::process::Stdio::piped())

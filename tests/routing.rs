@@ -5,7 +5,7 @@
 
 use meshcap::backend::{BackendError, routing};
 use meshcap::plan::{Family, RoutingStep};
-use netns_test_harness::{Netns, require_root};
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
 use std::process::Output;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
@@ -263,29 +263,16 @@ fn a_failed_apply_keeps_steps_that_were_already_in_place() {
 }
 
 fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
-    let mut argv = vec![
-        MESHCAP,
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
+    let mut argv = vec![MESHCAP];
+    argv.extend(ISTIO_DEFAULT_ARGS);
+    argv.extend([
         "-m",
         "TPROXY",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
         "--ipv6",
         "on",
         "--force-iptables-binary",
         "nft",
-    ];
+    ]);
     argv.extend(extra);
     ns.exec(&argv)
 }

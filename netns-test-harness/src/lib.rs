@@ -28,6 +28,28 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
+/// Istio's default injected istio-init flags, as the tests and benchmarks run meshcap with them:
+/// REDIRECT, every inbound port but the proxy's own (15090, 15021, 15020), every outbound
+/// destination. A later flag overrides one of these (e.g. `-m TPROXY`), as in Istio's CLI.
+pub const ISTIO_DEFAULT_ARGS: [&str; 16] = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
+
 /// Prefix of every namespace the harness creates.
 pub const PREFIX: &str = "meshcap-";
 
