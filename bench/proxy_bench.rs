@@ -339,4 +339,21 @@ fn main() {
             loaded.saturating_sub(idle) as f64 / 1000.0
         );
     }
+
+    // The same numbers as one JSON line, read by the benchmark report (bench/report).
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| serde_json::json!({"name": r.name, "gbps": r.gbps, "p50_us": r.p50, "p99_us": r.p99}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "proxy",
+            "bytes": bytes,
+            "rounds": rounds,
+            "results": rows,
+            "rss_idle_kib": memory.map(|m| m.0),
+            "rss_1000_idle_conns_kib": memory.map(|m| m.1),
+        })
+    );
 }
