@@ -9,7 +9,7 @@
 //! one connection, and the proxy's resident memory idle and with 1000 idle connections.
 //! The servers are this binary re-run with a role (`sink`, `echo`, `hold`) as uid 1000.
 
-use netns_test_harness::{Netns, Process};
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, Process};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -221,29 +221,10 @@ fn main() {
 
     let mut results = vec![measure("direct", &peer, bytes, rounds)];
 
-    let out = pod.exec(&[
-        MESHCAP,
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--ipv6",
-        "off",
-        "--force-iptables-binary",
-        "nft",
-    ]);
+    let mut argv = vec![MESHCAP];
+    argv.extend(ISTIO_DEFAULT_ARGS);
+    argv.extend(["--ipv6", "off", "--force-iptables-binary", "nft"]);
+    let out = pod.exec(&argv);
     assert!(
         out.status.success(),
         "{}",
