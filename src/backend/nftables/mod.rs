@@ -22,7 +22,7 @@ use crate::plan::Plan;
 use ir::Spec;
 use netlink::{Existing, Nl};
 
-/// Test-only: when set to `1`, the batch gets one extra rule that jumps to a chain that does not
+/// Test-only (debug builds): when set to `1`, the batch gets one extra rule that jumps to a chain that does not
 /// exist, so the kernel refuses the batch; integration tests use it to prove that a refused batch
 /// leaves the namespace unchanged. Nothing else reads it.
 pub const TEST_FAIL_BATCH_ENV: &str = "MESHCAP_TEST_FAIL_BATCH";
@@ -84,7 +84,9 @@ impl Firewall for NftablesBackend {
             routing::apply(&plan.routing)?;
             return Ok(Applied::AlreadyInPlace);
         }
-        let fail = std::env::var(TEST_FAIL_BATCH_ENV).as_deref() == Ok("1");
+        // Only debug builds (what `cargo test` runs) honour the fault-injection hook.
+        let fail =
+            cfg!(debug_assertions) && std::env::var(TEST_FAIL_BATCH_ENV).as_deref() == Ok("1");
         let built = netlink::build_batch(&spec, &Existing { tables, chains }, fail);
         tracing::debug!("nftables batch:\n{}", built.whats.join("\n"));
         nl.send_batch(&built.batch, &built.whats)?;
