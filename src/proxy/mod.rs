@@ -70,6 +70,7 @@ pub enum Ipv6Arg {
 #[derive(Debug, Parser)]
 #[command(
     name = "meshcap proxy",
+    bin_name = "meshcap proxy",
     about = "Transparent L4 proxy for the connections meshcap's rules capture",
     long_about = None,
 )]
