@@ -20,6 +20,11 @@ if ((${#missing[@]})); then
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 fi
 
-for tool in cargo rustfmt cargo-clippy; do
-    command -v "$tool" >/dev/null || { echo "setup: $tool not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "setup: cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+# The test command runs cargo fmt and cargo clippy: add the components where rustup can.
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "setup: adding the $component component" >&2
+        rustup component add "$component" </dev/null
+    fi
 done

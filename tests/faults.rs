@@ -6,7 +6,7 @@
 //! completes (an interrupted install is recognised as such; an interrupted replace needs the
 //! --reconcile it was started with). The nftables backend commits everything in one batch.
 
-use netns_test_harness::{Netns, require_root};
+use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
 use std::process::Stdio;
 
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
@@ -14,46 +14,16 @@ const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 /// Old and new configurations: TPROXY in both families (three tables each), then REDIRECT with
 /// other ports, so that every table changes.
 fn old_args() -> Vec<&'static str> {
-    vec![
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "TPROXY",
-        "-i",
-        "*",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021",
-        "--redirect-dns",
-        "--dns-servers",
-        "192.0.2.53,2001:db8::53",
-        "--ipv6",
-        "on",
-    ]
+    let mut args = ISTIO_DEFAULT_ARGS.to_vec();
+    args.extend(["-m", "TPROXY", "-d", "15090,15021", "--redirect-dns"]);
+    args.extend(["--dns-servers", "192.0.2.53,2001:db8::53", "--ipv6", "on"]);
+    args
 }
 
 fn new_args() -> Vec<&'static str> {
-    vec![
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-b",
-        "8080,9080",
-        "--ipv6",
-        "on",
-    ]
+    let mut args = ISTIO_DEFAULT_ARGS.to_vec();
+    args.extend(["-b", "8080,9080", "--ipv6", "on"]);
+    args
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
