@@ -136,7 +136,7 @@ fn installs_without_any_firewall_binary_on_path() {
     let listing = ns.exec_ok(&["nft", "list", "table", "inet", "istio-proxy-nat"]);
     assert!(listing.contains("redirect to :15006"), "{listing}");
     assert!(
-        listing.contains("tcp dport { 15020, 15021, 15090 }"),
+        listing.contains("meta l4proto . tcp dport { tcp . 15020, tcp . 15021, tcp . 15090 }"),
         "{listing}"
     );
 }

@@ -45,7 +45,10 @@ fn set_data(expr: NonNull<sys::nftnl_expr>, attr: u32, data: &[u8]) {
     }
 }
 
-const REG_1: u32 = libc::NFT_REG_1 as u32;
+pub const REG_1: u32 = libc::NFT_REG_1 as u32;
+/// The 32-bit register after the one register 1 starts with: where nft puts the second field
+/// of a concatenation whose first field fits in 4 bytes.
+pub const REG32_01: u32 = libc::NFT_REG32_01 as u32;
 
 /// `redirect to :port`, the port taken from register 1.
 pub struct Redirect;
@@ -89,12 +92,14 @@ impl Expression for CtSet {
     }
 }
 
-/// Loads `len` bytes at `offset` of a header into register 1.
+/// Loads `len` bytes at `offset` of a header into register `dreg`.
 pub struct PayloadLoad {
     /// `NFT_PAYLOAD_NETWORK_HEADER` or `NFT_PAYLOAD_TRANSPORT_HEADER`.
     pub base: u32,
     pub offset: u32,
     pub len: u32,
+    /// [`REG_1`], or [`REG32_01`] for the second field of a concatenation.
+    pub dreg: u32,
 }
 
 impl Expression for PayloadLoad {
@@ -103,7 +108,7 @@ impl Expression for PayloadLoad {
         set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE, self.base);
         set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET, self.offset);
         set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN, self.len);
-        set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG, REG_1);
+        set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG, self.dreg);
         e
     }
 }
@@ -168,6 +173,29 @@ impl SetKey for PortKey {
     const LEN: u32 = 2;
     fn data(&self) -> Box<[u8]> {
         // Elements are added with `add_element`; the key itself carries no value.
+        Box::new([])
+    }
+}
+
+/// nft's `inet_proto . inet_service`: a transport protocol and a port, each field padded to 4
+/// bytes as registers hold them (`meta l4proto . tcp dport`).
+pub struct ProtoPortKey;
+
+impl ProtoPortKey {
+    /// nft's concatenated type id: each field's type, 6 bits apiece (inet_proto = 12).
+    const TYPE_ID: u32 = (12 << 6) | PortKey::TYPE;
+
+    /// The element key for `proto . port`.
+    pub fn key(proto: u8, port: u16) -> Vec<u8> {
+        let p = port.to_be_bytes();
+        vec![proto, 0, 0, 0, p[0], p[1], 0, 0]
+    }
+}
+
+impl SetKey for ProtoPortKey {
+    const TYPE: u32 = Self::TYPE_ID;
+    const LEN: u32 = 8;
+    fn data(&self) -> Box<[u8]> {
         Box::new([])
     }
 }

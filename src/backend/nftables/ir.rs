@@ -848,14 +848,21 @@ impl Item {
                     PortField::Sport => "sport",
                     PortField::Dport => "dport",
                 };
-                let value = match value {
-                    PortValue::One(p) => p.to_string(),
+                let proto = proto_name(*proto);
+                match value {
+                    PortValue::One(p) => format!("{proto} {field} {}{p}", neq(*negated)),
+                    // A port set is keyed by protocol and port: a bare 16-bit key makes the
+                    // kernel pick its bitmap backend, whose insertion walks every element
+                    // already added (quadratic in the list); a concatenated key gets a hash.
                     PortValue::Set(ps) => format!(
-                        "{{ {} }}",
-                        ps.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                        "meta l4proto . {proto} {field} {}{{ {} }}",
+                        neq(*negated),
+                        ps.iter()
+                            .map(|p| format!("{proto} . {p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
-                };
-                format!("{} {field} {}{value}", proto_name(*proto), neq(*negated))
+                }
             }
             Item::SkUid { uid, negated } => format!("meta skuid {}{uid}", neq(*negated)),
             Item::SkGid { gid, negated } => match gid {

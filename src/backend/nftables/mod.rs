@@ -88,7 +88,15 @@ impl Firewall for NftablesBackend {
         let fail =
             cfg!(debug_assertions) && std::env::var(TEST_FAIL_BATCH_ENV).as_deref() == Ok("1");
         let built = netlink::build_batch(&spec, &Existing { tables, chains }, fail);
-        tracing::debug!("nftables batch:\n{}", built.whats.join("\n"));
+        tracing::debug!(
+            "nftables batch:\n{}",
+            built
+                .whats
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         nl.send_batch(&built.batch, &built.whats)?;
         routing::apply(&plan.routing)?;
         Ok(if replaced {

@@ -21,9 +21,11 @@ use nftnl::set::{Set, SetKey};
 use nftnl::{Batch, FinalizedBatch, MsgType, NlMsg, ProtoFamily};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString, c_void};
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -148,7 +150,7 @@ impl Nl {
     pub fn send_batch(
         &mut self,
         batch: &FinalizedBatch,
-        whats: &[String],
+        whats: &[What],
     ) -> Result<(), BackendError> {
         let seqs = batch.sequence_numbers();
         // With acknowledged batch begin/end messages (kernel 6.10+) the range holds two more.
@@ -219,7 +221,7 @@ impl Nl {
             let what = seq
                 .checked_sub(first_msg_seq)
                 .and_then(|i| whats.get(i as usize))
-                .cloned()
+                .map(What::to_string)
                 .unwrap_or_else(|| "the nftables batch".to_owned());
             return Err(err(
                 format!("the kernel refused `{what}` (the whole batch was rolled back)"),
@@ -416,10 +418,53 @@ unsafe impl NlMsg for FlushTable {
     }
 }
 
+/// What one batch message does, spelled only when an error (or the debug log) names it: the
+/// text of a rule with a thousand-element set costs more to format than to send.
+#[derive(Clone, Debug)]
+pub enum What {
+    Text(String),
+    /// `add rule inet TABLE CHAIN RULE`, or the set (`elements`: a message of its elements)
+    /// that rule looks up.
+    Rule {
+        table: &'static str,
+        chain: &'static str,
+        rule: Rc<RuleSpec>,
+        part: RulePart,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RulePart {
+    Rule,
+    Set,
+    Elements,
+}
+
+impl fmt::Display for What {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            What::Text(text) => f.write_str(text),
+            What::Rule {
+                table,
+                chain,
+                rule,
+                part,
+            } => {
+                let prefix = match part {
+                    RulePart::Rule => "",
+                    RulePart::Set => "add set for ",
+                    RulePart::Elements => "add set elements for ",
+                };
+                write!(f, "{prefix}add rule inet {table} {chain} {}", rule.text())
+            }
+        }
+    }
+}
+
 /// A batch and what each of its messages does (for error messages and expected read-back).
 pub struct Built {
     pub batch: FinalizedBatch,
-    pub whats: Vec<String>,
+    pub whats: Vec<What>,
     /// The elements (key, interval end) of each set the batch creates, by set id.
     pub sets: HashMap<u32, Vec<(Vec<u8>, bool)>>,
 }
@@ -477,13 +522,17 @@ fn addr_bytes(family: Family, v: u128) -> Vec<u8> {
 
 struct Builder {
     batch: Batch,
-    whats: Vec<String>,
+    whats: Vec<What>,
     sets: HashMap<u32, Vec<(Vec<u8>, bool)>>,
     next_set_id: u32,
 }
 
 impl Builder {
     fn add<T: NlMsg>(&mut self, msg: &T, ty: MsgType, what: String) {
+        self.add_what(msg, ty, What::Text(what));
+    }
+
+    fn add_what<T: NlMsg>(&mut self, msg: &T, ty: MsgType, what: What) {
         self.batch.add(msg, ty);
         self.whats.push(what);
     }
@@ -493,7 +542,7 @@ impl Builder {
         table: &nftnl::Table,
         interval: bool,
         elements: &[Element],
-        what: &str,
+        what: &What,
     ) -> (CString, u32) {
         self.next_set_id += 1;
         let id = self.next_set_id;
@@ -502,10 +551,20 @@ impl Builder {
         for e in elements {
             expr::add_element(&set, e);
         }
-        self.add(&set, MsgType::Add, format!("add set for {what}"));
+        let part = |part: RulePart| match what {
+            What::Rule {
+                table, chain, rule, ..
+            } => What::Rule {
+                table,
+                chain,
+                rule: Rc::clone(rule),
+                part,
+            },
+            What::Text(text) => What::Text(text.clone()),
+        };
+        self.add_what(&set, MsgType::Add, part(RulePart::Set));
         for msg in set.elems_iter() {
-            self.batch.add(&msg, MsgType::Add);
-            self.whats.push(format!("add set elements for {what}"));
+            self.add_what(&msg, MsgType::Add, part(RulePart::Elements));
         }
         self.sets.insert(
             id,
@@ -514,7 +573,20 @@ impl Builder {
         (set.get_name().to_owned(), id)
     }
 
-    fn rule(&mut self, table: &nftnl::Table, chain: &nftnl::Chain, spec: &RuleSpec, what: String) {
+    /// Adds the rule `spec` (and first the sets it looks up); `names` are its table and chain.
+    fn rule(
+        &mut self,
+        table: &nftnl::Table,
+        chain: &nftnl::Chain,
+        names: (&'static str, &'static str),
+        spec: &RuleSpec,
+    ) {
+        let what = What::Rule {
+            table: names.0,
+            chain: names.1,
+            rule: Rc::new(spec.clone()),
+            part: RulePart::Rule,
+        };
         // Sets first: a rule can only look up a set the batch already created.
         let mut lookups = Vec::new();
         for item in &spec.items {
@@ -531,18 +603,19 @@ impl Builder {
                     });
                 }
                 Item::Port {
+                    proto,
                     value: PortValue::Set(ports),
                     ..
                 } => {
                     let elements: Vec<Element> = ports
                         .iter()
                         .map(|p| Element {
-                            key: p.to_be_bytes().to_vec(),
+                            key: expr::ProtoPortKey::key(proto_num(*proto), *p),
                             end: false,
                             open: false,
                         })
                         .collect();
-                    lookups.push(self.set::<expr::PortKey>(table, false, &elements, &what));
+                    lookups.push(self.set::<expr::ProtoPortKey>(table, false, &elements, &what));
                 }
                 _ => {}
             }
@@ -552,7 +625,7 @@ impl Builder {
         for item in &spec.items {
             add_item(&mut rule, item, &mut lookups);
         }
-        self.add(&rule, MsgType::Add, what);
+        self.add_what(&rule, MsgType::Add, what);
     }
 }
 
@@ -615,6 +688,7 @@ fn add_item(
                 base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
                 offset,
                 len,
+                dreg: expr::REG_1,
             };
             match value {
                 AddrValue::Prefix(net) => {
@@ -678,12 +752,24 @@ fn add_item(
                     TransportHeaderField::Udp(UdpHeaderField::Sport)
                 }
             };
-            rule.add_expr(&Payload::Transport(header));
             match value {
                 PortValue::One(p) => {
+                    rule.add_expr(&Payload::Transport(header));
                     rule.add_expr(&Cmp::new(cmp_op(*negated), &p.to_be_bytes()[..]));
                 }
                 PortValue::Set(_) => {
+                    // `meta l4proto . tcp dport`: the protocol in register 1, the port in the
+                    // next 32-bit register (see `ProtoPortKey`).
+                    rule.add_expr(&Meta::L4Proto);
+                    rule.add_expr(&expr::PayloadLoad {
+                        base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+                        offset: match field {
+                            PortField::Sport => 0,
+                            PortField::Dport => 2,
+                        },
+                        len: 2,
+                        dreg: expr::REG32_01,
+                    });
                     let (set_name, set_id) = lookups.next().expect("set created for the rule");
                     rule.add_expr(&expr::Lookup {
                         set_name,
@@ -873,16 +959,14 @@ pub fn build_batch(spec: &Spec, existing: &Existing, fail: bool) -> Built {
         }
         for (c, chain) in want.chains.iter().zip(&chains) {
             for r in &c.rules {
-                let what = format!("add rule inet {name} {} {}", c.name, r.text());
-                b.rule(&table, chain, r, what);
+                b.rule(&table, chain, (name, c.name), r);
             }
         }
         if fail && let (Some(c), Some(chain)) = (want.chains.last(), chains.last()) {
             let r = RuleSpec {
                 items: vec![Item::Counter, Item::Verdict(Verdict::Jump(MISSING_CHAIN))],
             };
-            let what = format!("add rule inet {name} {} {}", c.name, r.text());
-            b.rule(&table, chain, &r, what);
+            b.rule(&table, chain, (name, c.name), &r);
         }
     }
     Built {
