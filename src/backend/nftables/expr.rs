@@ -1,8 +1,8 @@
 //! The few nftables expressions and set features that nftnl's safe API lacks, built on the raw
 //! libnftnl API (nftnl-sys) behind small safe types: `redir`, `tproxy`, `ct … set` for keys
-//! other than the mark (the conntrack zone), a payload load of any length (nft trims prefix
-//! matches to whole bytes), an inverted set lookup, a range compare, port set keys, and the
-//! flags and elements of interval sets.
+//! other than the mark (the conntrack zone), a payload load of any length into any register
+//! (nft trims prefix matches to whole bytes), an inverted set lookup, a range compare,
+//! `protocol . port` set keys, and the flags and elements of anonymous sets.
 //!
 //! Each type writes exactly the attributes `nft` writes for the same statement (checked with
 //! `nft --debug=netlink`), so that a ruleset installed over netlink lists like one loaded with
@@ -19,10 +19,6 @@ use std::ptr::NonNull;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 /// `NFT_RANGE_EQ`.
 const NFT_RANGE_EQ: u32 = 0;
-/// `NFTNL_UDATA_SET_ELEM_FLAGS` / `NFTNL_SET_ELEM_F_INTERVAL_OPEN`: the element userdata nft
-/// writes on an interval start whose range runs to the end of the address space.
-const UDATA_SET_ELEM_FLAGS: u8 = 1;
-const SET_ELEM_F_INTERVAL_OPEN: u32 = 1;
 
 fn alloc(name: &CStr) -> NonNull<sys::nftnl_expr> {
     // libnftnl returns NULL only when out of memory; abort as nftnl does.
@@ -200,32 +196,19 @@ impl SetKey for ProtoPortKey {
     }
 }
 
-/// Completes an anonymous set as nft does: interval flag when asked, and the element count
-/// (the kernel picks the set backend from it).
-pub fn finish_set<K>(set: &Set<'_, K>, interval: bool, elements: usize) {
+/// Completes an anonymous set as nft does: its flags and the element count (the kernel picks
+/// the set backend from it).
+pub fn finish_set<K>(set: &Set<'_, K>, elements: usize) {
     let raw = set.as_ptr().as_ptr();
-    let mut flags = (libc::NFT_SET_ANONYMOUS | libc::NFT_SET_CONSTANT) as u32;
-    if interval {
-        flags |= libc::NFT_SET_INTERVAL as u32;
-    }
+    let flags = (libc::NFT_SET_ANONYMOUS | libc::NFT_SET_CONSTANT) as u32;
     unsafe {
         sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_FLAGS as u16, flags);
         sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DESC_SIZE as u16, elements as u32);
     }
 }
 
-/// One set element to add.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Element {
-    pub key: Vec<u8>,
-    /// Closes an interval (`NFT_SET_ELEM_INTERVAL_END`).
-    pub end: bool,
-    /// Starts an interval that runs to the end of the key space.
-    pub open: bool,
-}
-
-/// Adds an element to the set's in-memory list (sent with `Set::elems_iter`).
-pub fn add_element<K>(set: &Set<'_, K>, element: &Element) {
+/// Adds an element with key `key` to the set's in-memory list (sent with `Set::elems_iter`).
+pub fn add_element<K>(set: &Set<'_, K>, key: &[u8]) {
     unsafe {
         let elem = NonNull::new(sys::nftnl_set_elem_alloc())
             .unwrap_or_else(|| std::process::abort())
@@ -233,25 +216,11 @@ pub fn add_element<K>(set: &Set<'_, K>, element: &Element) {
         sys::nftnl_set_elem_set(
             elem,
             sys::NFTNL_SET_ELEM_KEY as u16,
-            element.key.as_ptr() as *const c_void,
-            element.key.len() as u32,
+            key.as_ptr() as *const c_void,
+            key.len() as u32,
         );
-        let flags: u32 = if element.end {
-            libc::NFT_SET_ELEM_INTERVAL_END as u32
-        } else {
-            0
-        };
-        sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_FLAGS as u16, flags);
-        if element.open {
-            let mut udata = vec![UDATA_SET_ELEM_FLAGS, 4];
-            udata.extend_from_slice(&SET_ELEM_F_INTERVAL_OPEN.to_ne_bytes());
-            sys::nftnl_set_elem_set(
-                elem,
-                sys::NFTNL_SET_ELEM_USERDATA as u16,
-                udata.as_ptr() as *const c_void,
-                udata.len() as u32,
-            );
-        }
+        // nft writes the (empty) flags of every element.
+        sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_FLAGS as u16, 0);
         sys::nftnl_set_elem_add(set.as_ptr().as_ptr(), elem);
     }
 }

@@ -5,10 +5,10 @@
 //! from the very messages the install batch carries for the expected side, so both are spelled by
 //! the same decoder and differ only where the kernel holds something else.
 
-use super::expr::{self, Element};
+use super::expr;
 use super::ir::{
-    AddrField, AddrValue, BaseChain, ChainType, Dir, Gid, Hook, Interval, Item, PortField,
-    PortValue, RuleSpec, Spec, TABLE_NAMES, TableSpec, Verdict, chain_command, family_max,
+    AddrField, AddrValue, BaseChain, ChainType, Dir, Gid, Hook, Item, PortField, PortValue,
+    RuleSpec, Spec, TABLE_NAMES, TableSpec, Verdict, chain_command,
 };
 use crate::backend::BackendError;
 use crate::plan::{Family, Protocol};
@@ -479,38 +479,14 @@ fn elements_text(elements: &mut [(Vec<u8>, bool)]) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-/// The elements nft sends for an interval set: a leading interval end at zero unless the first
-/// interval starts there, each interval's start, and the address after its end (none when the
-/// interval runs to the top of the address space; its start is flagged open instead).
-fn interval_elements(family: Family, ivs: &[Interval]) -> Vec<Element> {
-    let key = |v: u128| match family {
-        Family::V4 => (v as u32).to_be_bytes().to_vec(),
-        Family::V6 => v.to_be_bytes().to_vec(),
-    };
-    let mut out = Vec::new();
-    if ivs.first().is_some_and(|iv| iv.start != 0) {
-        out.push(Element {
-            key: key(0),
-            end: true,
-            open: false,
-        });
-    }
-    for iv in ivs {
-        let open = iv.end == family_max(family);
-        out.push(Element {
-            key: key(iv.start),
-            end: false,
-            open,
-        });
-        if !open {
-            out.push(Element {
-                key: key(iv.end + 1),
-                end: true,
-                open: false,
-            });
-        }
-    }
-    out
+/// The netmask of a `plen`-bit prefix over `len` bytes.
+fn prefix_mask_bytes(len: usize, plen: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| match plen.saturating_sub(i * 8).min(8) {
+            0 => 0,
+            bits => 0xffu8 << (8 - bits),
+        })
+        .collect()
 }
 
 fn addr_bytes(family: Family, v: u128) -> Vec<u8> {
@@ -540,16 +516,15 @@ impl Builder {
     fn set<K: SetKey>(
         &mut self,
         table: &nftnl::Table,
-        interval: bool,
-        elements: &[Element],
+        keys: &[Vec<u8>],
         what: &What,
     ) -> (CString, u32) {
         self.next_set_id += 1;
         let id = self.next_set_id;
         let set = Set::<K>::new(c"__set%d", id, table, ProtoFamily::Inet);
-        expr::finish_set(&set, interval, elements.len());
-        for e in elements {
-            expr::add_element(&set, e);
+        expr::finish_set(&set, keys.len());
+        for key in keys {
+            expr::add_element(&set, key);
         }
         let part = |part: RulePart| match what {
             What::Rule {
@@ -566,10 +541,8 @@ impl Builder {
         for msg in set.elems_iter() {
             self.add_what(&msg, MsgType::Add, part(RulePart::Elements));
         }
-        self.sets.insert(
-            id,
-            elements.iter().map(|e| (e.key.clone(), e.end)).collect(),
-        );
+        self.sets
+            .insert(id, keys.iter().map(|k| (k.clone(), false)).collect());
         (set.get_name().to_owned(), id)
     }
 
@@ -593,13 +566,14 @@ impl Builder {
             match item {
                 Item::Addr {
                     family,
-                    value: AddrValue::Set(ivs),
+                    value: AddrValue::Networks { starts, .. },
                     ..
                 } => {
-                    let elements = interval_elements(*family, ivs);
+                    let keys: Vec<Vec<u8>> =
+                        starts.iter().map(|s| addr_bytes(*family, *s)).collect();
                     lookups.push(match family {
-                        Family::V4 => self.set::<Ipv4Addr>(table, true, &elements, &what),
-                        Family::V6 => self.set::<Ipv6Addr>(table, true, &elements, &what),
+                        Family::V4 => self.set::<Ipv4Addr>(table, &keys, &what),
+                        Family::V6 => self.set::<Ipv6Addr>(table, &keys, &what),
                     });
                 }
                 Item::Port {
@@ -607,15 +581,11 @@ impl Builder {
                     value: PortValue::Set(ports),
                     ..
                 } => {
-                    let elements: Vec<Element> = ports
+                    let keys: Vec<Vec<u8>> = ports
                         .iter()
-                        .map(|p| Element {
-                            key: expr::ProtoPortKey::key(proto_num(*proto), *p),
-                            end: false,
-                            open: false,
-                        })
+                        .map(|p| expr::ProtoPortKey::key(proto_num(*proto), *p))
                         .collect();
-                    lookups.push(self.set::<expr::ProtoPortKey>(table, false, &elements, &what));
+                    lookups.push(self.set::<expr::ProtoPortKey>(table, &keys, &what));
                 }
                 _ => {}
             }
@@ -702,11 +672,7 @@ fn add_item(
                         rule.add_expr(&load((plen / 8) as u32));
                         rule.add_expr(&Cmp::new(cmp_op(*negated), &bytes[..plen / 8]));
                     } else {
-                        let mut mask = vec![0u8; full as usize];
-                        for (i, b) in mask.iter_mut().enumerate() {
-                            let bits = plen.saturating_sub(i * 8).min(8);
-                            *b = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
-                        }
+                        let mask = prefix_mask_bytes(full as usize, plen);
                         let zero = vec![0u8; full as usize];
                         rule.add_expr(&load(full));
                         rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
@@ -721,8 +687,14 @@ fn add_item(
                         negated: *negated,
                     });
                 }
-                AddrValue::Set(_) => {
+                AddrValue::Networks { prefix, .. } => {
                     rule.add_expr(&load(full));
+                    let plen = *prefix as usize;
+                    if plen < full as usize * 8 {
+                        let mask = prefix_mask_bytes(full as usize, plen);
+                        let zero = vec![0u8; full as usize];
+                        rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
+                    }
                     let (set_name, set_id) = lookups.next().expect("set created for the rule");
                     rule.add_expr(&expr::Lookup {
                         set_name,
