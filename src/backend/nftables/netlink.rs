@@ -87,11 +87,27 @@ impl Nl {
     }
 
     fn recv(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
+        self.recv_with(0)
+    }
+
+    /// One datagram's messages; `flags` as for recv(2) (`MSG_DONTWAIT`: `WouldBlock` when none
+    /// is queued).
+    fn recv_with(&mut self, flags: libc::c_int) -> std::io::Result<Vec<Vec<u8>>> {
         let bytes: &mut [u8] = unsafe {
             std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut u8, self.buf.len() * 8)
         };
-        let n = self.sock.recv_raw(bytes)?;
-        mnl::NlMessages::new(&bytes[..n])
+        let n = unsafe {
+            libc::recv(
+                self.sock.as_raw_fd(),
+                bytes.as_mut_ptr() as *mut c_void,
+                bytes.len(),
+                flags,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        mnl::NlMessages::new(&bytes[..n as usize])
             .map(|m| m.map(<[u8]>::to_vec))
             .collect()
     }
@@ -182,28 +198,33 @@ impl Nl {
         let mut first_error: Option<(u32, i32)> = None;
         while !pending.is_empty() {
             // The kernel processes the batch inside sendto, so every acknowledgement is queued
-            // already; a short wait only guards against a kernel that acknowledges less.
-            let mut pfd = libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
+            // already: read without waiting, and wait (briefly) only when the queue is empty,
+            // which guards against a kernel that acknowledges less.
+            let msgs = match self.recv_with(libc::MSG_DONTWAIT) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut pfd = libc::pollfd {
+                        fd: self.sock.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    match unsafe { libc::poll(&mut pfd, 1, 1000) } {
+                        0 => break,
+                        r if r < 0 => {
+                            return Err(err(
+                                "waiting for nftables acknowledgements",
+                                std::io::Error::last_os_error(),
+                            ));
+                        }
+                        _ => continue,
+                    }
+                }
+                other => other.map_err(|e| {
+                    err(
+                        "reading nftables acknowledgements",
+                        errno_text(e.raw_os_error().unwrap_or(0)),
+                    )
+                })?,
             };
-            let ready = unsafe { libc::poll(&mut pfd, 1, 1000) };
-            if ready < 0 {
-                return Err(err(
-                    "waiting for nftables acknowledgements",
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            if ready == 0 {
-                break;
-            }
-            let msgs = self.recv().map_err(|e| {
-                err(
-                    "reading nftables acknowledgements",
-                    errno_text(e.raw_os_error().unwrap_or(0)),
-                )
-            })?;
             for msg in msgs {
                 let (ty, _) = header(&msg);
                 if ty != NLMSG_ERROR {
