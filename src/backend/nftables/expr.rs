@@ -161,26 +161,11 @@ impl Expression for Range {
     }
 }
 
-/// A transport port as a set key (nft's `inet_service`).
-pub struct PortKey;
-
-impl SetKey for PortKey {
-    const TYPE: u32 = 13;
-    const LEN: u32 = 2;
-    fn data(&self) -> Box<[u8]> {
-        // Elements are added with `add_element`; the key itself carries no value.
-        Box::new([])
-    }
-}
-
 /// nft's `inet_proto . inet_service`: a transport protocol and a port, each field padded to 4
 /// bytes as registers hold them (`meta l4proto . tcp dport`).
 pub struct ProtoPortKey;
 
 impl ProtoPortKey {
-    /// nft's concatenated type id: each field's type, 6 bits apiece (inet_proto = 12).
-    const TYPE_ID: u32 = (12 << 6) | PortKey::TYPE;
-
     /// The element key for `proto . port`.
     pub fn key(proto: u8, port: u16) -> Vec<u8> {
         let p = port.to_be_bytes();
@@ -189,9 +174,11 @@ impl ProtoPortKey {
 }
 
 impl SetKey for ProtoPortKey {
-    const TYPE: u32 = Self::TYPE_ID;
+    /// nft's concatenated type id, 6 bits per field: inet_proto (12), inet_service (13).
+    const TYPE: u32 = (12 << 6) | 13;
     const LEN: u32 = 8;
     fn data(&self) -> Box<[u8]> {
+        // Elements are added with `add_element`; the key itself carries no value.
         Box::new([])
     }
 }

@@ -721,10 +721,9 @@ fn rule_specs(
                     items.insert(0, Item::NfProto(f));
                     rule_family = Some(f);
                 }
-                let mut values = addr_values(f, &nets);
-                let value = values.remove(0);
-                if !values.is_empty() {
-                    values.insert(0, value.clone());
+                let values = addr_values(f, &nets);
+                let value = values[0].clone();
+                if values.len() > 1 {
                     alternatives = Some((items.len(), values));
                 }
                 Item::Addr {
@@ -859,11 +858,15 @@ fn neq(negated: bool) -> &'static str {
     if negated { "!= " } else { "" }
 }
 
-/// The netmask of a prefix length, as an address (`255.255.255.0`).
-pub fn prefix_mask(family: Family, prefix: u8) -> IpAddr {
+/// The netmask of a prefix length, as a value of the family (IPv4 in the low 32 bits).
+pub fn netmask(family: Family, prefix: u8) -> u128 {
     let host_bits = bits(family) - u32::from(prefix);
-    let mask = !block_end(0, host_bits) & family_max(family);
-    u128_to_ip(family, mask)
+    !block_end(0, host_bits) & family_max(family)
+}
+
+/// The netmask of a prefix length, as an address (`255.255.255.0`).
+fn prefix_mask(family: Family, prefix: u8) -> IpAddr {
+    u128_to_ip(family, netmask(family, prefix))
 }
 
 /// An interval in nft syntax: a prefix when it is one, else `first-last`.

@@ -8,7 +8,7 @@
 use super::expr;
 use super::ir::{
     AddrField, AddrValue, BaseChain, ChainType, Dir, Gid, Hook, Item, PortField, PortValue,
-    RuleSpec, Spec, TABLE_NAMES, TableSpec, Verdict, chain_command,
+    RuleSpec, Spec, TABLE_NAMES, TableSpec, Verdict, chain_command, netmask,
 };
 use crate::backend::BackendError;
 use crate::plan::{Family, Protocol};
@@ -500,16 +500,6 @@ fn elements_text(elements: &mut [(Vec<u8>, bool)]) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-/// The netmask of a `plen`-bit prefix over `len` bytes.
-fn prefix_mask_bytes(len: usize, plen: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| match plen.saturating_sub(i * 8).min(8) {
-            0 => 0,
-            bits => 0xffu8 << (8 - bits),
-        })
-        .collect()
-}
-
 fn addr_bytes(family: Family, v: u128) -> Vec<u8> {
     match family {
         Family::V4 => (v as u32).to_be_bytes().to_vec(),
@@ -693,7 +683,7 @@ fn add_item(
                         rule.add_expr(&load((plen / 8) as u32));
                         rule.add_expr(&Cmp::new(cmp_op(*negated), &bytes[..plen / 8]));
                     } else {
-                        let mask = prefix_mask_bytes(full as usize, plen);
+                        let mask = addr_bytes(*family, netmask(*family, plen as u8));
                         let zero = vec![0u8; full as usize];
                         rule.add_expr(&load(full));
                         rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
@@ -712,7 +702,7 @@ fn add_item(
                     rule.add_expr(&load(full));
                     let plen = *prefix as usize;
                     if plen < full as usize * 8 {
-                        let mask = prefix_mask_bytes(full as usize, plen);
+                        let mask = addr_bytes(*family, netmask(*family, *prefix));
                         let zero = vec![0u8; full as usize];
                         rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
                     }
