@@ -120,26 +120,86 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// The machine's CPU time so far, from /proc/stat's `cpu` line, in clock ticks: (busy, steal).
+/// Busy is user + nice + system + irq + softirq; steal is time the hypervisor ran something
+/// else while a CPU of ours wanted to run.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (f[0] + f[1] + f[2] + f[5] + f[6], f[7])
+}
+
+/// One path's best upload of the run, with the machine's CPU cost of it.
+#[derive(Clone, Copy)]
+struct Transfer {
+    gbps: f64,
+    /// CPU time (all CPUs, all processes: sender, proxy, receiver, softirq) per GiB moved.
+    cpu_s_per_gib: f64,
+    /// Busy CPUs during the transfer, on average.
+    cpus_busy: f64,
+    /// Share of the transfer's CPU time the hypervisor took away (steal).
+    steal: f64,
+}
+
+/// Best of two uploads: the machine is shared by client, proxy and server.
+fn best_transfer(peer: &Netns, bytes: u64) -> Transfer {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as f64;
+    let one = || {
+        let (busy0, steal0) = cpu_ticks();
+        let start = Instant::now();
+        let gbps = peer.run(move || throughput(bytes));
+        let secs = start.elapsed().as_secs_f64();
+        let (busy1, steal1) = cpu_ticks();
+        let busy = (busy1 - busy0) as f64 / hz;
+        let stolen = (steal1 - steal0) as f64 / hz;
+        Transfer {
+            gbps,
+            cpu_s_per_gib: busy / (bytes as f64 / (1u64 << 30) as f64),
+            cpus_busy: busy / secs,
+            steal: stolen / (busy + stolen).max(1e-9),
+        }
+    };
+    let (a, b) = (one(), one());
+    if a.gbps >= b.gbps { a } else { b }
+}
+
 struct Result {
     name: &'static str,
-    gbps: f64,
+    transfer: Transfer,
     p50: f64,
     p99: f64,
 }
 
-fn measure(name: &'static str, peer: &Netns, bytes: u64, rounds: usize) -> Result {
-    // Best of two transfers: the machine is shared by client, proxy and server.
-    let gbps = (0..2)
-        .map(|_| peer.run(move || throughput(bytes)))
-        .fold(0.0, f64::max);
-    let (p50, p99) = peer.run(move || latency(rounds));
-    eprintln!("{name:>16}: {gbps:6.2} Gbit/s  p50 {p50:7.1} us  p99 {p99:7.1} us");
+fn report(name: &'static str, transfer: Transfer, (p50, p99): (f64, f64)) -> Result {
+    let t = transfer;
+    eprintln!(
+        "{name:>16}: {:6.2} Gbit/s  {:.2} CPU-s/GiB  {:.2} CPUs busy  steal {:.0}%  \
+         p50 {p50:7.1} us  p99 {p99:7.1} us",
+        t.gbps,
+        t.cpu_s_per_gib,
+        t.cpus_busy,
+        t.steal * 100.0
+    );
     Result {
         name,
-        gbps,
+        transfer,
         p50,
         p99,
     }
+}
+
+fn measure(name: &'static str, peer: &Netns, bytes: u64, rounds: usize) -> Result {
+    let transfer = best_transfer(peer, bytes);
+    report(name, transfer, peer.run(move || latency(rounds)))
 }
 
 fn wait_port(ns: &Netns, addr: SocketAddr) {
@@ -270,9 +330,7 @@ fn main() {
         Some((1337, 1337)),
     );
     wait_port(&pod, sa("127.0.0.1", 15006));
-    let gbps = (0..2)
-        .map(|_| peer.run(move || throughput(bytes)))
-        .fold(0.0, f64::max);
+    let transfer = best_transfer(&peer, bytes);
     socat.stop();
     let socat_echo = pod.spawn(
         &[
@@ -283,30 +341,27 @@ fn main() {
         Some((1337, 1337)),
     );
     wait_port(&pod, sa("127.0.0.1", 15006));
-    let (p50, p99) = peer.run(move || latency(rounds));
+    let latency = peer.run(move || latency(rounds));
     socat_echo.stop();
-    eprintln!(
-        "{:>16}: {gbps:6.2} Gbit/s  p50 {p50:7.1} us  p99 {p99:7.1} us",
-        "socat"
-    );
-    results.push(Result {
-        name: "socat",
-        gbps,
-        p50,
-        p99,
-    });
+    results.push(report("socat", transfer, latency));
 
     let direct = &results[0];
     let socat = results.last().unwrap();
-    println!("\n| path | Gbit/s | vs direct | vs socat | p50 us | p99 us | added p50 us |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "\n| path | Gbit/s | vs direct | vs socat | CPU-s/GiB | CPUs busy | p50 us | p99 us | \
+         added p50 us |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &results {
+        let t = r.transfer;
         println!(
-            "| {} | {:.2} | {:.0}% | {:.2}x | {:.1} | {:.1} | {:+.1} |",
+            "| {} | {:.2} | {:.0}% | {:.2}x | {:.2} | {:.2} | {:.1} | {:.1} | {:+.1} |",
             r.name,
-            r.gbps,
-            100.0 * r.gbps / direct.gbps,
-            r.gbps / socat.gbps,
+            t.gbps,
+            100.0 * t.gbps / direct.transfer.gbps,
+            t.gbps / socat.transfer.gbps,
+            t.cpu_s_per_gib,
+            t.cpus_busy,
             r.p50,
             r.p99,
             r.p50 - direct.p50
@@ -324,7 +379,13 @@ fn main() {
     // The same numbers as one JSON line, read by the benchmark report (bench/report).
     let rows: Vec<serde_json::Value> = results
         .iter()
-        .map(|r| serde_json::json!({"name": r.name, "gbps": r.gbps, "p50_us": r.p50, "p99_us": r.p99}))
+        .map(|r| {
+            let t = r.transfer;
+            serde_json::json!({
+                "name": r.name, "gbps": t.gbps, "p50_us": r.p50, "p99_us": r.p99,
+                "cpu_s_per_gib": t.cpu_s_per_gib, "cpus_busy": t.cpus_busy, "steal": t.steal,
+            })
+        })
         .collect();
     println!(
         "{}",

@@ -904,12 +904,15 @@ impl Report<'_> {
                     vs.median
                 );
             }
-            if self.machine.nproc <= 4 {
+            if let (Some(dc), Some(pc)) = (direct.cpu_s_per_gib, def.cpu_s_per_gib) {
                 let _ = write!(
                     line,
-                    " Here the sender, the proxy and the receiver share {} CPUs: a proxied \
-                     byte is received and sent once more than on the direct path, on the same \
-                     CPUs.",
+                    " A proxied byte is received and sent once more than on the direct path: \
+                     the machine spends {:.2} CPU-seconds per GiB on it against {:.2} direct \
+                     ({:.2}×), here on {} CPUs shared by the sender, the proxy and the receiver.",
+                    pc.median,
+                    dc.median,
+                    pc.median / dc.median,
                     self.machine.nproc
                 );
             }
@@ -1144,9 +1147,12 @@ impl Report<'_> {
             s,
             "Ratios and differences are taken within each run (so every path is compared with \
              the direct path measured minutes apart at most), then the median (min–max) over \
-             the runs.\n\n\
-             | path | Gbit/s | % of direct | × socat | p50 µs | p99 µs | added p50 µs |\n\
-             |---|---|---|---|---|---|---|"
+             the runs. CPU-s/GiB is the CPU time of the whole machine (sender, proxy, receiver \
+             and the kernel's packet processing) per GiB uploaded, and CPUs busy its average \
+             over the upload; both from /proc/stat, for the best upload of each run.\n\n\
+             | path | Gbit/s | % of direct | × socat | CPU-s/GiB | CPUs busy | p50 µs | p99 µs \
+             | added p50 µs |\n\
+             |---|---|---|---|---|---|---|---|---|"
         );
         let pct = |v: Option<Summary>| {
             v.map_or("–".to_owned(), |f| {
@@ -1161,13 +1167,17 @@ impl Report<'_> {
         for path in &p.paths {
             let _ = writeln!(
                 s,
-                "| {} | {:.2} ({:.2}–{:.2}) | {} | {} | {} | {:.1} | {} |",
+                "| {} | {:.2} ({:.2}–{:.2}) | {} | {} | {} | {} | {} | {:.1} | {} |",
                 path.name,
                 path.gbps.median,
                 path.gbps.min,
                 path.gbps.max,
                 pct(path.vs_direct),
                 x(path.vs_socat.map(|f| f.median)),
+                path.cpu_s_per_gib
+                    .map_or("–".to_owned(), |c| format!("{:.2}", c.median)),
+                path.cpus_busy
+                    .map_or("–".to_owned(), |c| format!("{:.2}", c.median)),
                 range_us(&path.p50_us),
                 path.p99_us.median,
                 path.added_p50.map_or("–".to_owned(), |a| format!(

@@ -10,6 +10,10 @@ pub struct Path {
     pub gbps: Summary,
     pub p50_us: Summary,
     pub p99_us: Summary,
+    /// CPU time of the whole machine per GiB uploaded (None for outputs that predate it).
+    pub cpu_s_per_gib: Option<Summary>,
+    /// Busy CPUs during the upload, on average.
+    pub cpus_busy: Option<Summary>,
     /// Per run: this path's throughput / direct's in the same run; then over the runs.
     pub vs_direct: Option<Summary>,
     /// Per run: this path's throughput / socat's in the same run.
@@ -104,6 +108,8 @@ pub fn load() -> Result<Proxy, String> {
                 gbps: Summary::of(&field(n, "gbps"))?,
                 p50_us: Summary::of(&field(n, "p50_us"))?,
                 p99_us: Summary::of(&field(n, "p99_us"))?,
+                cpu_s_per_gib: Summary::of(&field(n, "cpu_s_per_gib")),
+                cpus_busy: Summary::of(&field(n, "cpus_busy")),
                 vs_direct: relative(n, "direct", "gbps", |a, b| a / b),
                 vs_socat: relative(n, "socat", "gbps", |a, b| a / b),
                 added_p50: relative(n, "direct", "p50_us", |a, b| a - b),

@@ -117,8 +117,9 @@ pub struct ProxyArgs {
     #[arg(long = "max-connections", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Per-direction buffer (copy) or pipe (splice) size, bytes.
-    #[arg(long = "buffer-size", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(4096..=1048576))]
+    /// Largest per-direction buffer (copy) or pipe (splice), bytes. Each starts at 64 KiB and
+    /// doubles whenever one read fills it.
+    #[arg(long = "buffer-size", default_value_t = 1048576, value_parser = clap::value_parser!(u32).range(4096..=1048576))]
     pub buffer_size: u32,
 
     /// How bytes are moved.

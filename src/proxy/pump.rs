@@ -4,7 +4,10 @@
 //! Two engines: a userspace copy through a buffer, and splice(2) through a pipe (socket → pipe →
 //! socket, no copy to userspace). Both wait on tokio's readiness and use non-blocking calls, so
 //! one task drives both directions of a connection. Buffers and pipes are created when the first
-//! byte arrives, so an idle connection costs no buffer memory.
+//! byte arrives, so an idle connection costs no buffer memory. They start at 64 KiB and double
+//! each time one read fills them, up to the configured size: a bulk transfer soon moves a
+//! megabyte per read/write pair (on this machine 1 MiB moves ~1.5x the bytes 64 KiB does, for
+//! less CPU per byte), while request/response traffic keeps small buffers.
 
 use super::metrics::{Direction, Metrics};
 use std::io;
@@ -138,6 +141,33 @@ pub async fn pump(
     outcome
 }
 
+/// The size of one direction's buffer or pipe: starts at [`Size::START`] (or the maximum, if
+/// smaller) and doubles whenever one read fills it, up to the maximum.
+struct Size {
+    now: usize,
+    max: usize,
+}
+
+impl Size {
+    const START: usize = 64 * 1024;
+
+    fn new(max: usize) -> Size {
+        Size {
+            now: Size::START.min(max),
+            max,
+        }
+    }
+
+    /// Records that a read moved `n` bytes; true when that filled the buffer and it grew.
+    fn grows_after(&mut self, n: usize) -> bool {
+        if n < self.now || self.now >= self.max {
+            return false;
+        }
+        self.now = (self.now * 2).min(self.max);
+        true
+    }
+}
+
 fn shutdown_write(s: &TcpStream) -> io::Result<()> {
     match nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
         Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
@@ -148,15 +178,17 @@ fn shutdown_write(s: &TcpStream) -> io::Result<()> {
 async fn copy_one_way(
     src: &TcpStream,
     dst: &TcpStream,
-    size: usize,
+    max: usize,
     activity: &Activity,
     tally: &mut Tally<'_>,
 ) -> io::Result<()> {
+    let mut size = Size::new(max);
     let mut buf: Vec<u8> = Vec::new();
     loop {
         src.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0; size];
+        if buf.len() < size.now {
+            // The old contents are sent already: a fresh buffer, not a copying resize.
+            buf = vec![0; size.now];
         }
         let n = match src.try_read(&mut buf) {
             Ok(n) => n,
@@ -175,6 +207,7 @@ async fn copy_one_way(
                 Err(e) => return Err(e),
             }
         }
+        size.grows_after(n);
         tally.add(n);
         activity.touch();
     }
@@ -191,12 +224,17 @@ impl Pipe {
         use nix::fcntl::OFlag;
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
             .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-        // A larger pipe moves more per call; the default (64 KiB) is kept when asked for less or
-        // when the system limit refuses.
+        let pipe = Pipe { read, write };
+        pipe.resize(size);
+        Ok(pipe)
+    }
+
+    /// A larger pipe moves more per call. Best effort: the kernel's default (64 KiB) stays when
+    /// asked for less, and the old size when the per-user pipe limit refuses.
+    fn resize(&self, size: usize) {
         if size > 65536 {
-            let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size as i32));
+            let _ = nix::fcntl::fcntl(&self.write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size as i32));
         }
-        Ok(Pipe { read, write })
     }
 }
 
@@ -216,19 +254,20 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 async fn splice_one_way(
     src: &TcpStream,
     dst: &TcpStream,
-    size: usize,
+    max: usize,
     activity: &Activity,
     tally: &mut Tally<'_>,
 ) -> io::Result<()> {
+    let mut size = Size::new(max);
     let mut pipe: Option<Pipe> = None;
     loop {
         src.readable().await?;
         let p = match &pipe {
             Some(p) => p,
-            None => pipe.insert(Pipe::new(size)?),
+            None => pipe.insert(Pipe::new(size.now)?),
         };
         // The pipe is empty here: everything spliced in is spliced out before reading again.
-        let n = match src.try_io(Interest::READABLE, || splice(src, &p.write, size)) {
+        let n = match src.try_io(Interest::READABLE, || splice(src, &p.write, size.now)) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -245,7 +284,42 @@ async fn splice_one_way(
                 Err(e) => return Err(e),
             }
         }
+        if size.grows_after(n) {
+            p.resize(size.now);
+        }
         tally.add(n);
         activity.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Size;
+
+    #[test]
+    fn buffers_double_only_when_a_read_fills_them_and_stop_at_the_maximum() {
+        let mut size = Size::new(1 << 20);
+        assert_eq!(size.now, 64 << 10);
+        assert!(!size.grows_after(1000), "a short read keeps the size");
+        assert!(size.grows_after(64 << 10));
+        assert_eq!(size.now, 128 << 10);
+        for _ in 0..3 {
+            let full = size.now;
+            assert!(size.grows_after(full));
+        }
+        assert_eq!(size.now, 1 << 20);
+        assert!(!size.grows_after(1 << 20), "never beyond the maximum");
+        assert_eq!(size.now, 1 << 20);
+    }
+
+    #[test]
+    fn a_maximum_below_the_start_is_the_size() {
+        let mut size = Size::new(16 << 10);
+        assert_eq!(size.now, 16 << 10);
+        assert!(!size.grows_after(16 << 10));
+        // A maximum that is not a power-of-two multiple of the start is reached exactly.
+        let mut size = Size::new(100_000);
+        assert!(size.grows_after(64 << 10));
+        assert_eq!(size.now, 100_000);
     }
 }
