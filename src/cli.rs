@@ -248,8 +248,10 @@ impl Inputs {
     {
         // clap reads `env = ...` from the process environment; tests pass their own, so the
         // process environment must agree with `env` (see `with_env` in the tests).
-        let command = Cli::command();
-        let matches = command.clone().try_get_matches_from(args)?;
+        // Matching through `&mut` keeps the command for later lookups without cloning its ~60
+        // arguments (a clone showed in the start-up profile).
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
         let cli = Cli::from_arg_matches(&matches)?;
         Ok(Inputs {
             cli,
