@@ -387,6 +387,53 @@ fn loop_guard_refuses_connections_to_the_proxys_own_listeners() {
     assert_eq!(log.matches("own listener (loop)").count(), 2, "{log}");
 }
 
+/// An accepted connection gets its buffers or pipes only when a byte arrives. Counted in pipes
+/// with the splice engine (each direction that moved a byte has one): idle connections hold
+/// none.
+#[test]
+fn idle_connections_hold_no_pipes() {
+    if !require_root("idle_connections_hold_no_pipes") {
+        return;
+    }
+    const IDLE: usize = 20;
+    let mut pod = Pod::new("idle", "REDIRECT");
+    pod.start_proxy(ProxyUser::Proxy, &["--engine", "splice"]);
+    let pid = pod.proxy.as_ref().unwrap().pid();
+    let pipes = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+            .count()
+    };
+    // The proxy's own: its standard output and error, piped by the harness.
+    let own = pipes();
+    let idle: Vec<TcpStream> = pod.peer.run(|| {
+        (0..IDLE)
+            .map(|_| TcpStream::connect(sa(POD, APP_PORT)).expect("idle connection"))
+            .collect()
+    });
+    eventually("the idle connections to reach the app", || {
+        (value(
+            &pod.metrics(),
+            "meshcap_connections_active{direction=\"inbound\"}",
+        ) == IDLE as u64)
+            .then_some(())
+    });
+    // Time for anything an accept would still set up.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(pipes() - own, 0, "idle connections hold pipes");
+    // One byte is enough for that direction's pipe (two descriptors) to appear.
+    let mut first = &idle[0];
+    first.write_all(b"G").unwrap();
+    eventually("a pipe for the connection that sent a byte", || {
+        (pipes() - own == 2).then_some(())
+    });
+    drop(idle);
+    let (code, _) = pod.peer_get(sa(POD, APP_PORT), "/whoami");
+    assert_eq!(code, 200);
+}
+
 #[test]
 fn sigterm_drains_an_open_connection_to_completion() {
     if !require_root("sigterm_drains_an_open_connection_to_completion") {

@@ -1189,11 +1189,17 @@ impl Report<'_> {
         if let (Some(idle), Some(loaded)) = (p.rss_idle_kib, p.rss_loaded_kib) {
             let _ = writeln!(
                 s,
-                "\n`meshcap proxy` resident memory (splice engine): idle {:.0} KiB, with 1000 idle \
-                 connections {:.0} KiB ({:.1} KiB per connection).",
+                "\n`meshcap proxy` resident memory (copy engine, the default; medians over the \
+                 runs): idle after its uploads and round trips {:.0} KiB, with 1000 idle \
+                 connections {:.0} KiB ({:.1} KiB per connection){}.",
                 idle.median,
                 loaded.median,
-                (loaded.median - idle.median) / 1000.0
+                (loaded.median - idle.median) / 1000.0,
+                p.rss_peak_kib.map_or(String::new(), |peak| format!(
+                    "; peak over the run {:.0} KiB (its 1 GiB uploads grow one connection's \
+                     buffers to 1 MiB each way)",
+                    peak.median
+                ))
             );
         }
         let _ = writeln!(s);

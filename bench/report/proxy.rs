@@ -30,6 +30,7 @@ pub struct Proxy {
     pub paths: Vec<Path>,
     pub rss_idle_kib: Option<Summary>,
     pub rss_loaded_kib: Option<Summary>,
+    pub rss_peak_kib: Option<Summary>,
     pub files: Vec<String>,
 }
 
@@ -131,6 +132,7 @@ pub fn load() -> Result<Proxy, String> {
         paths,
         rss_idle_kib: top("rss_idle_kib"),
         rss_loaded_kib: top("rss_1000_idle_conns_kib"),
+        rss_peak_kib: top("rss_peak_kib"),
         files,
     })
 }

@@ -168,6 +168,29 @@ impl Size {
     }
 }
 
+/// Waits until `src` has a byte or its EOF to read. tokio reports a freshly accepted socket
+/// readable once even when nothing has arrived; without this check every idle connection
+/// would get its buffer (or pipe) at accept.
+async fn data_arrived(src: &TcpStream) -> io::Result<()> {
+    loop {
+        src.readable().await?;
+        let peek = || {
+            let mut byte = [0u8; 1];
+            nix::sys::socket::recv(
+                src.as_raw_fd(),
+                &mut byte,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))
+        };
+        match src.try_io(Interest::READABLE, peek) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn shutdown_write(s: &TcpStream) -> io::Result<()> {
     match nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
         Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
@@ -184,6 +207,7 @@ async fn copy_one_way(
 ) -> io::Result<()> {
     let mut size = Size::new(max);
     let mut buf: Vec<u8> = Vec::new();
+    data_arrived(src).await?;
     loop {
         src.readable().await?;
         if buf.len() < size.now {
@@ -260,6 +284,7 @@ async fn splice_one_way(
 ) -> io::Result<()> {
     let mut size = Size::new(max);
     let mut pipe: Option<Pipe> = None;
+    data_arrived(src).await?;
     loop {
         src.readable().await?;
         let p = match &pipe {
