@@ -9,14 +9,20 @@ use meshcap::validation;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESHCAP_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    // A plain level filter when MESHCAP_LOG is unset (or invalid): building an EnvFilter
+    // showed in the start-up time every pod pays.
+    match tracing_subscriber::EnvFilter::try_from_env("MESHCAP_LOG") {
+        Ok(filter) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init(),
+        Err(_) => tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init(),
+    }
 
     // Subcommands have their own flags; the installer keeps Istio's flat command line.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
