@@ -5,7 +5,7 @@
 //! with the flag or variable that carried it.
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgMatches, CommandFactory, Parser};
 use std::ffi::OsString;
 
 const INBOUND: &str = "Inbound";
@@ -227,10 +227,11 @@ pub struct Raw {
     pub origin: Origin,
 }
 
-/// Parsed command line: the flags' raw values plus where each came from.
+/// Parsed command line: the flags' raw values plus where each came from. Config reads every
+/// value raw through [`Inputs::get`] (to name the flag or variable in its errors), so the typed
+/// [`Cli`] is never extracted: it only defines the command.
 #[derive(Debug, Clone)]
 pub struct Inputs {
-    pub cli: Cli,
     /// The command the arguments were matched against, kept to name flags in errors
     /// (building it again for each lookup would dominate meshcap's start-up time).
     command: clap::Command,
@@ -252,9 +253,7 @@ impl Inputs {
         // arguments (a clone showed in the start-up profile).
         let mut command = Cli::command();
         let matches = command.try_get_matches_from_mut(args)?;
-        let cli = Cli::from_arg_matches(&matches)?;
         Ok(Inputs {
-            cli,
             command,
             matches,
             env,

@@ -1,6 +1,6 @@
 //! The validated, typed configuration.
 //!
-//! [`Config::from_cli`] turns the raw flags and environment of [`crate::cli::Cli`] into typed
+//! [`Config::from_inputs`] turns the raw flags and environment of [`crate::cli::Inputs`] into typed
 //! values; every bad input fails here with a [`ConfigError`] naming the flag (or variable) and the
 //! value. Nothing downstream looks at strings again.
 
