@@ -176,7 +176,7 @@ impl Nl {
             seqs.start
         };
         // One sendto: nfnetlink only runs a batch that arrives whole.
-        let data: Vec<u8> = batch.iter().flatten().copied().collect();
+        let data = batch_bytes(batch);
         let need = (data.len() + 64 * 1024) as libc::c_int;
         let fd = unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) };
         if let Ok(current) = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SndBuf)
@@ -1203,6 +1203,16 @@ unsafe fn expr_text(
     }
 }
 
+/// The batch's pages joined into one buffer, with memcpy: a byte-wise iterator copy was 7 % of
+/// the instructions of a whole default install.
+fn batch_bytes(batch: &FinalizedBatch) -> Vec<u8> {
+    let mut data = Vec::new();
+    for page in batch.iter() {
+        data.extend_from_slice(page);
+    }
+    data
+}
+
 /// Per chain key (`inet TABLE CHAIN`), the base chain header (if any) then the rules' text.
 pub type ChainTexts = BTreeMap<String, Vec<String>>;
 
@@ -1218,7 +1228,7 @@ pub fn batch_texts(built: &Built) -> ChainTexts {
             .map(|elements| elements_text(&mut elements.clone()))
             .unwrap_or_else(|| "{?}".to_owned())
     };
-    let data: Vec<u8> = built.batch.iter().flatten().copied().collect();
+    let data = batch_bytes(&built.batch);
     // Re-align: parsing needs nlmsghdr alignment.
     let mut aligned = vec![0u64; data.len().div_ceil(8)];
     let bytes: &mut [u8] =
