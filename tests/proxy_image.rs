@@ -105,18 +105,3 @@ fn staged_rootfs_holds_meshcap_iptables_and_their_libraries() {
     let owner = chroot(&["/usr/sbin/iptables-nft", "-m", "owner", "--help"]);
     assert!(owner.contains("--uid-owner"), "{owner}");
 }
-
-/// build.rs links libnftnl and libgcc's unwinder statically: every shared library costs each pod
-/// start its loading. What is left shared is libmnl (Debian ships no libmnl.a) and glibc.
-#[test]
-fn meshcap_loads_no_libnftnl_or_libgcc_s_at_run_time() {
-    if std::env::var_os("MESHCAP_LINK_DYNAMIC").is_some() {
-        println!("skipped: MESHCAP_LINK_DYNAMIC asks for shared libraries");
-        return;
-    }
-    let ldd = ok(Command::new("ldd").arg(MESHCAP));
-    for shared in ["libnftnl.so", "libgcc_s.so"] {
-        assert!(!ldd.contains(shared), "meshcap loads {shared}:\n{ldd}");
-    }
-    assert!(ldd.contains("libmnl.so"), "{ldd}");
-}
