@@ -319,7 +319,141 @@ async fn splice_one_way(
 
 #[cfg(test)]
 mod tests {
-    use super::Size;
+    use super::{Engine, Size, pump};
+    use crate::proxy::metrics::{Direction, Metrics};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// client <-> [downstream | pump | upstream] <-> server, all on loopback; returns the client
+    /// and server ends and the pump's task (its outcome: bytes up, bytes down).
+    async fn proxied(
+        engine: Engine,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<(u64, u64)>) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (downstream, _) = front.accept().await.unwrap();
+        let upstream = TcpStream::connect(back.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = back.accept().await.unwrap();
+        let task = tokio::spawn(async move {
+            let metrics = Arc::new(Metrics::default());
+            let out = pump(
+                &downstream,
+                &upstream,
+                engine,
+                1 << 20,
+                Duration::from_secs(60),
+                &metrics,
+                Direction::Inbound,
+            )
+            .await;
+            assert!(out.error.is_none(), "{:?}", out.error);
+            (out.rx, out.tx)
+        });
+        (client, server, task)
+    }
+
+    /// A hang (a FIN that never arrives, a byte never sent) fails the test instead of stalling it.
+    async fn within_30s(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(Duration::from_secs(30), test)
+            .await
+            .expect("timed out: bytes or an end of stream never arrived");
+    }
+
+    /// Bytes that do not repeat with any power-of-two period, so a chunk delivered twice, lost
+    /// or out of order changes what the far end sees.
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    async fn bulk_both_ways_arrive_intact(engine: Engine) {
+        let (mut client, mut server, task) = proxied(engine).await;
+        let (up, down) = (pattern(12 << 20, 1), pattern(5 << 20, 2));
+        let (up2, down2) = (up.clone(), down.clone());
+        let sender = tokio::spawn(async move {
+            let (mut r, mut w) = client.split();
+            let (_, got) = tokio::join!(
+                async {
+                    w.write_all(&up2).await.unwrap();
+                    w.shutdown().await.unwrap();
+                },
+                async {
+                    let mut got = Vec::new();
+                    r.read_to_end(&mut got).await.unwrap();
+                    got
+                }
+            );
+            got
+        });
+        let (mut r, mut w) = server.split();
+        let (_, got_up) = tokio::join!(
+            async {
+                w.write_all(&down2).await.unwrap();
+                w.shutdown().await.unwrap();
+            },
+            async {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        );
+        let got_down = sender.await.unwrap();
+        assert!(got_up == up, "{engine:?}: upload changed on the way");
+        assert!(got_down == down, "{engine:?}: download changed on the way");
+        assert_eq!(task.await.unwrap(), (up.len() as u64, down.len() as u64));
+    }
+
+    /// 12 MiB up and 5 MiB down at once: the buffers grow from 64 KiB to 1 MiB on the way and
+    /// every byte arrives once, in order.
+    #[tokio::test]
+    async fn bulk_both_ways_arrive_intact_copy() {
+        within_30s(bulk_both_ways_arrive_intact(Engine::Copy)).await;
+    }
+
+    #[tokio::test]
+    async fn bulk_both_ways_arrive_intact_splice() {
+        within_30s(bulk_both_ways_arrive_intact(Engine::Splice)).await;
+    }
+
+    async fn half_close_keeps_the_other_way_open(engine: Engine) {
+        let (mut client, mut server, task) = proxied(engine).await;
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        // The server sees the request end (the client's FIN came through)...
+        let mut request = Vec::new();
+        server.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"request");
+        // ...and can still answer, at length, after it.
+        let answer = pattern(3 << 20, 3);
+        server.write_all(&answer).await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got == answer, "{engine:?}: answer after half-close changed");
+        assert_eq!(task.await.unwrap(), (7, answer.len() as u64));
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_way_open_copy() {
+        within_30s(half_close_keeps_the_other_way_open(Engine::Copy)).await;
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_way_open_splice() {
+        within_30s(half_close_keeps_the_other_way_open(Engine::Splice)).await;
+    }
 
     #[test]
     fn buffers_double_only_when_a_read_fills_them_and_stop_at_the_maximum() {
