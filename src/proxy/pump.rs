@@ -378,38 +378,28 @@ mod tests {
             .collect()
     }
 
-    async fn bulk_both_ways_arrive_intact(engine: Engine) {
-        let (mut client, mut server, task) = proxied(engine).await;
-        let (up, down) = (pattern(12 << 20, 1), pattern(5 << 20, 2));
-        let (up2, down2) = (up.clone(), down.clone());
-        let sender = tokio::spawn(async move {
-            let (mut r, mut w) = client.split();
-            let (_, got) = tokio::join!(
-                async {
-                    w.write_all(&up2).await.unwrap();
-                    w.shutdown().await.unwrap();
-                },
-                async {
-                    let mut got = Vec::new();
-                    r.read_to_end(&mut got).await.unwrap();
-                    got
-                }
-            );
-            got
-        });
-        let (mut r, mut w) = server.split();
-        let (_, got_up) = tokio::join!(
+    /// Writes `data` then a FIN while reading everything the other end sends until its FIN.
+    async fn exchange(mut stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = stream.split();
+        let mut got = Vec::new();
+        let (sent, read) = tokio::join!(
             async {
-                w.write_all(&down2).await.unwrap();
-                w.shutdown().await.unwrap();
+                w.write_all(&data).await?;
+                w.shutdown().await
             },
-            async {
-                let mut got = Vec::new();
-                r.read_to_end(&mut got).await.unwrap();
-                got
-            }
+            r.read_to_end(&mut got)
         );
-        let got_down = sender.await.unwrap();
+        sent.unwrap();
+        read.unwrap();
+        got
+    }
+
+    async fn bulk_both_ways_arrive_intact(engine: Engine) {
+        let (client, server, task) = proxied(engine).await;
+        let (up, down) = (pattern(12 << 20, 1), pattern(5 << 20, 2));
+        let client_side = tokio::spawn(exchange(client, up.clone()));
+        let got_up = exchange(server, down.clone()).await;
+        let got_down = client_side.await.unwrap();
         assert!(got_up == up, "{engine:?}: upload changed on the way");
         assert!(got_down == down, "{engine:?}: download changed on the way");
         assert_eq!(task.await.unwrap(), (up.len() as u64, down.len() as u64));
