@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what meshcap needs to build, run and test on Debian, when it is missing:
 # iptables (legacy and nft variants), nftables, libnftnl-dev, libmnl-dev, pkg-config,
-# iproute2 (ip netns), util-linux (setpriv), socat (the proxy benchmark's peer).
+# iproute2 (ip netns), util-linux (setpriv, nsenter), socat (the proxy benchmark's peer),
+# and for the CNI and pod tests: podman with runc and its CNI network backend
+# (containernetworking-plugins: bridge, host-local), buildah (images from a directory, no
+# registry) and busybox-static (the test pods' app).
 # Runs apt-get only when something is missing; needs root then (sudo is used if present).
 set -euo pipefail
 
-packages=(iptables nftables libnftnl-dev libmnl-dev pkg-config iproute2 util-linux socat gcc)
+packages=(iptables nftables libnftnl-dev libmnl-dev pkg-config iproute2 util-linux socat gcc
+          podman runc containernetworking-plugins buildah busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
