@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod plan;
 pub mod proxy;

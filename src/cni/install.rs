@@ -1,0 +1,1 @@
+//! The node installer (`meshcap cni install` / `uninstall`).

@@ -1,0 +1,1 @@
+//! The Kubernetes side: the pod from the API server and what Istio reads of it.
