@@ -14,6 +14,20 @@ pub enum Command {
     Gc,
 }
 
+impl Command {
+    /// The spec's name of the command.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Check => "CHECK",
+            Command::Del => "DEL",
+            Command::Version => "VERSION",
+            Command::Status => "STATUS",
+            Command::Gc => "GC",
+        }
+    }
+}
+
 /// The variables of one invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CniEnv {

@@ -25,8 +25,9 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 format!(
-                    "cniVersion {} does not allow {:?}: it needs {minimum} or later",
-                    conf.cni_version, env.command
+                    "cniVersion {} does not allow {}: it needs {minimum} or later",
+                    conf.cni_version,
+                    env.command.name()
                 ),
             ))
         }
