@@ -4,6 +4,7 @@
 //! the proxy uid's call to its own pod address is sent to the inbound listener, so the rules
 //! are in force.
 
+use crate::plan::{Family, passthrough_source};
 use nix::sys::socket::{getsockopt, sockopt};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -42,15 +43,18 @@ pub enum ValidationError {
     },
 }
 
+/// (where the dial comes from, where it goes) per family. The destination is the passthrough
+/// address, as in Istio's validation: a loopback address other than the listeners' (`::6` is on
+/// lo through the plan's routing step), so only a capture rule can bring the dial to them.
 fn families(ipv6: bool) -> Vec<(IpAddr, IpAddr)> {
     let mut out = vec![(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+        passthrough_source(Family::V4),
     )];
     if ipv6 {
         out.push((
             IpAddr::V6(Ipv6Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+            passthrough_source(Family::V6),
         ));
     }
     out

@@ -1,16 +1,12 @@
 //! Socket plumbing: listeners (optionally IP_TRANSPARENT), the original destination of an
 //! accepted connection, and upstream sockets bound the way each path needs.
 
+use crate::plan::{self, Family};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// Where the proxy hands inbound REDIRECT connections from (Istio's InboundPassthroughBind).
-pub const PASSTHROUGH_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
-/// The IPv6 counterpart (`::6`, added to lo by the installer when IPv6 is on).
-pub const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
 /// How a captured connection reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,12 +134,13 @@ pub fn upstream_socket(dst: SocketAddr, source: Source) -> io::Result<TcpSocket>
     Ok(socket)
 }
 
-/// The passthrough source for `dst`'s family.
+/// The passthrough source for `dst`'s family: the one the rules exempt.
 pub fn passthrough_source(dst: &SocketAddr) -> IpAddr {
-    match dst {
-        SocketAddr::V4(_) => IpAddr::V4(PASSTHROUGH_V4),
-        SocketAddr::V6(_) => IpAddr::V6(PASSTHROUGH_V6),
-    }
+    plan::passthrough_source(if dst.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    })
 }
 
 #[cfg(test)]
