@@ -5,7 +5,6 @@
 //! are in force.
 
 use crate::plan::{Family, passthrough_source};
-use nix::sys::socket::{getsockopt, sockopt};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -62,22 +61,8 @@ fn families(ipv6: bool) -> Vec<(IpAddr, IpAddr)> {
 
 /// The original destination of a redirected connection.
 fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
-    match stream.local_addr().ok()? {
-        SocketAddr::V4(_) => getsockopt(stream, sockopt::OriginalDst).ok().map(|sin| {
-            SocketAddr::from((
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            ))
-        }),
-        SocketAddr::V6(_) => getsockopt(stream, sockopt::Ip6tOriginalDst)
-            .ok()
-            .map(|sin6| {
-                SocketAddr::from((
-                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                    u16::from_be(sin6.sin6_port),
-                ))
-            }),
-    }
+    let v6 = stream.local_addr().ok()?.is_ipv6();
+    crate::proxy::original_dst(stream, v6).ok()
 }
 
 /// Runs the validation for every family in force; each must see its probe redirected.

@@ -28,6 +28,7 @@ mod net;
 mod pump;
 
 pub use metrics::{Direction, Metrics};
+pub use net::original_dst;
 pub use pump::Engine;
 
 use admin::AdminState;
