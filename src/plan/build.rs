@@ -47,7 +47,9 @@ fn routing_steps(cfg: &CaptureConfig) -> Vec<RoutingStep> {
     } else {
         &[Family::V4]
     };
-    if cfg.mode == InterceptMode::Tproxy {
+    // As Istio's configureTProxyRoutes (tools/common/tproxy): the fwmark rule and route serve
+    // TPROXYed inbound connections only, so `-b ""` adds neither.
+    if cfg.mode == InterceptMode::Tproxy && cfg.inbound_ports != InboundPorts::None {
         for &family in families {
             steps.push(RoutingStep::FwmarkRule {
                 family,
