@@ -29,6 +29,22 @@ pub struct Validation {
     pub proxy_gid: u32,
 }
 
+/// What `--run-validation` checks for a configuration: the proxy's two capture ports, as the
+/// first proxy uid and gid.
+impl From<&crate::config::Config> for Validation {
+    fn from(config: &crate::config::Config) -> Self {
+        let c = &config.capture;
+        Validation {
+            capture_ports: vec![c.proxy_port, c.inbound_capture_port],
+            probe_port: config.run.probe_port,
+            ipv6: c.ipv6,
+            timeout: config.run.probe_timeout,
+            proxy_uid: c.proxy_uids[0],
+            proxy_gid: c.proxy_gids[0],
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
     #[error("cannot listen on {addr}: {source}")]
@@ -140,4 +156,40 @@ pub fn dial(local: &str, probe: &str) -> io::Result<()> {
     // Bound to loopback like Istio's client, so the connection leaves through lo.
     socket.bind(&SocketAddr::new(local, 0).into())?;
     socket.connect_timeout(&probe.into(), Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Inputs;
+    use crate::config::{Config, SystemHost};
+
+    #[test]
+    fn built_from_the_configuration() {
+        let argv = [
+            "meshcap",
+            "-p",
+            "15101",
+            "-z",
+            "15106",
+            "-u",
+            "1000,1001",
+            "-g",
+            "2000",
+            "--iptables-probe-port",
+            "15555",
+            "--probe-timeout",
+            "2m",
+            "--ipv6",
+            "on",
+        ];
+        let inputs = Inputs::parse_from(argv, Vec::new()).unwrap();
+        let config = Config::from_inputs(&inputs, &SystemHost).unwrap();
+        let v = Validation::from(&config);
+        assert_eq!(v.capture_ports, [15101, 15106]);
+        assert_eq!(v.probe_port, 15555);
+        assert!(v.ipv6);
+        assert_eq!(v.timeout, Duration::from_secs(120));
+        assert_eq!((v.proxy_uid, v.proxy_gid), (1000, 2000));
+    }
 }
