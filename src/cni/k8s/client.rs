@@ -124,12 +124,12 @@ fn attempt(
     if let Some(token) = &config.token {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
-    let mut response = request.call().map_err(|e| transport(config, e))?;
+    let mut response = request.call().map_err(|e| transport(config, e, timeout))?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()
         .read_to_vec()
-        .map_err(|e| transport(config, e))?;
+        .map_err(|e| transport(config, e, timeout))?;
     let server = || config.server.clone();
     match status {
         200 => decode(config, pod, &body).map_err(Failure::Final),
@@ -160,7 +160,7 @@ fn attempt(
 
 /// Connection failures and timeouts are transient; TLS failures (a certificate that does not
 /// verify, a refused client certificate) are not, and neither is anything else ureq reports.
-fn transport(config: &Kubeconfig, error: ureq::Error) -> Failure {
+fn transport(config: &Kubeconfig, error: ureq::Error, timeout: Duration) -> Failure {
     use ureq::Error as E;
     let tls = |problem: String| {
         Failure::Final(K8sError::Tls {
@@ -170,7 +170,8 @@ fn transport(config: &Kubeconfig, error: ureq::Error) -> Failure {
         })
     };
     match error {
-        E::Timeout(_) | E::HostNotFound | E::ConnectionFailed | E::Protocol(_) => {
+        E::Timeout(_) => Failure::Transient(format!("no answer within {timeout:?}")),
+        E::HostNotFound | E::ConnectionFailed | E::Protocol(_) => {
             Failure::Transient(error.to_string())
         }
         // rustls reports handshake failures through the stream as InvalidData.
