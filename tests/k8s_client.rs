@@ -12,11 +12,21 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
-/// Short enough for tests, with room for several attempts.
+/// For the failures that take the whole budget: short, with room for several attempts.
 fn quick() -> RetryPolicy {
     RetryPolicy {
         budget: Duration::from_millis(1500),
         attempt_timeout: Duration::from_millis(300),
+        first_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+/// For the rest: generous, so that a loaded machine cannot turn an answer into a timeout.
+fn patient() -> RetryPolicy {
+    RetryPolicy {
+        budget: Duration::from_secs(60),
+        attempt_timeout: Duration::from_secs(20),
         first_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
     }
@@ -45,7 +55,16 @@ fn pod_ref() -> PodRef {
 }
 
 fn fetch(server: &ApiServer, ca: CaForm, credential: Credential) -> Result<Pod, K8sError> {
-    fetch_pod(&server.kubeconfig(ca, credential), &pod_ref(), &quick())
+    fetch_with(server, ca, credential, &patient())
+}
+
+fn fetch_with(
+    server: &ApiServer,
+    ca: CaForm,
+    credential: Credential,
+    retry: &RetryPolicy,
+) -> Result<Pod, K8sError> {
+    fetch_pod(&server.kubeconfig(ca, credential), &pod_ref(), retry)
 }
 
 fn serving_test_pod(fault: Fault) -> ApiServer {
@@ -87,7 +106,7 @@ fn client_certificate_inline_and_in_files() {
 #[test]
 fn api_down_is_retryable_and_bounded() {
     let server = ApiServer::start(Fault::Down);
-    let err = fetch(&server, CaForm::Data, Credential::Token).unwrap_err();
+    let err = fetch_with(&server, CaForm::Data, Credential::Token, &quick()).unwrap_err();
     let K8sError::Unavailable {
         attempts, elapsed, ..
     } = &err
@@ -105,7 +124,7 @@ fn api_down_is_retryable_and_bounded() {
 #[test]
 fn api_slow_is_retryable() {
     let server = serving_test_pod(Fault::Slow(Duration::from_secs(5)));
-    let err = fetch(&server, CaForm::Data, Credential::Token).unwrap_err();
+    let err = fetch_with(&server, CaForm::Data, Credential::Token, &quick()).unwrap_err();
     assert!(
         matches!(&err, K8sError::Unavailable { last, attempts, .. }
             if last.starts_with("no answer within") && *attempts > 1),
@@ -126,7 +145,7 @@ fn unavailable_then_ok_is_retried_to_success() {
 #[test]
 fn lasting_503_ends_in_try_again_later() {
     let server = serving_test_pod(Fault::Status(503));
-    let err = fetch(&server, CaForm::Data, Credential::Token).unwrap_err();
+    let err = fetch_with(&server, CaForm::Data, Credential::Token, &quick()).unwrap_err();
     assert!(
         matches!(&err, K8sError::Unavailable { last, .. } if last == "HTTP 503: injected fault"),
         "{err:?}"
@@ -138,7 +157,7 @@ fn lasting_503_ends_in_try_again_later() {
 fn rejected_token_is_a_credential_error_at_once() {
     let server = serving_test_pod(Fault::None);
     let kubeconfig = server.kubeconfig(CaForm::Data, Credential::WrongToken);
-    let err = fetch_pod(&kubeconfig, &pod_ref(), &quick()).unwrap_err();
+    let err = fetch_pod(&kubeconfig, &pod_ref(), &patient()).unwrap_err();
     assert!(
         matches!(err, K8sError::Credentials { status: 401, .. }),
         "{err:?}"
@@ -282,7 +301,7 @@ fn conformance_pods_round_trip() {
     let kubeconfig = server.kubeconfig(CaForm::Data, Credential::Token);
     for case in json["cases"].as_array().unwrap() {
         server.serve_pod(&case["pod"]);
-        let got = fetch_pod(&kubeconfig, &pod, &quick()).unwrap();
+        let got = fetch_pod(&kubeconfig, &pod, &patient()).unwrap();
         let want: Pod = serde_json::from_value(case["pod"].clone()).unwrap();
         assert_eq!(got, want, "case {}", case["name"]);
         assert!(
