@@ -2,7 +2,8 @@
 //!
 //! Runs, on this machine and in fresh network namespaces: apply time against list length
 //! (meshcap's backends against `nft -f`, one iptables call per rule and the `ip netns exec`
-//! floor), the data path's cost per new connection against list length, and the footprint
+//! floor), the data path's cost per new connection against list length, CNI mode's ADD against
+//! the bridge plugin's, and the footprint
 //! (binary size, peak memory, runtime image); folds in the proxy benchmark's numbers (saved by
 //! scripts/bench.sh, see `MESHCAP_PROXY_BENCH`); writes docs/BENCHMARKS.md and docs/*.svg.
 //! Needs root. A bench target with `harness = false`: `cargo test` never runs it.
@@ -17,6 +18,7 @@
 //! * `MESHCAP_BIN`: the meshcap binary (default: the one cargo built for this bench).
 
 mod apply;
+mod cni;
 mod datapath;
 mod footprint;
 mod markdown;
@@ -100,6 +102,9 @@ fn main() {
     let t = Instant::now();
     let datapath = datapath::run(&settings);
     let datapath_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let cni = cni::run(&settings);
+    let cni_secs = t.elapsed().as_secs_f64();
     let footprint = footprint::run(&settings);
     let proxy = proxy::load();
     if let Err(e) = &proxy {
@@ -118,6 +123,7 @@ fn main() {
         durations: [
             ("apply time", apply_secs),
             ("data path", datapath_secs),
+            ("CNI mode", cni_secs),
             (
                 "report total (without builds and the proxy benchmark)",
                 started.elapsed().as_secs_f64(),
@@ -125,7 +131,9 @@ fn main() {
         ],
     };
     let figures = markdown::figures(&report);
-    let text = report.render(&figures);
+    let mut text = report.render(&figures);
+    text.push('\n');
+    text.push_str(&cni::section(&cni));
     let path = settings.out.join("BENCHMARKS.md");
     std::fs::write(&path, text).expect("write BENCHMARKS.md");
     eprintln!(

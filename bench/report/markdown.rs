@@ -19,7 +19,7 @@ pub struct Report<'a> {
     pub datapath: &'a Datapath,
     pub footprint: &'a Footprint,
     pub proxy: Result<&'a Proxy, &'a String>,
-    pub durations: [(&'static str, f64); 3],
+    pub durations: [(&'static str, f64); 4],
 }
 
 pub struct Figure {
