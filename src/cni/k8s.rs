@@ -20,8 +20,7 @@ pub mod stanza;
 pub use client::{RetryPolicy, fetch_pod, fetch_pod_with};
 pub use error::K8sError;
 pub use istio::{
-    Decision, Setting, append_always_excluded_inbound_ports, istio_cni_defaults,
-    namespace_excluded, sidecar_decision,
+    Decision, Setting, append_always_excluded_inbound_ports, namespace_excluded, sidecar_decision,
 };
 pub use kubeconfig::Kubeconfig;
 pub use pod::Pod;

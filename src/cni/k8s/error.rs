@@ -3,16 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// CNI error code 4: invalid necessary environment variables (here `CNI_ARGS`).
-pub const CNI_INVALID_ENVIRONMENT: u32 = 4;
-/// CNI error code 7: invalid network configuration (here the kubeconfig the stanza names).
-pub const CNI_INVALID_NETWORK_CONFIG: u32 = 7;
-/// CNI error code 11: try again later. The runtime retries the sandbox; the pod never starts
-/// without its rules because the API server was slow.
-pub const CNI_TRY_AGAIN_LATER: u32 = 11;
-/// A plugin-specific code (the CNI specification leaves 100 and above to plugins): the API server
-/// answered, or the exchange failed, in a way that retrying as such will not fix.
-pub const CNI_KUBERNETES_FAILURE: u32 = 999;
+use crate::cni::spec::code;
 
 /// A failure to learn the pod's configuration from Kubernetes.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +102,8 @@ fn detail(message: &str) -> String {
 impl K8sError {
     /// Whether the failure is the API server being unreachable or slow, which retrying later may
     /// cure. [`crate::cni::k8s::fetch_pod`] has retried already; the plugin reports it with
-    /// [`CNI_TRY_AGAIN_LATER`].
+    /// code 11 (try again later): the runtime retries the sandbox, and the pod never starts
+    /// without its rules because the API server was slow.
     pub fn retryable(&self) -> bool {
         matches!(self, K8sError::Unavailable { .. })
     }
@@ -122,15 +114,15 @@ impl K8sError {
     /// not change (credentials refused, pod gone, TLS failure, a body that is not the Pod).
     pub fn cni_code(&self) -> u32 {
         match self {
-            K8sError::Unavailable { .. } => CNI_TRY_AGAIN_LATER,
-            K8sError::CniArgs(_) => CNI_INVALID_ENVIRONMENT,
-            K8sError::Kubeconfig { .. } => CNI_INVALID_NETWORK_CONFIG,
+            K8sError::Unavailable { .. } => code::TRY_AGAIN_LATER,
+            K8sError::CniArgs(_) => code::INVALID_ENVIRONMENT,
+            K8sError::Kubeconfig { .. } => code::INVALID_CONFIG,
             K8sError::Credentials { .. }
             | K8sError::PodNotFound { .. }
             | K8sError::Tls { .. }
             | K8sError::Status { .. }
             | K8sError::Decode { .. }
-            | K8sError::Request { .. } => CNI_KUBERNETES_FAILURE,
+            | K8sError::Request { .. } => code::OTHER,
         }
     }
 }

@@ -92,34 +92,6 @@ const PROXY_ENV: [(&str, &[&str]); 3] = [
     ("INVALID_DROP", &["drop-invalid"]),
 ];
 
-/// Istio's CNI defaults, under the stanza's `"capture"` settings and the pod's own. The
-/// excluded inbound ports are the default `15020` with [`ALWAYS_EXCLUDED_INBOUND_PORTS`] appended.
-pub fn istio_cni_defaults() -> Vec<Setting> {
-    const SOURCE: &str = "Istio CNI default";
-    [
-        ("istio-inbound-interception-mode", "REDIRECT"),
-        ("istio-service-cidr", "*"),
-        ("istio-service-exclude-cidr", ""),
-        ("istio-inbound-ports", "*"),
-        ("istio-local-exclude-ports", ALWAYS_EXCLUDED_INBOUND_PORTS),
-        ("istio-outbound-ports", ""),
-        ("istio-local-outbound-ports-exclude", "15020"),
-        ("kube-virt-interfaces", ""),
-        ("istio-exclude-interfaces", ""),
-        ("proxy-uid", "1337"),
-        ("proxy-gid", "1337"),
-        ("redirect-dns", "false"),
-        ("capture-all-dns", "false"),
-        ("dual-stack", "false"),
-        ("drop-invalid", "false"),
-        ("envoy-port", "15001"),
-        ("inbound-capture-port", "15006"),
-    ]
-    .into_iter()
-    .map(|(flag, value)| Setting::new(flag, value, SOURCE))
-    .collect()
-}
-
 /// `list` with [`ALWAYS_EXCLUDED_INBOUND_PORTS`] appended, empty elements and repeats dropped,
 /// the first occurrence kept in place. Istio applies this to every excluded-inbound-ports value.
 pub fn append_always_excluded_inbound_ports(list: &str) -> String {
