@@ -3,11 +3,11 @@
 //! holds every library `ldd meshcap` lists, and meshcap and both iptables variants run in it
 //! (chroot, so nothing of the host's filesystem helps them).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+use common::{MESHCAP, repo};
+use std::path::PathBuf;
+use std::process::Command;
 
 struct TempDir(PathBuf);
 
@@ -35,7 +35,7 @@ fn ok(cmd: &mut Command) -> String {
 
 #[test]
 fn dockerfile_runs_the_readme_build_and_stages_the_rootfs() {
-    let dockerfile = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     for want in [
         "RUN make build",
         "sh deploy/stage-rootfs.sh /rootfs target/release/meshcap",
@@ -62,7 +62,7 @@ fn staged_rootfs_holds_meshcap_iptables_and_their_libraries() {
     let dir = TempDir(std::env::temp_dir().join(format!("meshcap-rootfs-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     ok(Command::new("sh")
-        .arg(Path::new(ROOT).join("deploy/stage-rootfs.sh"))
+        .arg(repo().join("deploy/stage-rootfs.sh"))
         .arg(&dir.0)
         .arg(MESHCAP));
 
