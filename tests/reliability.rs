@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{MESHCAP, NO_ENV, istio_args, meshcap_in};
+use common::{MESHCAP, NO_ENV, istio_args, meshcap_in, text};
 use netns_test_harness::{Netns, require_root};
 use std::process::Output;
 
@@ -17,14 +17,6 @@ fn meshcap(ns: &Netns, pre: &[&str], extra: &[&str]) -> Output {
     args.extend(["--force-iptables-binary", "nft"]);
     args.extend(extra);
     meshcap_in(ns, &args, NO_ENV)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -32,6 +32,15 @@ pub fn istio_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// A process's stdout then stderr, for checks and messages that look at both.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Panics with meshcap's stderr unless it succeeded; returns its stderr (where it reports).
 pub fn ok(out: &Output) -> String {
     assert!(
