@@ -5,6 +5,8 @@
 //! `netns_test_harness::skip`, so that scripts/test.sh counts it as skipped.
 #![allow(dead_code)]
 
+pub mod cni;
+
 use netns_test_harness::Netns;
 use netns_test_harness::skip::{Need, skip, skip_part};
 use std::ffi::OsStr;
