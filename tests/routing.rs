@@ -3,12 +3,13 @@
 //! commands leave in another one; applying again changes nothing (no stacked rules); cleaning
 //! restores the namespace's initial state, and cleaning again is fine.
 
+mod common;
+
+use common::{NO_ENV, istio_args, meshcap_in, ok};
 use meshcap::backend::{BackendError, routing};
 use meshcap::plan::{Family, RoutingStep};
-use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
+use netns_test_harness::{Netns, require_root};
 use std::process::Output;
-
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
 /// The steps of a TPROXY + IPv6 plan with mark `mark` and route table `table`.
 fn tproxy_ipv6_steps(mark: u32, table: u32) -> Vec<RoutingStep> {
@@ -269,9 +270,7 @@ fn a_failed_apply_keeps_steps_that_were_already_in_place() {
 }
 
 fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
-    let mut argv = vec![MESHCAP];
-    argv.extend(ISTIO_DEFAULT_ARGS);
-    argv.extend([
+    let mut args = istio_args(&[
         "-m",
         "TPROXY",
         "--ipv6",
@@ -279,18 +278,8 @@ fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
         "--force-iptables-binary",
         "nft",
     ]);
-    argv.extend(extra);
-    ns.exec(&argv)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "meshcap failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    args.extend(extra);
+    meshcap_in(ns, &args, NO_ENV)
 }
 
 #[test]

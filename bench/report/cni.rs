@@ -38,7 +38,7 @@ impl Step {
 }
 
 /// The meshcap-cni steps, in the order a round takes them.
-const STEPS: [Step; 4] = [
+pub const STEPS: [Step; 4] = [
     Step::Meshcap {
         nftables: true,
         n: 0,
