@@ -1,7 +1,8 @@
 #!/bin/sh
-# Lays out the runtime image's whole filesystem under ROOTFS: the meshcap binary, iptables
-# (legacy and nft variants, with their extension modules) and exactly the shared libraries these
-# link (their ldd closure), plus /etc/protocols and an empty /run and /tmp. Nothing else.
+# Lays out the runtime image's whole filesystem under ROOTFS: the meshcap binary (and meshcap-cni,
+# a symlink to it: the CNI plugin), iptables (legacy and nft variants, with their extension
+# modules) and exactly the shared libraries these link (their ldd closure), plus /etc/protocols
+# and an empty /run and /tmp. Nothing else.
 # With --nftables-only: no iptables at all (binaries, extensions or their libraries); meshcap's
 # nftables backend talks netlink itself, so `--backend nftables` is all that image can run.
 # Used by the Dockerfile's build stage, by deploy/build-image.sh (`make image`) and by the tests.
@@ -21,6 +22,8 @@ meshcap=$2
 mkdir -p "$root/usr/local/bin" "$root/etc" "$root/run" "$root/tmp"
 chmod 1777 "$root/tmp"
 install -m 0755 "$meshcap" "$root/usr/local/bin/meshcap"
+# Under this name the binary is the CNI plugin (for a node installer to copy out of the image).
+ln -sf meshcap "$root/usr/local/bin/meshcap-cni"
 cp /etc/protocols "$root/etc/protocols"
 binaries="$root/usr/local/bin/meshcap"
 

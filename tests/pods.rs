@@ -7,8 +7,9 @@
 //! * a name unique to the test and `restartPolicy: OnFailure` (podman kube play restarts
 //!   finished init containers under Kubernetes' default `Always`; deploy/README.md);
 //! * per variant: `--backend nftables` on the nftables-only image; `-m TPROXY` with the
-//!   sidecar's securityContext taken from deploy/README.md; or no init container at all (which
-//!   must make the inbound check fail).
+//!   sidecar's securityContext taken from deploy/README.md; no init container at all (which
+//!   must make the inbound check fail); or no init container on a network whose configuration
+//!   list chains meshcap-cni with the stanza of deploy/meshcap-cni.conflist.
 
 mod common;
 
@@ -34,6 +35,24 @@ enum Variant {
     Tproxy,
     /// No init container: nothing installs the rules.
     NoInit,
+    /// No init container and no `NET_ADMIN` anywhere: the network's configuration list chains
+    /// meshcap-cni (its stanza from deploy/meshcap-cni.conflist), which installs the rules.
+    Cni,
+}
+
+/// The `meshcap-cni` stanzas of deploy/meshcap-cni.conflist.
+fn deploy_cni_stanzas() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(common::repo().join("deploy/meshcap-cni.conflist")).unwrap();
+    let conflist: serde_json::Value = serde_json::from_str(&text).expect("conflist JSON");
+    let stanzas: Vec<serde_json::Value> = conflist["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter(|p| p["type"] == "meshcap-cni")
+        .cloned()
+        .collect();
+    assert_eq!(stanzas.len(), 1, "{text}");
+    stanzas
 }
 
 /// `text` with `from` replaced by `to`, which must occur exactly `times` times.
@@ -105,7 +124,7 @@ fn manifest(variant: Variant, name: &str, meshcap: &str, app: &str) -> String {
                     .expect("resources after the securityContext");
             text.replace_range(start..end, &readme_tproxy_security_context());
         }
-        Variant::NoInit => {
+        Variant::NoInit | Variant::Cni => {
             let start = text
                 .find("      initContainers:\n")
                 .expect("initContainers");
@@ -151,7 +170,15 @@ static ONE_POD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Pod {
     fn start(test: &str, variant: Variant) -> Option<Pod> {
-        let podman = Podman::new(test, &[])?;
+        let podman = if variant == Variant::Cni {
+            let podman = Podman::new(test, &deploy_cni_stanzas())?;
+            // The test binary under the plugin's name, where the runtime looks for plugins.
+            std::os::unix::fs::symlink(common::MESHCAP, podman.plugin_dir().join("meshcap-cni"))
+                .unwrap();
+            podman
+        } else {
+            Podman::new(test, &[])?
+        };
         let serial = ONE_POD_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -397,7 +424,7 @@ impl Pod {
             .output()
             .unwrap();
         let tables = String::from_utf8_lossy(&out.stdout);
-        let nftables = self.variant == Variant::Nftables;
+        let nftables = matches!(self.variant, Variant::Nftables | Variant::Cni);
         assert_eq!(
             (
                 tables.contains("istio-proxy-nat"),
@@ -457,7 +484,9 @@ fn sidecar_pod_is_captured(test: &str, variant: Variant, proxy_user: &str) {
         .unwrap_or_else(|e| panic!("{e}\n{}", pod.logs()));
     pod.check_outbound();
     pod.check_loopback_not_captured(proxy_user);
-    pod.check_init_ran_once();
+    if variant != Variant::Cni {
+        pod.check_init_ran_once();
+    }
     pod.check_backend_tables();
 }
 
@@ -474,6 +503,11 @@ fn sidecar_pod_with_nftables_on_the_nftables_only_image() {
 #[test]
 fn tproxy_pod_as_istio_runs_it_app_sees_the_peer() {
     sidecar_pod_is_captured("pods_tproxy", Variant::Tproxy, "0:1337");
+}
+
+#[test]
+fn cni_pod_without_init_container_or_net_admin_is_captured() {
+    sidecar_pod_is_captured("pods_cni", Variant::Cni, "1337:1337");
 }
 
 /// The inbound check can fail: without the init container nothing is captured.
@@ -503,4 +537,6 @@ fn the_variants_change_only_what_they_say() {
     assert!(tproxy.contains(r#""-m", "TPROXY""#));
     assert!(tproxy.contains("runAsGroup: 1337") && tproxy.contains("add: [NET_ADMIN]"));
     assert!(!manifest(Variant::NoInit, "p", "M", "A").contains("initContainers"));
+    let cni = manifest(Variant::Cni, "p", "M", "A");
+    assert!(!cni.contains("initContainers") && !cni.contains("NET_ADMIN"));
 }
