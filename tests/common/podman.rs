@@ -20,6 +20,9 @@
 //! ([`Podman::track_image`]), the namespace and the directory. Podman's storage is the machine's
 //! root storage; nothing of a test stays in it.
 //!
+//! A run killed before the drop leaves its directory behind; the next [`Podman::new`] removes
+//! what that run left.
+//!
 //! Skips: without root, or without podman, [`Podman::new`] prints `SKIP: reason` and returns
 //! `None`; with `MESHCAP_REQUIRE_NETNS=1` it panics instead.
 
@@ -82,6 +85,47 @@ pub fn available(test: &str) -> bool {
     true
 }
 
+/// Removes what fixtures of test processes that are gone (killed before their drop ran) left:
+/// their directory `meshcap-podman-<pid>-<n>` still names their configuration, so a fixture
+/// rebuilt around it (in a fresh namespace) finds their pods, containers and `:<pid>-<n>`
+/// images and drops them.
+fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("meshcap-podman-") else {
+            continue;
+        };
+        let pid = id.split('-').next().and_then(|p| p.parse::<i32>().ok());
+        let alive = |pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if pid.is_none_or(alive) || !entry.path().join("containers.conf").is_file() {
+            continue;
+        }
+        let stale = Podman {
+            id: id.to_owned(),
+            dir: entry.path(),
+            made: Mutex::new(Made::default()),
+            pause_built: Mutex::new(false),
+            host: Netns::new("podstale"),
+        };
+        let listing = stale.run(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        let mut made = stale.made.lock().unwrap();
+        made.networks.push(stale.network());
+        made.images.extend(
+            String::from_utf8_lossy(&listing.stdout)
+                .lines()
+                .filter(|t| {
+                    t.starts_with("localhost/meshcap-test-") && t.ends_with(&format!(":{id}"))
+                })
+                .map(str::to_owned),
+        );
+        drop(made);
+        drop(stale);
+    }
+}
+
 /// What the fixture made and must remove.
 #[derive(Default)]
 struct Made {
@@ -109,6 +153,7 @@ impl Podman {
         if !available(test) {
             return None;
         }
+        remove_stale();
         let id = format!(
             "{}-{}",
             std::process::id(),
