@@ -20,6 +20,11 @@ root=$(mktemp -d "${TMPDIR:-/tmp}/meshcap-rootfs.XXXXXX")
 trap 'rm -rf "$root"' EXIT
 # shellcheck disable=SC2086 # $option is empty or one word
 sh "$here/stage-rootfs.sh" $option "$root/rootfs" "$meshcap"
+old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 # --layers=false: one image, no intermediate ones left in the storage.
-podman build --quiet --layers=false -f "$here/Containerfile" -t "$tag" "$root/rootfs" >/dev/null
+new=$(podman build --quiet --layers=false -f "$here/Containerfile" -t "$tag" "$root/rootfs")
+# A rebuild leaves the previous image untagged; remove it unless something still uses it.
+if [ -n "$old" ] && [ "$old" != "$new" ] && [ -z "$(podman image inspect --format '{{.RepoTags}}' "$old" | tr -d '[]')" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+fi
 echo "$tag: $(podman image inspect --format '{{.Size}}' "$tag") bytes"
