@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod cni;
+pub mod podman;
 
 use netns_test_harness::Netns;
 use netns_test_harness::skip::{Need, skip, skip_part};
