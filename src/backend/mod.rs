@@ -81,24 +81,44 @@ pub enum BackendError {
 /// The lock file is named after the namespace's identity (device and inode of
 /// /proc/self/ns/net), so runs in different pods never wait for each other.
 pub fn namespace_lock() -> Result<nix::fcntl::Flock<std::fs::File>, BackendError> {
-    use std::os::unix::fs::MetadataExt;
-    let fail = |what: &str, reason: String| BackendError::Spawn {
-        program: format!("meshcap lock ({what})"),
-        reason,
-    };
-    let ns = std::fs::metadata("/proc/self/ns/net")
-        .map_err(|e| fail("/proc/self/ns/net", e.to_string()))?;
-    let dir = std::path::Path::new("/run/meshcap");
-    std::fs::create_dir_all(dir).map_err(|e| fail("/run/meshcap", e.to_string()))?;
-    let path = dir.join(format!("netns-{}-{}.lock", ns.dev(), ns.ino()));
+    let path = namespace_lock_path()?;
+    std::fs::create_dir_all(LOCK_DIR).map_err(|e| lock_failure(LOCK_DIR, e.to_string()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| fail(&path.display().to_string(), e.to_string()))?;
+        .map_err(|e| lock_failure(&path.display().to_string(), e.to_string()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| fail(&path.display().to_string(), e.to_string()))
+        .map_err(|(_, e)| lock_failure(&path.display().to_string(), e.to_string()))
+}
+
+/// Removes the current namespace's lock file, for a namespace that is going away (a CNI DEL):
+/// on a node, lock files would otherwise pile up in /run, one per pod ever started.
+pub fn remove_namespace_lock() -> Result<(), BackendError> {
+    let path = namespace_lock_path()?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(lock_failure(&path.display().to_string(), e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+const LOCK_DIR: &str = "/run/meshcap";
+
+fn namespace_lock_path() -> Result<std::path::PathBuf, BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| lock_failure("/proc/self/ns/net", e.to_string()))?;
+    Ok(std::path::Path::new(LOCK_DIR).join(format!("netns-{}-{}.lock", ns.dev(), ns.ino())))
+}
+
+fn lock_failure(what: &str, reason: String) -> BackendError {
+    BackendError::Spawn {
+        program: format!("meshcap lock ({what})"),
+        reason,
+    }
 }
 
 /// What a namespace holds, per chain, in a backend's own spelling: the key names the family,

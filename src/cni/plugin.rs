@@ -147,6 +147,10 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let config = configure(&inputs)?;
     let plan = crate::plan::build(&config.capture);
     clean(&*backend::select(&config.run), &plan)?;
+    backend::remove_namespace_lock().map_err(|e| {
+        CniError::new(code::OTHER, "cannot remove the namespace's lock file")
+            .with_details(e.to_string())
+    })?;
     tracing::info!(container = %env.container_id, netns = %netns.display(), "rules removed");
     Ok(())
 }
