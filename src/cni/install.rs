@@ -18,7 +18,6 @@ pub use conflist::PLUGIN_TYPE;
 pub use error::InstallError;
 
 use anyhow::Context;
-use clap::Parser;
 use cli::{Cli, Command, InstallArgs, NodePaths};
 use node::{Changes, Install, Paths, Removed};
 use std::ffi::OsString;
@@ -29,7 +28,7 @@ use std::time::Duration;
 /// `meshcap cni ARGS…` (`args[0]` is `cni`): exit 0 when done, 2 for bad flags, 1 when the
 /// node could not be brought to the asked state.
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::parse_args(args) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };

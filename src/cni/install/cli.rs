@@ -1,7 +1,9 @@
 //! `meshcap cni install|uninstall`: flags, each with an environment variable for a DaemonSet's
 //! `env:`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::error::ErrorKind;
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
@@ -114,11 +116,11 @@ pub struct InstallArgs {
     /// Stay running: put the stanza back when the network configuration is rewritten without
     /// it (or a new primary network appears), rewrite the kubeconfig when the token rotates,
     /// and uninstall on SIGTERM or SIGINT. Without a network configuration yet, wait for one.
-    #[arg(long, env = "MESHCAP_CNI_WATCH")]
+    #[arg(long, env = "MESHCAP_CNI_WATCH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub watch: bool,
 
     /// With --watch: leave everything installed on SIGTERM (Istio's install-cni uninstalls).
-    #[arg(long, env = "MESHCAP_CNI_KEEP_ON_EXIT", requires = "watch")]
+    #[arg(long, env = "MESHCAP_CNI_KEEP_ON_EXIT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub keep_on_exit: bool,
 
     /// With --watch: also re-check everything this often, in seconds, events or not.
@@ -130,6 +132,24 @@ pub struct InstallArgs {
         value_parser = clap::value_parser!(u32).range(1..=86400)
     )]
     pub resync_seconds: u32,
+}
+
+impl Cli {
+    /// Parses `args` (`args[0]` is `cni`), including the checks between flags.
+    pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+        let cli = Cli::try_parse_from(args)?;
+        if let Command::Install(install) = &cli.command {
+            // Checked here, not with clap's `requires`: MESHCAP_CNI_KEEP_ON_EXIT=false would
+            // count as given.
+            if install.keep_on_exit && !install.watch {
+                return Err(Cli::command().error(
+                    ErrorKind::MissingRequiredArgument,
+                    "--keep-on-exit only applies with --watch",
+                ));
+            }
+        }
+        Ok(cli)
+    }
 }
 
 impl InstallArgs {
@@ -189,7 +209,12 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("cni").chain(args.iter().copied()))
+        Cli::parse_args(
+            std::iter::once("cni")
+                .chain(args.iter().copied())
+                .map(Into::into)
+                .collect(),
+        )
     }
 
     const REQUIRED: [&str; 5] = [

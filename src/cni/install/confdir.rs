@@ -55,9 +55,9 @@ impl NetworkFile {
     pub fn read(path: &Path) -> Result<NetworkFile> {
         let text = std::fs::read(path).map_err(InstallError::io("reading", path))?;
         let document: Value =
-            serde_json::from_slice(&text).map_err(|source| InstallError::MalformedJson {
+            serde_json::from_slice(&text).map_err(|error| InstallError::MalformedJson {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
         let shape = conflist::shape(&document).map_err(|reason| InstallError::NotANetwork {
             path: path.to_owned(),

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{action} {}: {source}", path.display())]
+    // The causes are part of the messages (no #[source]): each message is whole, printed alone
+    // or at the end of an anyhow chain.
+    #[error("{action} {}: {error}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "no network configuration (.conf, .conflist or .json) in {}: the node's primary CNI has \
@@ -17,11 +18,10 @@ pub enum InstallError {
         .0.display()
     )]
     NoNetwork(PathBuf),
-    #[error("{}: not valid JSON ({source}); nothing was changed", path.display())]
+    #[error("{}: not valid JSON ({error}); nothing was changed", path.display())]
     MalformedJson {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("{}: not a CNI network configuration: {reason}; nothing was changed", path.display())]
     NotANetwork { path: PathBuf, reason: String },
@@ -36,10 +36,10 @@ impl InstallError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| InstallError::Io {
+        move |error| InstallError::Io {
             action,
             path,
-            source,
+            error,
         }
     }
 }
