@@ -448,6 +448,19 @@ fn uninstall_after_a_foreign_change_keeps_the_change() {
 }
 
 #[test]
+fn uninstall_skips_a_malformed_file_and_cleans_the_others() {
+    let node = Node::new("uninstall-malformed");
+    node.write("10-calico.conflist", CALICO);
+    assert_success(&node.install(&[]));
+    node.write("00-broken.conflist", "{\"plugins\": [");
+    let output = node.uninstall();
+    assert_success(&output);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("00-broken.conflist"));
+    assert_eq!(node.read("00-broken.conflist"), "{\"plugins\": [");
+    assert_eq!(node.read("10-calico.conflist"), CALICO);
+}
+
+#[test]
 fn an_empty_configuration_directory_fails_without_writing() {
     let node = Node::new("empty");
     let stderr = failure(node.install(&[]), 1);
