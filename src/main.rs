@@ -1,31 +1,40 @@
-//! The meshcap binary: parse, build, pick a backend, report.
+//! The meshcap binary: dispatch on the program name and the first argument, then parse, build,
+//! pick a backend, report.
 
 use anyhow::Context;
-use meshcap::backend::iptables::IptablesBackend;
-use meshcap::backend::{Applied, Firewall};
+use meshcap::backend::{self, Applied};
 use meshcap::cli::Inputs;
-use meshcap::config::{BackendKind, Config, SystemHost};
+use meshcap::config::{Config, SystemHost};
 use meshcap::validation;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // A plain level filter when MESHCAP_LOG is unset (or invalid): building an EnvFilter
-    // showed in the start-up time every pod pays.
+    // A plain level filter when MESHCAP_LOG is unset (or invalid): building an EnvFilter costs
+    // start-up time that every pod pays.
+    // Colours only for a person: runtimes keep a CNI plugin's stderr in their logs.
+    let ansi = std::io::stderr().is_terminal();
     match tracing_subscriber::EnvFilter::try_from_env("MESHCAP_LOG") {
         Ok(filter) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .without_time()
             .init(),
         Err(_) => tracing_subscriber::fmt()
             .with_max_level(tracing::Level::INFO)
             .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .without_time()
             .init(),
     }
 
-    // Subcommands have their own flags; the installer keeps Istio's flat command line.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Runtimes execute a CNI plugin by its file name, with no arguments.
+    if meshcap::cni::invoked_as_plugin(args.first()) {
+        return meshcap::cni::main();
+    }
+    // Subcommands have their own flags; the installer keeps Istio's flat command line.
     let subcommand = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
     let mode = match subcommand.as_deref() {
         Some("proxy") => return meshcap::proxy::main(args[1..].to_vec()),
@@ -79,41 +88,22 @@ const EXIT_DRIFTED: u8 = 3;
 
 fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
     let plan = meshcap::plan::build(&config.capture);
-    let backend: Box<dyn Firewall> = match config.run.backend {
-        BackendKind::Iptables => Box::new(IptablesBackend {
-            variant: config.run.iptables_variant,
-            reconcile: config.run.reconcile,
-            force_apply: config.run.force_apply,
-        }),
-        BackendKind::Nftables => Box::new(meshcap::backend::nftables::NftablesBackend),
-    };
+    let backend = backend::select(&config.run);
     if config.run.dry_run {
         print!("{}", backend.render(&plan));
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(ns) = &config.run.network_namespace {
-        enter_namespace(ns)?;
+        backend::enter_namespace(ns)?;
     }
     if mode == Mode::Diff {
-        let diff = backend
-            .read_back(&plan)
-            .context("reading the kernel's rules")?
-            .diff(&backend.expected(&plan));
-        for rule in &diff.missing {
-            println!("missing: {rule}");
-        }
-        for rule in &diff.extra {
-            println!("extra: {rule}");
-        }
-        for chain in &diff.reordered {
-            println!("reordered: {chain}");
-        }
-        return Ok(if diff.is_empty() {
+        let diff = backend::drift(&*backend, &plan).context("reading the kernel's rules")?;
+        if diff.is_empty() {
             println!("in sync: the kernel holds exactly the planned rules");
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_DRIFTED)
-        });
+            return Ok(ExitCode::SUCCESS);
+        }
+        print!("{diff}");
+        return Ok(ExitCode::from(EXIT_DRIFTED));
     }
     if config.run.cleanup_only {
         backend.clean(&plan).context("cleaning up")?;
@@ -145,12 +135,4 @@ fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn enter_namespace(path: &std::path::Path) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("opening network namespace {}", path.display()))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {}", path.display()))?;
-    Ok(())
 }

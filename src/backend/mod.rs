@@ -8,8 +8,50 @@ pub mod iptables;
 pub mod nftables;
 pub mod routing;
 
+use crate::config::{BackendKind, RunConfig};
 use crate::plan::Plan;
 use std::collections::BTreeMap;
+
+/// The backend the run configuration asks for.
+pub fn select(run: &RunConfig) -> Box<dyn Firewall> {
+    match run.backend {
+        BackendKind::Iptables => Box::new(iptables::IptablesBackend {
+            variant: run.iptables_variant,
+            reconcile: run.reconcile,
+            force_apply: run.force_apply,
+        }),
+        BackendKind::Nftables => Box::new(nftables::NftablesBackend),
+    }
+}
+
+/// Compares what the current namespace holds with `plan`.
+pub fn drift(backend: &dyn Firewall, plan: &Plan) -> Result<RulesetDiff, BackendError> {
+    Ok(backend.read_back(plan)?.diff(&backend.expected(plan)))
+}
+
+/// Enters the network namespace at `path` (a file under /run/netns or /proc/PID/ns/net) for the
+/// rest of the process: every later netlink socket and child process lives there.
+pub fn enter_namespace(path: &std::path::Path) -> Result<(), NamespaceError> {
+    let file = std::fs::File::open(path).map_err(|e| NamespaceError {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NamespaceError {
+        path: path.to_owned(),
+        reason: match e {
+            nix::errno::Errno::EINVAL => "not a network namespace".into(),
+            e => e.to_string(),
+        },
+    })
+}
+
+/// The network namespace to work in could not be entered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot enter network namespace {}: {reason}", path.display())]
+pub struct NamespaceError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
+}
 
 /// A failure to apply, read or clean rules. Exit status 1.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +151,22 @@ pub struct RulesetDiff {
 impl RulesetDiff {
     pub fn is_empty(&self) -> bool {
         self.missing.is_empty() && self.extra.is_empty() && self.reordered.is_empty()
+    }
+}
+
+/// One line per difference: `missing: …`, `extra: …`, `reordered: CHAIN`.
+impl std::fmt::Display for RulesetDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for rule in &self.missing {
+            writeln!(f, "missing: {rule}")?;
+        }
+        for rule in &self.extra {
+            writeln!(f, "extra: {rule}")?;
+        }
+        for chain in &self.reordered {
+            writeln!(f, "reordered: {chain}")?;
+        }
+        Ok(())
     }
 }
 
