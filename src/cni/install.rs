@@ -14,7 +14,7 @@ mod kubeconfig;
 mod node;
 mod watch;
 
-pub use conflist::PLUGIN_TYPE;
+use super::PLUGIN_NAME;
 pub use error::InstallError;
 
 use anyhow::Context;
@@ -91,7 +91,7 @@ fn paths(args: &NodePaths) -> anyhow::Result<Paths> {
 
 fn log_changes(changes: &Changes) {
     if changes.binary {
-        tracing::info!("installed the plugin binary {}", PLUGIN_TYPE);
+        tracing::info!("installed the plugin binary {PLUGIN_NAME}");
     }
     if changes.kubeconfig {
         tracing::info!("wrote the plugin's kubeconfig");

@@ -1,6 +1,7 @@
 //! `meshcap cni install|uninstall`: flags, each with an environment variable for a DaemonSet's
 //! `env:`.
 
+use crate::config::{Config, HostFacts};
 use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
@@ -98,8 +99,9 @@ pub struct InstallArgs {
     pub kubernetes_service_port: u16,
 
     /// Cluster-wide capture options for the stanza's "capture": a JSON object of the
-    /// installer's long flag names without dashes and their command-line values as strings,
-    /// e.g. '{"backend": "nftables"}'. Pod annotations still override them.
+    /// installer's long flag names without dashes and their command-line values, e.g.
+    /// '{"backend": "nftables"}'; checked here as the plugin will read them. Pod annotations
+    /// still override them.
     #[arg(long, env = "MESHCAP_CNI_CAPTURE", value_name = "JSON", value_parser = capture_object)]
     pub capture: Option<Map<String, Value>>,
 
@@ -193,15 +195,38 @@ fn non_empty(value: &str) -> Result<String, String> {
 
 fn capture_object(value: &str) -> Result<Map<String, Value>, String> {
     let parsed: Value = serde_json::from_str(value).map_err(|e| format!("not JSON: {e}"))?;
-    let Value::Object(map) = parsed else {
+    let Value::Object(capture) = parsed else {
         return Err("expected a JSON object".into());
     };
-    if let Some((key, _)) = map.iter().find(|(_, v)| !v.is_string()) {
-        return Err(format!(
-            "the value of {key:?} is not a string (values are as on the command line)"
-        ));
+    check_capture(&capture)?;
+    Ok(capture)
+}
+
+/// Reads `capture` as the plugin will (its keys, then every value through the installer's
+/// validation), so that a mistake fails this container instead of every pod's ADD on the node.
+fn check_capture(capture: &Map<String, Value>) -> Result<(), String> {
+    let inputs = crate::cni::capture::inputs(capture).map_err(|e| e.msg)?;
+    Config::from_inputs(&inputs, &NoPodYet)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The facts of a pod, which the installer has none of: IPv6 `auto` stays undecided, and what
+/// the plugin can never read (the pod's resolv.conf, its user names) is missing here too.
+struct NoPodYet;
+
+impl HostFacts for NoPodYet {
+    fn pod_is_ipv6(&self, _dual_stack: bool) -> Result<Option<bool>, String> {
+        Ok(None)
     }
-    Ok(map)
+
+    fn resolv_conf_nameservers(&self) -> Result<Vec<String>, String> {
+        Err("a CNI plugin cannot read the pod's resolv.conf: set \"capture-all-dns\" or \"dns-servers\" with \"redirect-dns\"".into())
+    }
+
+    fn uid_of(&self, _user: &str) -> Option<u32> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -245,8 +270,12 @@ mod tests {
     fn bad_values_are_refused_naming_the_flag() {
         for (flag, value) in [
             ("--capture", "[1]"),
-            ("--capture", "{\"backend\": 1}"),
             ("--capture", "{"),
+            ("--capture", r#"{"backend": "pf"}"#),
+            ("--capture", r#"{"istio_service_cidr": "*"}"#),
+            ("--capture", r#"{"skip-rule-apply": true}"#),
+            ("--capture", r#"{"envoy-port": {"a": 1}}"#),
+            ("--capture", r#"{"istio-inbound-ports": "80,x"}"#),
             ("--kubeconfig-name", "a/b"),
             ("--kubeconfig-name", "x.conf"),
             ("--host-cni-conf-dir", "etc/cni"),
@@ -269,6 +298,26 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("--watch"), "{err}");
+    }
+
+    #[test]
+    fn capture_values_are_read_as_the_plugin_reads_them() {
+        let mut args = REQUIRED.to_vec();
+        let capture = r#"{"backend": "nftables", "envoy-port": 15001, "istio-local-exclude-ports": [15020, "15021"], "redirect-dns": true, "capture-all-dns": "true"}"#;
+        args.extend(["--capture", capture]);
+        let Command::Install(args) = parse(&args).unwrap().command else {
+            panic!("not install")
+        };
+        let capture = args.capture.unwrap();
+        assert_eq!(capture["backend"], "nftables");
+        assert_eq!(capture["envoy-port"], 15001);
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--capture", r#"{"istio-inbound-ports": "80,x"}"#]);
+        let err = parse(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("\"80,x\"") && err.contains("istio-inbound-ports"),
+            "{err}"
+        );
     }
 
     #[test]

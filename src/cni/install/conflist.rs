@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 /// The `type` of meshcap's stanza: the plugin's file name in the CNI binary directory.
-pub const PLUGIN_TYPE: &str = "meshcap-cni";
+pub use crate::cni::PLUGIN_NAME as PLUGIN_TYPE;
 
 /// The two shapes libcni loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
