@@ -517,6 +517,27 @@ fn the_binary_is_copied_executable() {
     assert_eq!(names(&node.bin), ["meshcap-cni"]);
     assert_eq!(mode(&node.plugin()), 0o755);
     assert!(std::fs::read(node.plugin()).unwrap() == std::fs::read(MESHCAP).unwrap());
+    // By its new name the copy is the plugin, as a runtime runs it.
+    let mut version = Command::new(node.plugin())
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut version.stdin.take().unwrap(),
+        br#"{"cniVersion": "1.0.0"}"#,
+    )
+    .unwrap();
+    let version = version.wait_with_output().unwrap();
+    assert_success(&version);
+    let reply: Value = serde_json::from_slice(&version.stdout).unwrap();
+    assert!(
+        reply["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("1.0.0"))
+    );
     // A different file in its place (an older version) is replaced.
     std::fs::write(node.plugin(), "old version").unwrap();
     assert_success(&node.install(&[]));
