@@ -1,6 +1,7 @@
 //! The JSON edit of a network configuration: meshcap's stanza in, meshcap's stanza out, nothing
 //! else touched (key order kept: serde_json's `preserve_order`).
 
+use crate::cni::k8s::KubernetesConfig;
 use serde_json::{Map, Value};
 
 /// The `type` of meshcap's stanza: the plugin's file name in the CNI binary directory.
@@ -23,7 +24,7 @@ pub struct Edited {
 }
 
 /// meshcap's stanza: the capture options (omitted when empty) and where the plugin finds the
-/// API server.
+/// API server, in the plugin's own type for it.
 pub fn stanza(
     capture: &Map<String, Value>,
     kubeconfig: &str,
@@ -34,10 +35,14 @@ pub fn stanza(
     if !capture.is_empty() {
         stanza.insert("capture".into(), Value::Object(capture.clone()));
     }
-    let mut kubernetes = Map::new();
-    kubernetes.insert("kubeconfig".into(), kubeconfig.into());
-    kubernetes.insert("exclude_namespaces".into(), exclude_namespaces.into());
-    stanza.insert("kubernetes".into(), Value::Object(kubernetes));
+    let kubernetes = KubernetesConfig {
+        kubeconfig: kubeconfig.into(),
+        exclude_namespaces: exclude_namespaces.to_vec(),
+    };
+    stanza.insert(
+        "kubernetes".into(),
+        serde_json::to_value(kubernetes).expect("paths and names serialize"),
+    );
     Value::Object(stanza)
 }
 

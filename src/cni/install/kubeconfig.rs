@@ -155,4 +155,20 @@ mod tests {
         );
         assert!(!without.contains("namespace"));
     }
+
+    #[test]
+    fn the_plugin_reads_it() {
+        let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".into()]).unwrap();
+        let account = ServiceAccount {
+            token: "token-one".into(),
+            ca: ca.cert.pem().into_bytes(),
+            namespace: Some("kube-system".into()),
+        };
+        let text = render(&server_url("fd00:10:96::1", 443), &account);
+        let path = Path::new("/etc/cni/net.d/meshcap-cni.kubeconfig");
+        let read = crate::cni::k8s::Kubeconfig::parse(&text, path).unwrap();
+        assert_eq!(read.server, "https://[fd00:10:96::1]:443");
+        assert_eq!(read.token.as_deref(), Some("token-one"));
+        assert_eq!(read.ca.as_ref().map(Vec::len), Some(1));
+    }
 }
