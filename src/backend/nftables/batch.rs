@@ -130,6 +130,23 @@ struct Builder {
 }
 
 impl Builder {
+    fn new() -> Builder {
+        Builder {
+            batch: Batch::new(),
+            whats: Vec::new(),
+            sets: HashMap::new(),
+            next_set_id: 0,
+        }
+    }
+
+    fn finish(self) -> Built {
+        Built {
+            batch: self.batch.finalize(),
+            whats: self.whats,
+            sets: self.sets,
+        }
+    }
+
     fn add<T: NlMsg>(&mut self, msg: &T, ty: MsgType, what: String) {
         self.add_what(msg, ty, What::Text(what));
     }
@@ -238,12 +255,7 @@ fn nft_chain_type(kind: ChainType) -> nftnl::ChainType {
 /// differ from `spec` (see below), so the new rules replace the old in the same transaction
 /// without the cost of deleting the table; present tables `spec` does not use are deleted.
 pub fn build_batch(spec: &Spec, existing: &Existing) -> Built {
-    let mut b = Builder {
-        batch: Batch::new(),
-        whats: Vec::new(),
-        sets: HashMap::new(),
-        next_set_id: 0,
-    };
+    let mut b = Builder::new();
     for name in TABLES.map(table_name) {
         let want: Option<&TableSpec> = spec.tables.iter().find(|t| t.name == name);
         let exists = existing.tables.iter().any(|t| t == name);
@@ -320,31 +332,18 @@ pub fn build_batch(spec: &Spec, existing: &Existing) -> Built {
             }
         }
     }
-    Built {
-        batch: b.batch.finalize(),
-        whats: b.whats,
-        sets: b.sets,
-    }
+    b.finish()
 }
 
 /// The batch that deletes the tables in `tables`.
 pub fn delete_batch(tables: &[String]) -> Built {
-    let mut b = Builder {
-        batch: Batch::new(),
-        whats: Vec::new(),
-        sets: HashMap::new(),
-        next_set_id: 0,
-    };
+    let mut b = Builder::new();
     for name in tables {
         let cname = CString::new(name.as_str()).unwrap_or_default();
         let table = nftnl::Table::new(&cname, ProtoFamily::Inet);
         b.add(&table, MsgType::Del, format!("delete table inet {name}"));
     }
-    Built {
-        batch: b.batch.finalize(),
-        whats: b.whats,
-        sets: b.sets,
-    }
+    b.finish()
 }
 
 /// Sends a batch and checks every acknowledgement; the first refusal is reported with the
