@@ -10,6 +10,8 @@ mod common;
 use common::{MESHCAP, NFT_TABLES, meshcap_in, ok, plan_of, without_counters};
 use meshcap::backend::Firewall;
 use meshcap::backend::nftables::NftablesBackend;
+// The fault hook (cargo feature `fault-injection`, on for tests through the dev-dependency).
+use meshcap::backend::nftables::fault::{MISSING_CHAIN, TEST_FAIL_BATCH_ENV};
 use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
 use std::process::Output;
 
@@ -231,12 +233,15 @@ fn read_back_notices_added_and_deleted_rules() {
 fn refused_batch_changes_nothing(ns: &Netns) {
     let before = ns.exec_ok(&["nft", "list", "ruleset"]);
     let args = with(&["-m", "TPROXY", "--ipv6", "off"]);
-    let out = run(ns, &args, &[("MESHCAP_TEST_FAIL_BATCH", "1")]);
+    let out = run(ns, &args, &[(TEST_FAIL_BATCH_ENV, "1")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     // The kernel's reason and the refused object.
     assert!(stderr.contains("No such file or directory"), "{stderr}");
-    assert!(stderr.contains("jump istio-test-missing-chain"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("jump {MISSING_CHAIN}")),
+        "{stderr}"
+    );
     assert_eq!(ns.exec_ok(&["nft", "list", "ruleset"]), before);
 }
 
