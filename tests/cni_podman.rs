@@ -279,3 +279,42 @@ fn a_bad_capture_value_fails_podman_run_with_meshcaps_message() {
     ]);
     assert_eq!(running.trim(), "", "the container must not run");
 }
+
+/// The README's way to try CNI mode: `scripts/try-cni.sh` runs as written, with each backend,
+/// and leaves nothing behind.
+#[test]
+fn the_readme_try_cni_script_works() {
+    let test = "the_readme_try_cni_script_works";
+    if !common::podman::available(test) {
+        return;
+    }
+    for backend in ["nftables", "iptables"] {
+        let out = Command::new(common::repo().join("scripts/try-cni.sh"))
+            .arg(backend)
+            .env("MESHCAP_BIN", common::MESHCAP)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run scripts/try-cni.sh");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{backend}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for want in [
+            "in sync: the kernel holds exactly the planned rules",
+            "the container's namespace and its rules are gone",
+        ] {
+            assert!(text.contains(want), "{backend}: no {want:?} in\n{text}");
+        }
+        let rules = if backend == "nftables" {
+            "redirect to :15001"
+        } else {
+            "--to-ports 15001"
+        };
+        assert!(
+            text.contains(rules),
+            "{backend}: the rules are not shown:\n{text}"
+        );
+    }
+}
