@@ -10,8 +10,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // A plain level filter when MESHCAP_LOG is unset (or invalid): building an EnvFilter costs
-    // start-up time that every pod pays.
+    // A plain level filter when MESHCAP_LOG is unset (or invalid): an EnvFilter is costly to
+    // build, and every pod start pays for it.
     // Colours only for a person: runtimes keep a CNI plugin's stderr in their logs.
     let ansi = std::io::stderr().is_terminal();
     match tracing_subscriber::EnvFilter::try_from_env("MESHCAP_LOG") {
@@ -119,16 +119,7 @@ fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
         }
     }
     if config.run.run_validation {
-        let c = &config.capture;
-        let check = validation::Validation {
-            capture_ports: vec![c.proxy_port, c.inbound_capture_port],
-            probe_port: config.run.probe_port,
-            ipv6: c.ipv6,
-            timeout: config.run.probe_timeout,
-            proxy_uid: c.proxy_uids[0],
-            proxy_gid: c.proxy_gids[0],
-        };
-        if let Err(e) = validation::run(&check) {
+        if let Err(e) = validation::run(&validation::Validation::from(config)) {
             eprintln!("meshcap: validation failed: {e}");
             return Ok(ExitCode::from(validation::EXIT_VALIDATION_FAILED));
         }

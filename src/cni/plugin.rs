@@ -3,10 +3,11 @@
 
 use super::capture;
 use super::env::{CniEnv, Command};
+use super::k8s::{self, Decision, K8sError, KubernetesConfig};
 use super::spec::{self, CniError, NetConf, code};
 use crate::backend::{self, Applied, Firewall};
 use crate::config::{Config, ConfigError, HostFacts, SystemHost};
-use crate::inputs::Inputs;
+use crate::inputs::{Inputs, Opt, Origin};
 use crate::plan::Plan;
 use serde_json::Value;
 use std::path::Path;
@@ -58,7 +59,9 @@ fn requested_version(stdin: &[u8]) -> String {
 fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     // Everything that can be refused is checked before the pod's namespace is touched.
     let result = spec::pass_through(conf.prev_result.as_ref(), &conf.cni_version)?;
-    let inputs = capture::inputs(&conf.capture)?;
+    let Some(inputs) = pod_inputs(env, conf, Lookup::Required)? else {
+        return Ok(result);
+    };
     if let Some(file) = &conf.dry_run_file {
         check_writable_dir(file)?;
     }
@@ -97,7 +100,9 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let inputs = capture::inputs(&conf.capture)?;
+    let Some(inputs) = pod_inputs(env, conf, Lookup::Required)? else {
+        return Ok(());
+    };
     let netns = env.netns.as_deref().expect("CHECK requires CNI_NETNS");
     enter(netns)?;
     let config = configure(&inputs)?;
@@ -131,7 +136,9 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         tracing::info!(container = %env.container_id, "namespace gone: nothing to remove");
         return Ok(());
     };
-    let inputs = capture::inputs(&conf.capture)?;
+    let Some(inputs) = pod_inputs(env, conf, Lookup::BestEffort)? else {
+        return Ok(());
+    };
     if let Err(e) = backend::enter_namespace(netns) {
         // A namespace file whose bind mount is gone is an empty file: nothing left to clean.
         tracing::info!(container = %env.container_id, "{e}: nothing to remove");
@@ -142,6 +149,65 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     clean(&*backend::select(&config.run), &plan)?;
     tracing::info!(container = %env.container_id, netns = %netns.display(), "rules removed");
     Ok(())
+}
+
+/// Whether a command must learn the pod's settings from the API server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// ADD and CHECK: without the pod's settings the rules could be wrong; fail instead.
+    Required,
+    /// DEL: the pod may be gone already; the rules are removed whatever their settings were.
+    BestEffort,
+}
+
+/// The installer inputs for the pod: Istio's CNI defaults, the stanza's `capture`, and, when the
+/// stanza has `"kubernetes"` and `CNI_ARGS` names the pod, the pod's annotations and
+/// `istio-proxy` container. `None` when Istio's plugin would leave the pod alone.
+fn pod_inputs(env: &CniEnv, conf: &NetConf, lookup: Lookup) -> Result<Option<Inputs>, CniError> {
+    let mut inputs = capture::inputs(&conf.capture)?;
+    let Some(kubernetes) = &conf.kubernetes else {
+        return Ok(Some(inputs));
+    };
+    let kubernetes: KubernetesConfig = serde_json::from_value(kubernetes.clone()).map_err(|e| {
+        CniError::new(code::INVALID_CONFIG, "invalid \"kubernetes\" object")
+            .with_details(e.to_string())
+    })?;
+    let Some(pod) = k8s::pod_from_cni_args(&env.args).map_err(k8s_error)? else {
+        // Istio's plugin acts only on pods a kubelet names.
+        tracing::info!(container = %env.container_id, "skipped: CNI_ARGS names no Kubernetes pod (K8S_POD_NAMESPACE, K8S_POD_NAME)");
+        return Ok(None);
+    };
+    let name = format!("{}/{}", pod.namespace, pod.name);
+    if let Some(reason) = k8s::namespace_excluded(&pod.namespace, &kubernetes.exclude_namespaces) {
+        tracing::info!(pod = %name, "skipped: {reason}");
+        return Ok(None);
+    }
+    let found = match k8s::fetch_pod(&kubernetes.kubeconfig, &pod, &k8s::RetryPolicy::default()) {
+        Ok(found) => found,
+        Err(e) if lookup == Lookup::BestEffort => {
+            tracing::warn!(pod = %name, "{e}: removing the rules of the stanza's settings");
+            return Ok(Some(inputs));
+        }
+        Err(e) => return Err(k8s_error(e)),
+    };
+    match k8s::sidecar_decision(&found, &kubernetes.exclude_namespaces) {
+        Decision::Skip { reason } => {
+            tracing::info!(pod = %name, "skipped: {reason}");
+            Ok(None)
+        }
+        Decision::Capture(settings) => {
+            for setting in settings {
+                let opt =
+                    Opt::from_long(setting.flag).expect("the Istio mapping names installer flags");
+                inputs.set(opt, setting.value, Origin::Pod(setting.source));
+            }
+            Ok(Some(inputs))
+        }
+    }
+}
+
+fn k8s_error(e: K8sError) -> CniError {
+    CniError::new(e.cni_code(), e.to_string())
 }
 
 fn clean(backend: &dyn Firewall, plan: &Plan) -> Result<(), CniError> {

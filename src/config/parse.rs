@@ -343,35 +343,7 @@ fn mark(raw: &Raw) -> Result<u32, ConfigError> {
 
 /// Go's time.ParseDuration for the units Istio users write (e.g. 5s, 500ms, 1m30s).
 fn duration(raw: &Raw) -> Result<Duration, ConfigError> {
-    let text = raw.text.trim();
-    let bad = || invalid(raw, "expected a duration such as 5s, 500ms or 1m30s");
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs_f64(value * scale);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    crate::duration::parse(&raw.text).map_err(|reason| invalid(raw, reason))
 }
 
 fn dns_servers_list(raw: &Raw) -> Result<(Vec<Ipv4Addr>, Vec<DnsServerV6>), ConfigError> {
