@@ -15,7 +15,7 @@ use std::path::Path;
 /// Runs one invocation: `Ok(Some(json))` is printed on stdout, `Ok(None)` prints nothing.
 pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
-        return Ok(Some(spec::version_info(&requested_version(stdin))));
+        return Ok(Some(spec::version_info(&spec::requested_version(stdin))));
     }
     let conf = NetConf::decode(stdin)?;
     spec::check_supported(&conf.cni_version)?;
@@ -46,14 +46,6 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         // Nothing of meshcap outlives a pod's namespace.
         Command::Gc => needs("1.1.0").map(|()| None),
     }
-}
-
-/// The version `VERSION` answers in: the one asked for, else the newest.
-fn requested_version(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| spec::LATEST_VERSION.to_owned())
 }
 
 fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
