@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod explain;
 pub mod plan;
 pub mod proxy;
 pub mod validation;
