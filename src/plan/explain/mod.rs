@@ -248,6 +248,23 @@ pub fn explain(rules: &Rules, flow: &Flow, listeners: &Listeners) -> Explanation
     };
     ex.verdict = if !survived {
         Verdict::Dropped
+    } else if flow.state == State::Established {
+        // A later packet follows its connection: conntrack undoes the first packet's REDIRECT,
+        // and a TPROXYed connection's packets reach its socket (ISTIO_DIVERT marks them for the
+        // local route).
+        let first = explain(
+            rules,
+            &Flow {
+                state: State::New,
+                ..flow.clone()
+            },
+            listeners,
+        )
+        .verdict;
+        ex.notes.push(format!(
+            "a later packet goes where the connection's first packet went: {first}"
+        ));
+        first
     } else if let Some(port) = p.tproxy {
         ex.notes.push(
             "TPROXY delivers to a transparent listener on its port (assumed listening)".into(),

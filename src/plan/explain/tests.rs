@@ -161,9 +161,39 @@ fn marks_zones_tproxy_and_drops() {
         verdict(&r, "dir=out dst=192.0.2.1:8080 uid=1000 oif=lo"),
         "direct"
     );
+    // A later packet of the TPROXYed connection is marked and accepted; it lands where the
+    // connection did.
+    let ex = explain(
+        &r,
+        &"dir=in dst=192.0.2.1:8080 iif=net0 state=established"
+            .parse()
+            .unwrap(),
+        &LISTENERS,
+    );
+    assert_eq!(ex.verdict, Verdict::CapturedInbound(15006));
+    let accepted = ex.steps.iter().find(|s| s.action == "accept").unwrap();
+    assert_eq!(accepted.effects, Vec::<String>::new());
+    assert!(ex.steps.iter().any(|s| s.effects == ["mark 0x539"]));
+    // A drop ends the walk, whatever comes later.
+    let r2 = rules(&[
+        (
+            "ipv4 mangle PREROUTING",
+            &["-A PREROUTING -p tcp -m tcp --dport 9 -j ISTIO_DROP"],
+        ),
+        ("ipv4 mangle ISTIO_DROP", &["-A ISTIO_DROP -j DROP"]),
+        (
+            "ipv4 nat PREROUTING",
+            &["-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"],
+        ),
+    ]);
+    assert_eq!(verdict(&r2, "dir=in dst=192.0.2.1:9 iif=net0"), "dropped");
     assert_eq!(
-        verdict(&r, "dir=in dst=192.0.2.1:8080 iif=net0 state=established"),
-        "direct"
+        verdict(&r2, "dir=in dst=192.0.2.1:9 iif=net0 state=established"),
+        "dropped"
+    );
+    assert_eq!(
+        verdict(&r2, "dir=in dst=192.0.2.1:10 iif=net0"),
+        "captured-inbound 15006"
     );
 }
 
