@@ -259,13 +259,15 @@ fn family_name(ex: &Explanation) -> &'static str {
 
 fn to_text(ex: &Explanation) -> String {
     let mut out = format!("flow {} ({})\n", ex.flow, family_name(ex));
+    let place = |s: &crate::plan::explain::Step| format!("{} {} {}", s.hook, s.table, s.chain);
+    let width = ex.steps.iter().map(|s| place(s).len()).max().unwrap_or(0);
     for s in &ex.steps {
-        let place = format!("{} {} {}", s.hook, s.table, s.chain);
+        let place = format!("{:<width$}", place(s));
         let line = match &s.rule {
-            None => format!("  {place}: {}", s.action),
+            None => format!("  {place}  {}", s.action),
             Some(rule) => {
                 let mut line = format!(
-                    "  {place}: {} {rule}",
+                    "  {place}  {}  {rule}",
                     if s.matched { "match   " } else { "no match" }
                 );
                 if !s.action.is_empty() {

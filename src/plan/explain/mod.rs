@@ -223,7 +223,7 @@ pub fn explain(rules: &Rules, flow: &Flow, listeners: &Listeners) -> Explanation
     };
     if flow.src.is_none() {
         ex.notes
-            .push(format!("source address taken as {} (src= sets it)", p.src));
+            .push(format!("src= not given: source address taken as {}", p.src));
     }
     let survived = match flow.dir {
         Direction::Out => {
