@@ -7,8 +7,8 @@ use crate::backend::nftables::NftablesBackend;
 use crate::backend::{BackendError, Firewall, Ruleset};
 use crate::cli::Inputs;
 use crate::config::{BackendKind, Config, IptablesVariant, SystemHost};
-use crate::plan::Plan;
 use crate::plan::explain::{Explanation, Flow, Listeners, Rules, explain};
+use crate::plan::{Family, FamilyPlan, Plan};
 use anyhow::Context;
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -207,8 +207,18 @@ fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)>
     let mut rules = Rules::default();
     let mut found = Vec::new();
     let mut drift = Vec::new();
+    // The iptables backend reads the families the plan has; IPv6 rules the kernel holds count
+    // too when the flags have IPv6 off (an empty IPv6 plan reads only meshcap's chains).
+    let mut both_families = plan.clone();
+    both_families.v6.get_or_insert(FamilyPlan {
+        family: Family::V6,
+        ops: Vec::new(),
+    });
     for (name, backend) in backends {
-        let read = match backend.read_back(plan) {
+        let read = match backend
+            .read_back(&both_families)
+            .or_else(|_| backend.read_back(plan))
+        {
             Ok(read) => read,
             // A node without that variant's tools holds no rules of it.
             Err(BackendError::Spawn { .. }) => continue,
@@ -252,8 +262,8 @@ fn diff_lines(name: &str, have: &Ruleset, want: &Ruleset) -> Vec<String> {
 
 fn family_name(ex: &Explanation) -> &'static str {
     match ex.family {
-        crate::plan::Family::V4 => "ipv4",
-        crate::plan::Family::V6 => "ipv6",
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
     }
 }
 

@@ -28,6 +28,7 @@ use netns_test_harness::probe::{Class, From, Outcome, Probe, Proto, parse_table}
 use netns_test_harness::{User, require_root};
 use std::net::{IpAddr, SocketAddr};
 
+#[derive(Clone)]
 struct Config {
     name: String,
     args: Vec<String>,
@@ -440,5 +441,121 @@ fn bad_flow_words_exit_2_naming_the_word() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flow}: {stderr}");
         assert!(stderr.contains(word), "{flow}: {stderr}");
+    }
+}
+
+#[test]
+fn kernel_sees_ipv6_rules_the_flags_leave_out() {
+    if !require_root("kernel_sees_ipv6_rules_the_flags_leave_out") {
+        return;
+    }
+    let cfg = configs("kernel_sees_ipv6_rules_the_flags_leave_out")
+        .into_iter()
+        .find(|c| c.name == "istio-default")
+        .expect("scenario istio-default");
+    let with_ipv6 = Config {
+        args: cfg
+            .args
+            .iter()
+            .map(|a| if a == "off" { "on".into() } else { a.clone() })
+            .collect(),
+        ..cfg.clone()
+    };
+    let flow = vec!["dir=out dst=[2001:db8:1::10]:80 uid=1000 gid=1000 oif=net0".to_owned()];
+    assert_eq!(explain(&cfg, &[], &flow)[0]["verdict"], "direct");
+    for backend in [
+        &["--force-iptables-binary", "legacy"][..],
+        &["--backend", "nftables"][..],
+    ] {
+        let pod = Pod::new("x6");
+        install(&pod, &with_ipv6, backend);
+        let ns = pod.pod.path().display().to_string();
+        let mut extra = backend.to_vec();
+        extra.extend(["--kernel", "--network-namespace", &ns]);
+        let ex = &explain(&cfg, &extra, &flow)[0];
+        assert_eq!(
+            ex["verdict"], "captured-outbound 15001",
+            "{backend:?}: {ex}"
+        );
+        assert!(
+            ex["drift"]
+                .as_array()
+                .expect("drift")
+                .iter()
+                .any(|d| d.as_str().expect("line").contains(": extra: ")),
+            "{backend:?}: {ex}"
+        );
+    }
+}
+
+/// The README's example is the command's real output.
+#[test]
+fn readme_example_is_real_output() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let section = readme
+        .split("## Where did my connection go?")
+        .nth(1)
+        .expect("README section");
+    let block = section
+        .split("```\n")
+        .nth(1)
+        .expect("code block")
+        .trim_end();
+    let (command, shown) = block.split_once("\nrules: ").expect("command, then output");
+    let args: Vec<String> = [
+        "explain",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--ipv6",
+        "off",
+        "--flow",
+        "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
+        "--flow",
+        "dir=in dst=192.0.2.1:15020 iif=eth0",
+        "--flow",
+        "dir=out dst=198.51.100.10:80 uid=1337 gid=1337",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for a in &args[1..] {
+        assert!(command.contains(a.as_str()), "README command lacks {a:?}");
+    }
+    let out = meshcap(&args, &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        format!("rules: {shown}"),
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "README.md's explain example differs from the real output"
+    );
+}
+
+#[test]
+fn help_describes_flows_and_verdicts() {
+    let out = meshcap(&["explain".into(), "--help".into()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in [
+        "--flow",
+        "dir=out|in",
+        "--kernel",
+        "--json",
+        "captured-dns PORT",
+        "dropped",
+    ] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
     }
 }
