@@ -1,11 +1,13 @@
 //! The command line: Istio's `istio-iptables` flags, their environment variables and defaults.
 //!
-//! This module only collects raw text and where it came from (flag, variable or default);
-//! [`crate::config`] validates it. Values stay strings here so that a bad value can be reported
-//! with the flag or variable that carried it.
+//! This module only collects raw text and where it came from (flag, variable or default) into
+//! [`Inputs`]; [`crate::config`] validates it. The environment is an explicit input: clap's own
+//! reading of the process environment is switched off, so that tests and the CNI plugin decide
+//! what environment a run sees.
 
+pub use crate::inputs::{Inputs, Opt, Origin, Raw};
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, Parser};
+use clap::{Command, CommandFactory, Parser};
 use std::ffi::OsString;
 
 const INBOUND: &str = "Inbound";
@@ -185,131 +187,193 @@ pub struct Cli {
     pub force_apply: String,
 }
 
-/// Environment variables that have no flag (Istio reads them from the environment only), and the
-/// old names Istio still accepts for some flags.
-const ENV_ONLY: [&str; 4] = [
-    "ISTIO_OUTBOUND_OWNER_GROUPS",
-    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
-    "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-    "ENVOY_USER",
-];
-const ENV_ALIASES: [(&str, &str); 3] = [
-    ("redirect_dns", "ISTIO_META_DNS_CAPTURE"),
-    ("drop_invalid", "INVALID_DROP"),
-    ("dual_stack", "ISTIO_DUAL_STACK"),
+/// Old environment variable names Istio still accepts for some flags; the current name wins.
+const ENV_ALIASES: [(Opt, &str); 3] = [
+    (Opt::RedirectDns, "ISTIO_META_DNS_CAPTURE"),
+    (Opt::DropInvalid, "INVALID_DROP"),
+    (Opt::DualStack, "ISTIO_DUAL_STACK"),
 ];
 
-/// Where a raw value came from; config errors name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// A flag on the command line, e.g. `-b/--istio-inbound-ports`.
-    Flag(String),
-    /// An environment variable.
-    Env(String),
-    /// The built-in default.
-    Default(String),
+/// What the command says about one option: how to name it, its variable and its default.
+struct OptSpec {
+    opt: Opt,
+    /// `-b/--istio-inbound-ports` or `--ipv6`.
+    flag: String,
+    env: Option<String>,
+    default: Option<String>,
 }
 
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Flag(name) => write!(f, "flag {name}"),
-            Origin::Env(name) => write!(f, "environment variable {name}"),
-            Origin::Default(name) => write!(f, "default of {name}"),
-        }
-    }
-}
-
-/// A raw value and its origin.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Raw {
-    pub text: String,
-    pub origin: Origin,
-}
-
-/// Parsed command line: the flags' raw values plus where each came from. Config reads every
-/// value raw through [`Inputs::get`] (to name the flag or variable in its errors), so the typed
-/// [`Cli`] is never extracted: it only defines the command.
-#[derive(Debug, Clone)]
-pub struct Inputs {
-    /// The command the arguments were matched against, kept to name flags in errors
-    /// (building it again for each lookup would dominate meshcap's start-up time).
-    command: clap::Command,
-    matches: ArgMatches,
-    env: Vec<(String, String)>,
+fn specs(command: &Command) -> Vec<OptSpec> {
+    Opt::ALL
+        .iter()
+        .map(|&opt| {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == opt.id())
+                .unwrap_or_else(|| panic!("Cli has no argument {}", opt.id()));
+            let flag = match (arg.get_short(), arg.get_long()) {
+                (Some(s), Some(l)) => format!("-{s}/--{l}"),
+                (None, Some(l)) => format!("--{l}"),
+                _ => opt.id().to_owned(),
+            };
+            OptSpec {
+                opt,
+                flag,
+                env: arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                default: arg
+                    .get_default_values()
+                    .first()
+                    .map(|v| v.to_string_lossy().into_owned()),
+            }
+        })
+        .collect()
 }
 
 impl Inputs {
-    /// Parses `args` (with the program name first) against the given environment.
-    /// Clap errors (unknown flag, missing value, `--help`) are returned as clap errors.
+    /// Every option at the installer's default (none given on a command line or in `env`);
+    /// env-only inputs are read from `env`.
+    pub fn defaults(env: Vec<(String, String)>) -> Inputs {
+        let mut inputs = Inputs::empty(env);
+        for spec in specs(&Cli::command()) {
+            if let Some(default) = spec.default {
+                inputs.set(spec.opt, default, Origin::Default(spec.flag));
+            }
+        }
+        inputs
+    }
+
+    /// Parses `args` (with the program name first) against the environment `env`: a flag beats
+    /// its variable (or, failing that, its old name), which beats the default. Clap errors
+    /// (unknown flag, missing value, `--help`) are returned as clap errors.
     pub fn parse_from<I, T>(args: I, env: Vec<(String, String)>) -> Result<Inputs, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        // clap reads `env = ...` from the process environment; tests pass their own, so the
-        // process environment must agree with `env` (see `with_env` in the tests).
-        // Matching through `&mut` keeps the command for later lookups without cloning its ~60
-        // arguments (a clone showed in the start-up profile).
-        let mut command = Cli::command();
-        let matches = command.try_get_matches_from_mut(args)?;
-        Ok(Inputs {
-            command,
-            matches,
-            env,
-        })
-    }
-
-    /// Parses the process's arguments and environment.
-    pub fn from_process() -> Result<Inputs, clap::Error> {
-        Inputs::parse_from(std::env::args_os(), std::env::vars().collect())
-    }
-
-    /// Looks up a variable of the environment this run was given.
-    pub fn env_var(&self, name: &str) -> Option<Raw> {
-        debug_assert!(ENV_ONLY.contains(&name) || ENV_ALIASES.iter().any(|(_, n)| *n == name));
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| Raw {
-                text: v.clone(),
-                origin: Origin::Env(name.to_owned()),
-            })
-    }
-
-    /// The raw value of the argument `id` (a field name of [`Cli`]) and its origin. For
-    /// arguments with an old variable name (see `ENV_ALIASES`), that variable is used when
-    /// neither the flag nor the current variable is set.
-    pub fn get(&self, id: &str) -> Option<Raw> {
-        let arg = self
-            .command
-            .get_arguments()
-            .find(|a| a.get_id() == id)
-            .unwrap_or_else(|| panic!("no argument {id}"));
-        let flag = match (arg.get_short(), arg.get_long()) {
-            (Some(s), Some(l)) => format!("-{s}/--{l}"),
-            (None, Some(l)) => format!("--{l}"),
-            _ => id.to_owned(),
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        // Matching through `&mut` keeps the command for the spec lookups without cloning it.
+        let mut command = Cli::command().mut_args(|a| a.env(None));
+        let matches = match command.try_get_matches_from_mut(&args) {
+            Ok(matches) => matches,
+            // Help lists each flag's variable: render it from the command that still has them.
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+                return Err(Cli::command()
+                    .try_get_matches_from(&args)
+                    .expect_err("--help still asks for help"));
+            }
+            Err(e) => return Err(e),
         };
-        let env_name = arg
-            .get_env()
-            .map(|e| e.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let source = self.matches.value_source(id);
-        if source == Some(ValueSource::DefaultValue) || source.is_none() {
-            if let Some((_, alias)) = ENV_ALIASES.iter().find(|(a, _)| *a == id) {
-                if let Some(raw) = self.env_var(alias) {
-                    return Some(raw);
-                }
+        let full = Cli::command();
+        let mut inputs = Inputs::empty(env);
+        for spec in specs(&full) {
+            let id = spec.opt.id();
+            if matches.value_source(id) == Some(ValueSource::CommandLine) {
+                let text = matches.get_one::<String>(id).expect("a given flag").clone();
+                inputs.set(spec.opt, text, Origin::Flag(spec.flag));
+                continue;
+            }
+            let variable = spec.env.as_deref().and_then(|name| inputs.env_var(name));
+            let alias = || {
+                ENV_ALIASES
+                    .iter()
+                    .find(|(o, _)| *o == spec.opt)
+                    .and_then(|(_, name)| inputs.env_var(name))
+            };
+            if let Some(raw) = variable.or_else(alias) {
+                inputs.set(spec.opt, raw.text, raw.origin);
+            } else if let Some(default) = spec.default {
+                inputs.set(spec.opt, default, Origin::Default(spec.flag));
             }
         }
-        let text = self.matches.get_one::<String>(id)?.clone();
-        let origin = match source {
-            Some(ValueSource::CommandLine) => Origin::Flag(flag),
-            Some(ValueSource::EnvVariable) => Origin::Env(env_name),
-            _ => Origin::Default(flag),
-        };
-        Some(Raw { text, origin })
+        Ok(inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_has_an_opt_and_every_opt_a_flag() {
+        let command = Cli::command();
+        let ids: Vec<&str> = command
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .filter(|id| *id != "help" && *id != "version")
+            .collect();
+        assert_eq!(ids.len(), Opt::ALL.len());
+        for opt in Opt::ALL {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == opt.id())
+                .unwrap_or_else(|| panic!("{opt:?}"));
+            assert_eq!(arg.get_long(), Some(opt.long().as_str()), "{opt:?}");
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flag_beats_variable_beats_old_name_beats_default() {
+        let e = env(&[
+            ("ISTIO_INBOUND_PORTS", "80"),
+            ("REDIRECT_DNS", "false"),
+            ("ISTIO_META_DNS_CAPTURE", "true"),
+            ("INVALID_DROP", "true"),
+        ]);
+        let inputs = Inputs::parse_from(["meshcap", "-b", "443"], e.clone()).unwrap();
+        let b = inputs.get(Opt::InboundPorts).unwrap();
+        assert_eq!(
+            (b.text.as_str(), b.origin.to_string()),
+            ("443", "flag -b/--istio-inbound-ports".into())
+        );
+        let inputs = Inputs::parse_from(["meshcap"], e).unwrap();
+        let b = inputs.get(Opt::InboundPorts).unwrap();
+        assert_eq!(b.origin, Origin::Env("ISTIO_INBOUND_PORTS".into()));
+        assert_eq!(inputs.get(Opt::RedirectDns).unwrap().text, "false");
+        let drop = inputs.get(Opt::DropInvalid).unwrap();
+        assert_eq!(drop.origin, Origin::Env("INVALID_DROP".into()));
+        let port = inputs.get(Opt::ProxyPort).unwrap();
+        assert_eq!(
+            port,
+            Raw {
+                text: "15001".into(),
+                origin: Origin::Default("-p/--envoy-port".into())
+            }
+        );
+        assert_eq!(inputs.get(Opt::DnsServers), None);
+    }
+
+    #[test]
+    fn the_process_environment_is_not_read() {
+        // SAFETY: tests of this binary pass their environment explicitly; only clap could read
+        // this variable, and it must not.
+        unsafe { std::env::set_var("MESHCAP_BACKEND", "nftables") };
+        let inputs = Inputs::parse_from(["meshcap"], Vec::new()).unwrap();
+        unsafe { std::env::remove_var("MESHCAP_BACKEND") };
+        let backend = inputs.get(Opt::Backend).unwrap();
+        assert_eq!(backend.text, "iptables");
+        assert!(matches!(backend.origin, Origin::Default(_)));
+    }
+
+    #[test]
+    fn defaults_match_a_bare_command_line() {
+        let bare = Inputs::parse_from(["meshcap"], Vec::new()).unwrap();
+        let defaults = Inputs::defaults(Vec::new());
+        for &opt in Opt::ALL {
+            assert_eq!(bare.get(opt), defaults.get(opt), "{opt:?}");
+        }
+    }
+
+    #[test]
+    fn help_still_names_the_variables() {
+        let err = Inputs::parse_from(["meshcap", "--help"], Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(err.to_string().contains("ISTIO_INBOUND_PORTS"));
     }
 }

@@ -1,35 +1,45 @@
-//! The meshcap binary: parse, build, pick a backend, report.
+//! The meshcap binary: dispatch on the program name and the first argument, then parse, build,
+//! pick a backend, report.
 
 use anyhow::Context;
-use meshcap::backend::iptables::IptablesBackend;
-use meshcap::backend::{Applied, Firewall};
+use meshcap::backend::{self, Applied};
 use meshcap::cli::Inputs;
-use meshcap::config::{BackendKind, Config, SystemHost};
+use meshcap::config::{Config, SystemHost};
 use meshcap::validation;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // A plain level filter when MESHCAP_LOG is unset (or invalid): building an EnvFilter
-    // showed in the start-up time every pod pays.
+    // A plain level filter when MESHCAP_LOG is unset (or invalid): an EnvFilter is costly to
+    // build, and every pod start pays for it.
+    // Colours only for a person: runtimes keep a CNI plugin's stderr in their logs.
+    let ansi = std::io::stderr().is_terminal();
     match tracing_subscriber::EnvFilter::try_from_env("MESHCAP_LOG") {
         Ok(filter) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .without_time()
             .init(),
         Err(_) => tracing_subscriber::fmt()
             .with_max_level(tracing::Level::INFO)
             .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .without_time()
             .init(),
     }
 
-    // Subcommands have their own flags; the installer keeps Istio's flat command line.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Runtimes execute a CNI plugin by its file name, with no arguments.
+    if meshcap::cni::invoked_as_plugin(args.first()) {
+        return meshcap::cni::main();
+    }
+    // Subcommands have their own flags; the installer keeps Istio's flat command line.
     let subcommand = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
     let mode = match subcommand.as_deref() {
         Some("proxy") => return meshcap::proxy::main(args[1..].to_vec()),
         Some("explain") => return meshcap::explain::main(args[1..].to_vec()),
+        Some("cni") => return meshcap::cni::install::main(args[1..].to_vec()),
         Some(validation::DIAL_SUBCOMMAND) if args.len() == 4 => {
             let (local, probe) = (args[2].to_string_lossy(), args[3].to_string_lossy());
             return match validation::dial(&local, &probe) {
@@ -79,41 +89,22 @@ const EXIT_DRIFTED: u8 = 3;
 
 fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
     let plan = meshcap::plan::build(&config.capture);
-    let backend: Box<dyn Firewall> = match config.run.backend {
-        BackendKind::Iptables => Box::new(IptablesBackend {
-            variant: config.run.iptables_variant,
-            reconcile: config.run.reconcile,
-            force_apply: config.run.force_apply,
-        }),
-        BackendKind::Nftables => Box::new(meshcap::backend::nftables::NftablesBackend),
-    };
+    let backend = backend::select(&config.run);
     if config.run.dry_run {
         print!("{}", backend.render(&plan));
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(ns) = &config.run.network_namespace {
-        enter_namespace(ns)?;
+        backend::enter_namespace(ns)?;
     }
     if mode == Mode::Diff {
-        let diff = backend
-            .read_back(&plan)
-            .context("reading the kernel's rules")?
-            .diff(&backend.expected(&plan));
-        for rule in &diff.missing {
-            println!("missing: {rule}");
-        }
-        for rule in &diff.extra {
-            println!("extra: {rule}");
-        }
-        for chain in &diff.reordered {
-            println!("reordered: {chain}");
-        }
-        return Ok(if diff.is_empty() {
+        let diff = backend::drift(&*backend, &plan).context("reading the kernel's rules")?;
+        if diff.is_empty() {
             println!("in sync: the kernel holds exactly the planned rules");
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_DRIFTED)
-        });
+            return Ok(ExitCode::SUCCESS);
+        }
+        print!("{diff}");
+        return Ok(ExitCode::from(EXIT_DRIFTED));
     }
     if config.run.cleanup_only {
         backend.clean(&plan).context("cleaning up")?;
@@ -130,27 +121,10 @@ fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
         }
     }
     if config.run.run_validation {
-        let c = &config.capture;
-        let check = validation::Validation {
-            capture_ports: vec![c.proxy_port, c.inbound_capture_port],
-            probe_port: config.run.probe_port,
-            ipv6: c.ipv6,
-            timeout: config.run.probe_timeout,
-            proxy_uid: c.proxy_uids[0],
-            proxy_gid: c.proxy_gids[0],
-        };
-        if let Err(e) = validation::run(&check) {
+        if let Err(e) = validation::run(&validation::Validation::from(config)) {
             eprintln!("meshcap: validation failed: {e}");
             return Ok(ExitCode::from(validation::EXIT_VALIDATION_FAILED));
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn enter_namespace(path: &std::path::Path) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("opening network namespace {}", path.display()))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {}", path.display()))?;
-    Ok(())
 }

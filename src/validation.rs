@@ -4,7 +4,7 @@
 //! the proxy uid's call to its own pod address is sent to the inbound listener, so the rules
 //! are in force.
 
-use nix::sys::socket::{getsockopt, sockopt};
+use crate::plan::{Family, passthrough_source};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -29,6 +29,22 @@ pub struct Validation {
     pub proxy_gid: u32,
 }
 
+/// What `--run-validation` checks for a configuration: the proxy's two capture ports, as the
+/// first proxy uid and gid.
+impl From<&crate::config::Config> for Validation {
+    fn from(config: &crate::config::Config) -> Self {
+        let c = &config.capture;
+        Validation {
+            capture_ports: vec![c.proxy_port, c.inbound_capture_port],
+            probe_port: config.run.probe_port,
+            ipv6: c.ipv6,
+            timeout: config.run.probe_timeout,
+            proxy_uid: c.proxy_uids[0],
+            proxy_gid: c.proxy_gids[0],
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
     #[error("cannot listen on {addr}: {source}")]
@@ -42,15 +58,18 @@ pub enum ValidationError {
     },
 }
 
+/// (where the dial comes from, where it goes) per family. The destination is the passthrough
+/// address, as in Istio's validation: a loopback address other than the listeners' (`::6` is on
+/// lo through the plan's routing step), so only a capture rule can bring the dial to them.
 fn families(ipv6: bool) -> Vec<(IpAddr, IpAddr)> {
     let mut out = vec![(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+        passthrough_source(Family::V4),
     )];
     if ipv6 {
         out.push((
             IpAddr::V6(Ipv6Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+            passthrough_source(Family::V6),
         ));
     }
     out
@@ -58,22 +77,8 @@ fn families(ipv6: bool) -> Vec<(IpAddr, IpAddr)> {
 
 /// The original destination of a redirected connection.
 fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
-    match stream.local_addr().ok()? {
-        SocketAddr::V4(_) => getsockopt(stream, sockopt::OriginalDst).ok().map(|sin| {
-            SocketAddr::from((
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            ))
-        }),
-        SocketAddr::V6(_) => getsockopt(stream, sockopt::Ip6tOriginalDst)
-            .ok()
-            .map(|sin6| {
-                SocketAddr::from((
-                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                    u16::from_be(sin6.sin6_port),
-                ))
-            }),
-    }
+    let v6 = stream.local_addr().ok()?.is_ipv6();
+    crate::proxy::original_dst(stream, v6).ok()
 }
 
 /// Runs the validation for every family in force; each must see its probe redirected.
@@ -151,4 +156,40 @@ pub fn dial(local: &str, probe: &str) -> io::Result<()> {
     // Bound to loopback like Istio's client, so the connection leaves through lo.
     socket.bind(&SocketAddr::new(local, 0).into())?;
     socket.connect_timeout(&probe.into(), Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Inputs;
+    use crate::config::{Config, SystemHost};
+
+    #[test]
+    fn built_from_the_configuration() {
+        let argv = [
+            "meshcap",
+            "-p",
+            "15101",
+            "-z",
+            "15106",
+            "-u",
+            "1000,1001",
+            "-g",
+            "2000",
+            "--iptables-probe-port",
+            "15555",
+            "--probe-timeout",
+            "2m",
+            "--ipv6",
+            "on",
+        ];
+        let inputs = Inputs::parse_from(argv, Vec::new()).unwrap();
+        let config = Config::from_inputs(&inputs, &SystemHost).unwrap();
+        let v = Validation::from(&config);
+        assert_eq!(v.capture_ports, [15101, 15106]);
+        assert_eq!(v.probe_port, 15555);
+        assert!(v.ipv6);
+        assert_eq!(v.timeout, Duration::from_secs(120));
+        assert_eq!((v.proxy_uid, v.proxy_gid), (1000, 2000));
+    }
 }

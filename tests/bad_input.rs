@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::{NO_ENV, istio_args, meshcap_in, ok};
 use netns_test_harness::{Netns, require_root};
 
 /// (flags, environment, what the message must name, the bad value it must quote)
@@ -266,26 +267,8 @@ fn malformed_invocations_leave_the_namespace_unchanged() {
     }
     let ns = Netns::new("badinput");
     // A namespace that already holds a pod's rules.
-    let out = ns.exec(&[
-        common::MESHCAP,
-        "-p",
-        "15001",
-        "-u",
-        "1337",
-        "-i",
-        "*",
-        "-b",
-        "*",
-        "--ipv6",
-        "off",
-        "--force-iptables-binary",
-        "nft",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = istio_args(&["--ipv6", "off", "--force-iptables-binary", "nft"]);
+    ok(&meshcap_in(&ns, &args, NO_ENV));
     let dump = || {
         [
             &["iptables-nft-save"][..],

@@ -3,16 +3,16 @@
 //! 192.0.2.53), under Istio's rules (the default) and under `--strict`. SECURITY.md lists the
 //! same probes and outcomes; this test is what keeps it true.
 
+mod common;
+
+use common::{NO_ENV, istio_args, meshcap, ok};
 use netns_test_harness::pod::Pod;
 use netns_test_harness::probe::{parse_table, render_table};
-use netns_test_harness::{ISTIO_DEFAULT_ARGS, require_root};
-
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+use netns_test_harness::require_root;
 
 fn install(pod: &Pod, extra: &[&str]) {
     let ns = pod.pod.path().display().to_string();
-    let mut args = ISTIO_DEFAULT_ARGS.to_vec();
-    args.extend([
+    let mut args = istio_args(&[
         "--redirect-dns",
         "--dns-servers",
         "127.0.0.53,192.0.2.53,2001:db8::53",
@@ -22,15 +22,7 @@ fn install(pod: &Pod, extra: &[&str]) {
         &ns,
     ]);
     args.extend(extra);
-    let out = std::process::Command::new(MESHCAP)
-        .args(&args)
-        .output()
-        .expect("run meshcap");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&meshcap(&args, NO_ENV));
 }
 
 /// The escape attempts, each with its outcome under Istio's rules; `strict` overrides the rows

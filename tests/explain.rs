@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{IstioCase, istio_cases, istio_conformance, meshcap, repo, scenarios};
+use common::{IstioCase, NO_ENV, istio_cases, istio_conformance_part, meshcap, repo, scenarios};
 use netns_test_harness::pod::{
     DNS_CAPTURE_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROXY_ID, Pod, map_istio,
     standard_matrix,
@@ -46,7 +46,7 @@ fn configs(test: &str) -> Vec<Config> {
             env: s.env,
         })
         .collect();
-    if let Some(dir) = istio_conformance(test) {
+    if let Some(dir) = istio_conformance_part(test) {
         let cases = istio_cases(&dir);
         assert_eq!(cases.len(), 19, "the conformance set has 19 cases");
         all.extend(cases.into_iter().map(|c: IstioCase| {
@@ -437,7 +437,7 @@ fn bad_flow_words_exit_2_naming_the_word() {
         let args: Vec<String> = ["explain", "-u", "1337", "--flow", flow]
             .map(str::to_owned)
             .to_vec();
-        let out = meshcap(&args, &[]);
+        let out = meshcap(&args, NO_ENV);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flow}: {stderr}");
         assert!(stderr.contains(word), "{flow}: {stderr}");
@@ -534,7 +534,7 @@ fn readme_example_is_real_output() {
     for a in &args[1..] {
         assert!(command.contains(a.as_str()), "README command lacks {a:?}");
     }
-    let out = meshcap(&args, &[]);
+    let out = meshcap(&args, NO_ENV);
     assert!(out.status.success());
     assert_eq!(
         format!("rules: {shown}"),
@@ -545,7 +545,7 @@ fn readme_example_is_real_output() {
 
 #[test]
 fn help_describes_flows_and_verdicts() {
-    let out = meshcap(&["explain".into(), "--help".into()], &[]);
+    let out = meshcap(&["explain", "--help"], NO_ENV);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     for word in [

@@ -6,24 +6,22 @@
 //! completes (an interrupted install is recognised as such; an interrupted replace needs the
 //! --reconcile it was started with). The nftables backend commits everything in one batch.
 
-use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
-use std::process::Stdio;
+mod common;
 
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+use common::{MESHCAP, NO_ENV, istio_args, meshcap_in, ok};
+use netns_test_harness::{Netns, require_root};
+use std::process::Stdio;
 
 /// Old and new configurations: TPROXY in both families (three tables each), then REDIRECT with
 /// other ports, so that every table changes.
 fn old_args() -> Vec<&'static str> {
-    let mut args = ISTIO_DEFAULT_ARGS.to_vec();
-    args.extend(["-m", "TPROXY", "-d", "15090,15021", "--redirect-dns"]);
+    let mut args = istio_args(&["-m", "TPROXY", "-d", "15090,15021", "--redirect-dns"]);
     args.extend(["--dns-servers", "192.0.2.53,2001:db8::53", "--ipv6", "on"]);
     args
 }
 
 fn new_args() -> Vec<&'static str> {
-    let mut args = ISTIO_DEFAULT_ARGS.to_vec();
-    args.extend(["-b", "8080,9080", "--ipv6", "on"]);
-    args
+    istio_args(&["-b", "8080,9080", "--ipv6", "on"])
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,10 +33,10 @@ enum State {
 
 fn state(ns: &Netns, backend: &[&str]) -> State {
     let in_sync = |args: Vec<&str>| {
-        let mut argv = vec![MESHCAP, "diff"];
+        let mut argv = vec!["diff"];
         argv.extend(args);
         argv.extend(backend);
-        ns.exec(&argv).status.code() == Some(0)
+        meshcap_in(ns, &argv, NO_ENV).status.code() == Some(0)
     };
     if in_sync(new_args()) {
         State::New
@@ -50,11 +48,10 @@ fn state(ns: &Netns, backend: &[&str]) -> State {
 }
 
 fn run(ns: &Netns, args: Vec<&str>, backend: &[&str], extra: &[&str]) -> std::process::Output {
-    let mut argv = vec![MESHCAP];
-    argv.extend(args);
+    let mut argv = args;
     argv.extend(backend);
     argv.extend(extra);
-    ns.exec(&argv)
+    meshcap_in(ns, &argv, NO_ENV)
 }
 
 /// Kills `meshcap NEW --reconcile` at 24 points from 0 to 120 % of an uninterrupted run's time
@@ -64,27 +61,12 @@ fn kill_during_replace(ns: &Netns, backend: &[&str]) -> [usize; 3] {
     let mut seen = [0; 3];
     // Kill points spread over how long an uninterrupted replace takes on this machine now
     // (timing places the kills; it decides no outcome).
-    let out = run(ns, old_args(), backend, &["--reconcile"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&run(ns, old_args(), backend, &["--reconcile"]));
     let started = std::time::Instant::now();
-    let out = run(ns, new_args(), backend, &["--reconcile"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&run(ns, new_args(), backend, &["--reconcile"]));
     let step = started.elapsed() / 20;
     for delay in (0..24u32).map(|i| step * i) {
-        let out = run(ns, old_args(), backend, &["--reconcile"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&run(ns, old_args(), backend, &["--reconcile"]));
         assert_eq!(state(ns, backend), State::Old);
 
         let mut argv = vec![MESHCAP];
@@ -145,20 +127,23 @@ fn iptables_interrupted_install_is_completed_without_reconcile() {
     }
     let ns = Netns::new("partial");
     // An install killed after IPv4 was committed: IPv4 rules of the new config, no IPv6 ones.
-    let mut argv = vec![MESHCAP];
-    argv.extend(new_args());
-    argv.extend(["--force-iptables-binary", "nft", "--dry-run"]);
-    let dry = String::from_utf8(ns.exec(&argv).stdout).unwrap();
+    let dry = run(
+        &ns,
+        new_args(),
+        &["--force-iptables-binary", "nft"],
+        &["--dry-run"],
+    );
+    let dry = String::from_utf8(dry.stdout).unwrap();
     let v4: String = dry.split("# ipv6").next().unwrap().to_owned();
     let out = ns.exec_with_input(&["iptables-nft-restore", "--noflush"], &v4);
     assert!(out.status.success());
     // The DNS-less first table only: a part of the plan, no --reconcile needed to complete it.
-    let out = run(&ns, new_args(), &["--force-iptables-binary", "nft"], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&run(
+        &ns,
+        new_args(),
+        &["--force-iptables-binary", "nft"],
+        &[],
+    ));
     assert_eq!(state(&ns, &["--force-iptables-binary", "nft"]), State::New);
 }
 

@@ -2,25 +2,15 @@
 //! iptables-nft and iptables-legacy, holds every rule of the plan when read back with
 //! iptables-save; a second run is a no-op; cleanup removes everything.
 
-use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
+mod common;
+
+use common::{MESHCAP, NO_ENV, istio_args, meshcap_in, ok};
+use netns_test_harness::{Netns, require_root};
 use std::process::Output;
 
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+/// meshcap with Istio's default flags and `extra`, in `ns`.
 fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
-    let mut argv = vec![MESHCAP];
-    argv.extend(ISTIO_DEFAULT_ARGS);
-    argv.extend(extra);
-    ns.exec(&argv)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "meshcap failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    meshcap_in(ns, &istio_args(extra), NO_ENV)
 }
 
 /// The `-A` lines of iptables-save, normalised for comparison.
@@ -173,9 +163,14 @@ fn a_failure_after_ipv4_leaves_no_half_ruleset() {
     let dir = path_without_ip6tables();
     let run = |extra: &[&str]| {
         let path = format!("PATH={}", dir.path().display());
+        // PATH through `env`: set on `ip netns exec`, it would also be where `ip` is looked for.
         let mut argv = vec!["env", &path, MESHCAP];
-        argv.extend(ISTIO_DEFAULT_ARGS);
-        argv.extend(["--ipv6", "on", "--force-iptables-binary", "nft"]);
+        argv.extend(istio_args(&[
+            "--ipv6",
+            "on",
+            "--force-iptables-binary",
+            "nft",
+        ]));
         argv.extend(extra);
         ns.exec(&argv)
     };

@@ -5,13 +5,15 @@
 //! fails with exit status 1 naming the kernel's reason and the refused rule; 1000 excluded ports
 //! and 1000 excluded CIDRs cost no more rules than one of each.
 
+mod common;
+
+use common::{MESHCAP, NFT_TABLES, meshcap_in, ok, plan_of, without_counters};
 use meshcap::backend::Firewall;
 use meshcap::backend::nftables::NftablesBackend;
+// The fault hook (cargo feature `fault-injection`, on for tests through the dev-dependency).
+use meshcap::backend::nftables::fault::{MISSING_CHAIN, TEST_FAIL_BATCH_ENV};
 use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
 use std::process::Output;
-
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
-const TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
 
 fn default_args() -> Vec<String> {
     ISTIO_DEFAULT_ARGS
@@ -29,48 +31,24 @@ fn with(extra: &[&str]) -> Vec<String> {
 
 /// Runs meshcap in `ns` with a clean meshcap environment plus `env`.
 fn run(ns: &Netns, args: &[String], env: &[(&str, &str)]) -> Output {
-    let mut argv = vec![MESHCAP];
-    argv.extend(args.iter().map(String::as_str));
-    let mut cmd = ns.command(&argv);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MESHCAP_") || k.starts_with("ISTIO_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied()).output().expect("run meshcap")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "meshcap failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    meshcap_in(ns, args, env)
 }
 
 /// The rules of meshcap's tables (`nft -a` handles and counters dropped), table by table.
 fn rules(ns: &Netns) -> Vec<String> {
     let mut out = Vec::new();
-    for t in TABLES {
+    for t in NFT_TABLES {
         let o = ns.exec(&["nft", "list", "table", "inet", t]);
         if !o.status.success() {
             continue;
         }
         out.push(format!("table {t}"));
-        for line in String::from_utf8_lossy(&o.stdout).lines().map(str::trim) {
+        let text = without_counters(&String::from_utf8_lossy(&o.stdout));
+        for line in text.lines().map(str::trim) {
             if line.is_empty() || line == "}" || line.starts_with("table ") {
                 continue;
             }
-            let line = match line.find("counter packets") {
-                Some(i) => {
-                    let rest: Vec<&str> = line[i..].split(' ').skip(5).collect();
-                    format!("{}counter {}", &line[..i], rest.join(" "))
-                }
-                None => line.to_owned(),
-            };
-            out.push(line);
+            out.push(line.to_owned());
         }
     }
     out
@@ -81,15 +59,6 @@ fn rule_count(ns: &Netns) -> usize {
         .iter()
         .filter(|l| !l.starts_with("table ") && !l.starts_with("chain ") && !l.starts_with("type "))
         .count()
-}
-
-fn plan_of(args: &[String]) -> meshcap::plan::Plan {
-    let mut argv = vec!["meshcap".to_owned()];
-    argv.extend(args.iter().cloned());
-    let inputs = meshcap::cli::Inputs::parse_from(argv, vec![]).expect("flags parse");
-    let config = meshcap::config::Config::from_inputs(&inputs, &meshcap::config::SystemHost)
-        .expect("valid config");
-    meshcap::plan::build(&config.capture)
 }
 
 fn drift(ns: &Netns, plan: &meshcap::plan::Plan) -> meshcap::backend::RulesetDiff {
@@ -264,12 +233,15 @@ fn read_back_notices_added_and_deleted_rules() {
 fn refused_batch_changes_nothing(ns: &Netns) {
     let before = ns.exec_ok(&["nft", "list", "ruleset"]);
     let args = with(&["-m", "TPROXY", "--ipv6", "off"]);
-    let out = run(ns, &args, &[("MESHCAP_TEST_FAIL_BATCH", "1")]);
+    let out = run(ns, &args, &[(TEST_FAIL_BATCH_ENV, "1")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     // The kernel's reason and the refused object.
     assert!(stderr.contains("No such file or directory"), "{stderr}");
-    assert!(stderr.contains("jump istio-test-missing-chain"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("jump {MISSING_CHAIN}")),
+        "{stderr}"
+    );
     assert_eq!(ns.exec_ok(&["nft", "list", "ruleset"]), before);
 }
 

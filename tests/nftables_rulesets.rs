@@ -7,78 +7,25 @@
 
 mod common;
 
-use common::{blessing, istio_cases, istio_conformance, repo, scenarios};
+use common::{
+    NFT_TABLES, blessing, istio_cases, istio_conformance, meshcap, meshcap_in, plan_of, repo,
+    scenarios, without_counters,
+};
 use meshcap::backend::Firewall;
 use meshcap::backend::nftables::NftablesBackend;
 use netns_test_harness::{Netns, require_root};
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
-const TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
-
-/// Runs meshcap inside `ns` with only `env` among the variables meshcap reads.
-fn meshcap_in(ns: &Netns, args: &[String], env: &[(String, String)]) -> Output {
-    let mut argv = vec![MESHCAP];
-    argv.extend(args.iter().map(String::as_str));
-    let mut cmd: Command = ns.command(&argv);
-    clear_env(&mut cmd);
-    cmd.envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run meshcap")
-}
-
-fn clear_env(cmd: &mut Command) {
-    for (k, _) in std::env::vars() {
-        if ["ISTIO_", "MESHCAP_", "INBOUND_", "PROXY_"]
-            .iter()
-            .any(|p| k.starts_with(p))
-        {
-            cmd.env_remove(k);
-        }
-    }
-}
-
-/// `counter packets N bytes M` → `counter`: counters move with traffic, rules do not.
-fn normalize(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let words: Vec<&str> = line.split(' ').collect();
-        let mut kept = Vec::new();
-        let mut i = 0;
-        while i < words.len() {
-            kept.push(words[i]);
-            if words[i].trim() == "counter" && words.get(i + 1) == Some(&"packets") {
-                i += 5;
-            } else {
-                i += 1;
-            }
-        }
-        out.push_str(&kept.join(" "));
-        out.push('\n');
-    }
-    out
-}
 
 /// The listing of meshcap's tables that exist in `ns`, in nat, mangle, raw order.
 pub fn listing(ns: &Netns) -> String {
     let mut out = String::new();
-    for t in TABLES {
+    for t in NFT_TABLES {
         let o = ns.exec(&["nft", "list", "table", "inet", t]);
         if o.status.success() {
-            out.push_str(&normalize(&String::from_utf8_lossy(&o.stdout)));
+            out.push_str(&without_counters(&String::from_utf8_lossy(&o.stdout)));
         }
     }
     out
-}
-
-fn plan_of(args: &[String]) -> meshcap::plan::Plan {
-    let mut argv = vec!["meshcap".to_owned()];
-    argv.extend(args.iter().cloned());
-    let inputs = meshcap::cli::Inputs::parse_from(argv, vec![]).expect("flags parse");
-    let config = meshcap::config::Config::from_inputs(&inputs, &meshcap::config::SystemHost)
-        .expect("valid config");
-    meshcap::plan::build(&config.capture)
 }
 
 /// Applies one configuration and checks it; returns a failure description.
@@ -89,13 +36,7 @@ fn check(name: &str, args: &[String], env: &[(String, String)], golden: PathBuf)
     // Dry-run first: it needs no namespace and tells which groups cannot be resolved.
     let mut dry = args.clone();
     dry.push("--dry-run".into());
-    let mut cmd = Command::new(MESHCAP);
-    clear_env(&mut cmd);
-    let out = cmd
-        .args(&dry)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("dry run");
+    let out = meshcap(&dry, env);
     if !out.status.success() {
         return Some(format!(
             "{name}: dry run failed: {}",

@@ -22,7 +22,10 @@
 
 mod common;
 
-use common::{IstioCase, blessing, istio_cases, istio_conformance, meshcap, repo, scenarios};
+use common::{
+    IstioCase, blessing, istio_cases, istio_conformance, istio_conformance_part, meshcap, repo,
+    scenarios,
+};
 use netns_test_harness::install::{IstioRouting, load_nft, load_restore_text};
 use netns_test_harness::pod::{PROXY_ID, Pod, map_istio, standard_matrix};
 use netns_test_harness::probe::{Mismatch, Outcome, Probe, compare, parse_table, render_table};
@@ -318,16 +321,23 @@ fn istio_config(dir: &std::path::Path, case: IstioCase) -> Config {
     }
 }
 
-/// Every configuration: the scenarios, and the Istio cases when ../shared is there.
-fn configs(test: &str) -> Vec<Config> {
+/// The configurations `column` applies to: the scenarios, and the Istio cases when ../shared is
+/// there. Without ../shared, `None` (`test` skipped) when the column applies to Istio cases only.
+fn configs(test: &str, column: Column) -> Option<Vec<Config>> {
     let mut all = scenario_configs();
     assert!(all.len() >= 6, "rulesets/scenarios.json has its scenarios");
-    if let Some(dir) = istio_conformance(test) {
+    let istio = if all.iter().any(|c| column.applies(c)) {
+        istio_conformance_part(test)
+    } else {
+        Some(istio_conformance(test)?)
+    };
+    if let Some(dir) = istio {
         let cases = istio_cases(&dir);
         assert_eq!(cases.len(), 19, "the conformance set has 19 cases");
         all.extend(cases.into_iter().map(|c| istio_config(&dir, c)));
     }
-    all
+    all.retain(|c| column.applies(c));
+    Some(all)
 }
 
 /// Installs a column's rules for `cfg` in the pod.
@@ -435,15 +445,14 @@ fn bless_source(cfg: &Config) -> Column {
 }
 
 /// Probes every configuration in `column` and compares with the expected tables; panics with
-/// every difference. Returns silently when the test is skipped.
+/// every difference. Returns early, reported as skipped, when it cannot run here.
 fn check_column(test: &str, column: Column) {
     if !require_root(test) {
         return;
     }
-    let configs: Vec<Config> = configs(test)
-        .into_iter()
-        .filter(|c| column.applies(c))
-        .collect();
+    let Some(configs) = configs(test, column) else {
+        return;
+    };
     let bless = blessing();
     let mut failures: Vec<String> = Vec::new();
     let mut probes = 0;

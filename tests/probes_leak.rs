@@ -2,11 +2,12 @@
 //! after a crashed run. The only test of its binary, so that the namespaces carrying this
 //! process's pid are all its own.
 
+mod common;
+
+use common::{NO_ENV, istio_args, meshcap, ok};
 use netns_test_harness::pod::Pod;
 use netns_test_harness::{Netns, list_namespaces, own_namespaces, require_root};
 use std::process::Command;
-
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
 #[test]
 fn namespaces_never_leak() {
@@ -19,26 +20,15 @@ fn namespaces_never_leak() {
     {
         let pod = Pod::new("leak");
         let path = pod.pod.path().display().to_string();
-        let out = Command::new(MESHCAP)
-            .args(["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT"])
-            .args([
-                "-i",
-                "*",
-                "-b",
-                "*",
-                "--ipv6",
-                "off",
-                "--force-iptables-binary",
-                "legacy",
-            ])
-            .args(["--network-namespace", &path])
-            .output()
-            .expect("run meshcap");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args = istio_args(&[
+            "--ipv6",
+            "off",
+            "--force-iptables-binary",
+            "legacy",
+            "--network-namespace",
+            &path,
+        ]);
+        ok(&meshcap(&args, NO_ENV));
         pod.assert_table(
             "pod 1000:1000 tcp 198.51.100.10:80 -> captured-outbound 198.51.100.10:80
              peer net tcp 192.0.2.1:8080        -> captured-inbound 192.0.2.1:8080",

@@ -8,13 +8,14 @@
 
 #[path = "../bench/proxy_app.rs"]
 mod app;
+mod common;
 
-use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, Process, require_root};
+use common::{MESHCAP, NO_ENV, istio_args, meshcap_in, ok};
+use netns_test_harness::{Netns, Process, require_root};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 const POD: &str = "192.0.2.1";
 const PEER: &str = "192.0.2.2";
 const APP_PORT: u16 = 9080;
@@ -84,9 +85,7 @@ impl Pod {
         let peer = Netns::new(&format!("peer{tag}"));
         pod.link(&peer, &[&format!("{POD}/24")], &[&format!("{PEER}/24")]);
 
-        let mut argv = vec![MESHCAP];
-        argv.extend(ISTIO_DEFAULT_ARGS);
-        argv.extend([
+        let mut args = istio_args(&[
             "-m",
             mode,
             "--ipv6",
@@ -94,13 +93,8 @@ impl Pod {
             "--force-iptables-binary",
             "nft",
         ]);
-        argv.extend(flags);
-        let out = pod.exec(&argv);
-        assert!(
-            out.status.success(),
-            "meshcap {mode} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        args.extend(flags);
+        ok(&meshcap_in(&pod, &args, NO_ENV));
         if mode == "TPROXY" {
             // The installer's routing steps are in place (fwmark rule, local route in table 133).
             let rules = pod.exec_ok(&["ip", "-4", "rule", "show"]);

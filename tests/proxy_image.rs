@@ -3,11 +3,11 @@
 //! holds every library `ldd meshcap` lists, and meshcap and both iptables variants run in it
 //! (chroot, so nothing of the host's filesystem helps them).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+use common::{MESHCAP, repo, text};
+use std::path::PathBuf;
+use std::process::Command;
 
 struct TempDir(PathBuf);
 
@@ -17,25 +17,21 @@ impl Drop for TempDir {
     }
 }
 
-fn ok(cmd: &mut Command) -> String {
+/// Runs `cmd`; panics with its output unless it succeeds; returns its stdout then stderr.
+fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?}: {}\n{}{}",
+        "{cmd:?}: {}\n{}",
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        text(&out)
     );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    text(&out)
 }
 
 #[test]
 fn dockerfile_runs_the_readme_build_and_stages_the_rootfs() {
-    let dockerfile = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     for want in [
         "RUN make build",
         "sh deploy/stage-rootfs.sh /rootfs target/release/meshcap",
@@ -61,13 +57,15 @@ fn staged_rootfs_holds_meshcap_iptables_and_their_libraries() {
     }
     let dir = TempDir(std::env::temp_dir().join(format!("meshcap-rootfs-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
-    ok(Command::new("sh")
-        .arg(Path::new(ROOT).join("deploy/stage-rootfs.sh"))
-        .arg(&dir.0)
-        .arg(MESHCAP));
+    run_ok(
+        Command::new("sh")
+            .arg(repo().join("deploy/stage-rootfs.sh"))
+            .arg(&dir.0)
+            .arg(MESHCAP),
+    );
 
     // Every library the binary links is there.
-    let ldd = ok(Command::new("ldd").arg(MESHCAP));
+    let ldd = run_ok(Command::new("ldd").arg(MESHCAP));
     for line in ldd.lines() {
         let path = line
             .split_whitespace()
@@ -80,7 +78,7 @@ fn staged_rootfs_holds_meshcap_iptables_and_their_libraries() {
     }
 
     // Inside the staged root alone: meshcap renders Istio's rules, both iptables variants run.
-    let chroot = |argv: &[&str]| ok(Command::new("chroot").arg(&dir.0).args(argv));
+    let chroot = |argv: &[&str]| run_ok(Command::new("chroot").arg(&dir.0).args(argv));
     let mut argv = vec!["/usr/local/bin/meshcap"];
     argv.extend(netns_test_harness::ISTIO_DEFAULT_ARGS);
     argv.extend(["--ipv6", "off", "--dry-run"]);

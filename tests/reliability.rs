@@ -1,28 +1,22 @@
 //! Reliability on a real kernel (iptables backend): drift detection with `meshcap diff`,
 //! `--run-validation`, cleanup that keeps foreign rules, and concurrent runs.
 
-use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
+mod common;
+
+use common::{MESHCAP, NO_ENV, istio_args, meshcap_in, text};
+use netns_test_harness::{Netns, require_root};
 use std::process::Output;
 
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 const IPV4_ONLY: [&str; 2] = ["--ipv6", "off"];
 
+/// `meshcap PRE` (a subcommand, or nothing) with Istio's default flags, IPv4 only, through
+/// iptables-nft, then `extra`, in `ns`.
 fn meshcap(ns: &Netns, pre: &[&str], extra: &[&str]) -> Output {
-    let mut argv = vec![MESHCAP];
-    argv.extend(pre);
-    argv.extend(ISTIO_DEFAULT_ARGS);
-    argv.extend(IPV4_ONLY);
-    argv.extend(["--force-iptables-binary", "nft"]);
-    argv.extend(extra);
-    ns.exec(&argv)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let mut args = pre.to_vec();
+    args.extend(istio_args(&IPV4_ONLY));
+    args.extend(["--force-iptables-binary", "nft"]);
+    args.extend(extra);
+    meshcap_in(ns, &args, NO_ENV)
 }
 
 #[test]
@@ -233,8 +227,7 @@ fn concurrent_runs(backend: &[&str]) {
         let runs: Vec<_> = (0..4)
             .map(|_| {
                 let mut argv = vec![MESHCAP];
-                argv.extend(ISTIO_DEFAULT_ARGS);
-                argv.extend(IPV4_ONLY);
+                argv.extend(istio_args(&IPV4_ONLY));
                 argv.extend(backend);
                 ns.command(&argv)
                     .stdout(std::process::Stdio::piped())

@@ -3,12 +3,13 @@
 //! commands leave in another one; applying again changes nothing (no stacked rules); cleaning
 //! restores the namespace's initial state, and cleaning again is fine.
 
+mod common;
+
+use common::{NO_ENV, istio_args, meshcap_in, ok};
 use meshcap::backend::{BackendError, routing};
 use meshcap::plan::{Family, RoutingStep};
-use netns_test_harness::{ISTIO_DEFAULT_ARGS, Netns, require_root};
+use netns_test_harness::{Netns, require_root};
 use std::process::Output;
-
-const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
 /// The steps of a TPROXY + IPv6 plan with mark `mark` and route table `table`.
 fn tproxy_ipv6_steps(mark: u32, table: u32) -> Vec<RoutingStep> {
@@ -27,12 +28,14 @@ fn tproxy_ipv6_steps(mark: u32, table: u32) -> Vec<RoutingStep> {
     steps
 }
 
-/// What Istio runs for the same plan (tools/istio-iptables/pkg/capture/run.go), except that
-/// meshcap adds `::6` with `nodad` on purpose, so that the proxy can bind it at once.
-fn istio_commands(mark: u32, table: u32) -> Vec<Vec<String>> {
+/// What Istio runs for the same plan (tools/common/tproxy/run_linux.go), except that meshcap
+/// adds `::6` with `nodad` on purpose, so that the proxy can bind it at once. `inbound`: whether
+/// any inbound port is captured (Istio adds the TPROXY rule and route only then).
+fn istio_commands(mark: u32, table: u32, inbound: bool) -> Vec<Vec<String>> {
     let (mark, table) = (mark.to_string(), table.to_string());
     let mut cmds = Vec::new();
-    for family in ["inet", "inet6"] {
+    let tproxy_families: &[&str] = if inbound { &["inet", "inet6"] } else { &[] };
+    for family in tproxy_families {
         cmds.push(vec![
             "ip", "-f", family, "rule", "add", "fwmark", &mark, "lookup", &table,
         ]);
@@ -88,8 +91,12 @@ fn output<'a>(state: &'a [(String, String)], command: &str) -> &'a str {
 
 /// The namespace state Istio's own commands produce, from a fresh namespace.
 fn istio_state(mark: u32, table: u32) -> Vec<(String, String)> {
+    istio_state_of(mark, table, true)
+}
+
+fn istio_state_of(mark: u32, table: u32, inbound: bool) -> Vec<(String, String)> {
     let reference = Netns::new("rtref");
-    for cmd in istio_commands(mark, table) {
+    for cmd in istio_commands(mark, table, inbound) {
         let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
         reference.exec_ok(&argv);
     }
@@ -263,9 +270,7 @@ fn a_failed_apply_keeps_steps_that_were_already_in_place() {
 }
 
 fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
-    let mut argv = vec![MESHCAP];
-    argv.extend(ISTIO_DEFAULT_ARGS);
-    argv.extend([
+    let mut args = istio_args(&[
         "-m",
         "TPROXY",
         "--ipv6",
@@ -273,18 +278,8 @@ fn meshcap(ns: &Netns, extra: &[&str]) -> Output {
         "--force-iptables-binary",
         "nft",
     ]);
-    argv.extend(extra);
-    ns.exec(&argv)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "meshcap failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    args.extend(extra);
+    meshcap_in(ns, &args, NO_ENV)
 }
 
 #[test]
@@ -310,6 +305,32 @@ fn binary_installs_and_removes_the_routing_steps() {
         initial,
         "--cleanup-only must remove rule, routes and ::6"
     );
+}
+
+/// `-b ""` captures no inbound port, so TPROXY has nothing to route: as Istio, no fwmark rule and
+/// no route, only IPv6's `::6`; cleanup with the same flags restores the initial state.
+#[test]
+fn tproxy_without_inbound_capture_adds_only_the_passthrough_address() {
+    if !require_root("tproxy_without_inbound_capture_adds_only_the_passthrough_address") {
+        return;
+    }
+    let ns = Netns::new("rtnoin");
+    let initial = state(&ns, 133);
+    let istio = istio_state_of(1337, 133, false);
+    for command in ["ip -d -4 rule", "ip -d -6 rule"] {
+        assert!(!output(&istio, command).contains("fwmark"), "{istio:?}");
+    }
+    assert!(
+        output(&istio, "ip -6 addr show dev lo").contains("::6/128"),
+        "{istio:?}"
+    );
+
+    let stderr = ok(&meshcap(&ns, &["-b", ""]));
+    assert!(stderr.contains("rules installed"), "{stderr}");
+    assert_eq!(state(&ns, 133), istio);
+
+    ok(&meshcap(&ns, &["-b", "", "--cleanup-only"]));
+    assert_eq!(state(&ns, 133), initial);
 }
 
 /// `::6` that was on lo before meshcap ran is not meshcap's to remove; the one meshcap adds is

@@ -2,10 +2,12 @@
 //!
 //! Runs, on this machine and in fresh network namespaces: apply time against list length
 //! (meshcap's backends against `nft -f`, one iptables call per rule and the `ip netns exec`
-//! floor), the data path's cost per new connection against list length, and the footprint
+//! floor), the data path's cost per new connection against list length, CNI mode's ADD against
+//! the bridge plugin's, and the footprint
 //! (binary size, peak memory, runtime image); folds in the proxy benchmark's numbers (saved by
 //! scripts/bench.sh, see `MESHCAP_PROXY_BENCH`); writes docs/BENCHMARKS.md and docs/*.svg.
-//! Needs root. A bench target with `harness = false`: `cargo test` never runs it.
+//! Needs root. A bench target with `harness = false`: `cargo test` never runs it;
+//! `cargo test --bench report` renders the page from sample measurements (sample.rs) instead.
 //!
 //! Environment:
 //! * `MESHCAP_PROXY_BENCH`: `:`-separated files holding proxy_bench outputs.
@@ -17,11 +19,13 @@
 //! * `MESHCAP_BIN`: the meshcap binary (default: the one cargo built for this bench).
 
 mod apply;
+mod cni;
 mod datapath;
 mod footprint;
-mod markdown;
+mod page;
 mod plot;
 mod proxy;
+mod sample;
 mod stats;
 mod sys;
 
@@ -56,9 +60,10 @@ impl Drop for Scratch {
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs bench targets without it,
-    // and must not start a ten-minute benchmark that rewrites docs/.
+    // and must not start a ten-minute benchmark that rewrites docs/: it checks the page's
+    // rendering on sample measurements instead.
     if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("report: not run by `cargo bench --bench report` (make bench); skipped");
+        sample::check();
         return;
     }
     if !nix::unistd::geteuid().is_root() {
@@ -100,6 +105,9 @@ fn main() {
     let t = Instant::now();
     let datapath = datapath::run(&settings);
     let datapath_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let cni = cni::run(&settings);
+    let cni_secs = t.elapsed().as_secs_f64();
     let footprint = footprint::run(&settings);
     let proxy = proxy::load();
     if let Err(e) = &proxy {
@@ -107,7 +115,7 @@ fn main() {
     }
 
     std::fs::create_dir_all(&settings.out).expect("output directory");
-    let report = markdown::Report {
+    let report = page::Report {
         machine: &machine,
         load_end: sys::loadavg(),
         settings: &settings,
@@ -118,14 +126,17 @@ fn main() {
         durations: [
             ("apply time", apply_secs),
             ("data path", datapath_secs),
+            ("CNI mode", cni_secs),
             (
                 "report total (without builds and the proxy benchmark)",
                 started.elapsed().as_secs_f64(),
             ),
         ],
     };
-    let figures = markdown::figures(&report);
-    let text = report.render(&figures);
+    let figures = page::figures(&report);
+    let mut text = report.render(&figures);
+    text.push('\n');
+    text.push_str(&cni::section(&cni));
     let path = settings.out.join("BENCHMARKS.md");
     std::fs::write(&path, text).expect("write BENCHMARKS.md");
     eprintln!(

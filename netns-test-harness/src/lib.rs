@@ -5,8 +5,8 @@
 //! behind by a crashed run (their creating process is gone) are removed by the next
 //! [`Netns::new`].
 //!
-//! Tests that need root call [`require_root`] first: without root it prints why the test is
-//! skipped and returns `false`; with `MESHCAP_REQUIRE_NETNS=1` it panics instead, so CI cannot
+//! Tests that need root call [`require_root`] first: without root it reports the test as skipped
+//! ([`skip`]) and returns `false`; with `MESHCAP_REQUIRE_NETNS=1` it panics instead, so CI cannot
 //! pass by skipping.
 //!
 //! On top of the namespaces: [`Netns::thread`] / [`Netns::run_as`] run code inside a namespace as
@@ -19,6 +19,7 @@
 pub mod install;
 pub mod pod;
 pub mod probe;
+pub mod skip;
 
 use std::fs::File;
 use std::io;
@@ -53,17 +54,17 @@ pub const ISTIO_DEFAULT_ARGS: [&str; 16] = [
 /// Prefix of every namespace the harness creates.
 pub const PREFIX: &str = "meshcap-";
 
-/// Whether the test may run: true as root. Otherwise prints a skip reason and returns false, or
-/// panics when `MESHCAP_REQUIRE_NETNS=1`.
+/// Whether the test may run: true as root. Otherwise reports `test` as skipped and returns
+/// false, or panics when `MESHCAP_REQUIRE_NETNS=1`.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let reason = format!("{test}: skipped: needs root to create network namespaces");
-    if std::env::var("MESHCAP_REQUIRE_NETNS").as_deref() == Ok("1") {
-        panic!("{reason} (MESHCAP_REQUIRE_NETNS=1 forbids skipping)");
-    }
-    eprintln!("{reason}");
+    skip::skip(
+        test,
+        skip::Need::Root,
+        "needs root to create network namespaces",
+    );
     false
 }
 

@@ -4,12 +4,55 @@
 //! kernel holds, and clean. Read-back and [`Firewall::expected`] use the same spelling, so that
 //! comparing them says whether the kernel holds the plan.
 
+pub mod host;
 pub mod iptables;
 pub mod nftables;
 pub mod routing;
 
+use crate::config::{BackendKind, RunConfig};
 use crate::plan::Plan;
 use std::collections::BTreeMap;
+
+/// The backend the run configuration asks for.
+pub fn select(run: &RunConfig) -> Box<dyn Firewall> {
+    match run.backend {
+        BackendKind::Iptables => Box::new(iptables::IptablesBackend {
+            variant: run.iptables_variant,
+            reconcile: run.reconcile,
+            force_apply: run.force_apply,
+        }),
+        BackendKind::Nftables => Box::new(nftables::NftablesBackend),
+    }
+}
+
+/// Compares what the current namespace holds with `plan`.
+pub fn drift(backend: &dyn Firewall, plan: &Plan) -> Result<RulesetDiff, BackendError> {
+    Ok(backend.read_back(plan)?.diff(&backend.expected(plan)))
+}
+
+/// Enters the network namespace at `path` (a file under /run/netns or /proc/PID/ns/net) for the
+/// rest of the process: every later netlink socket and child process lives there.
+pub fn enter_namespace(path: &std::path::Path) -> Result<(), NamespaceError> {
+    let file = std::fs::File::open(path).map_err(|e| NamespaceError {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NamespaceError {
+        path: path.to_owned(),
+        reason: match e {
+            nix::errno::Errno::EINVAL => "not a network namespace".into(),
+            e => e.to_string(),
+        },
+    })
+}
+
+/// The network namespace to work in could not be entered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot enter network namespace {}: {reason}", path.display())]
+pub struct NamespaceError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
+}
 
 /// A failure to apply, read or clean rules. Exit status 1.
 #[derive(Debug, thiserror::Error)]
@@ -39,24 +82,44 @@ pub enum BackendError {
 /// The lock file is named after the namespace's identity (device and inode of
 /// /proc/self/ns/net), so runs in different pods never wait for each other.
 pub fn namespace_lock() -> Result<nix::fcntl::Flock<std::fs::File>, BackendError> {
-    use std::os::unix::fs::MetadataExt;
-    let fail = |what: &str, reason: String| BackendError::Spawn {
-        program: format!("meshcap lock ({what})"),
-        reason,
-    };
-    let ns = std::fs::metadata("/proc/self/ns/net")
-        .map_err(|e| fail("/proc/self/ns/net", e.to_string()))?;
-    let dir = std::path::Path::new("/run/meshcap");
-    std::fs::create_dir_all(dir).map_err(|e| fail("/run/meshcap", e.to_string()))?;
-    let path = dir.join(format!("netns-{}-{}.lock", ns.dev(), ns.ino()));
+    let path = namespace_lock_path()?;
+    std::fs::create_dir_all(LOCK_DIR).map_err(|e| lock_failure(LOCK_DIR, e.to_string()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| fail(&path.display().to_string(), e.to_string()))?;
+        .map_err(|e| lock_failure(&path.display().to_string(), e.to_string()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| fail(&path.display().to_string(), e.to_string()))
+        .map_err(|(_, e)| lock_failure(&path.display().to_string(), e.to_string()))
+}
+
+/// Removes the current namespace's lock file, for a namespace that is going away (a CNI DEL):
+/// on a node, lock files would otherwise pile up in /run, one per pod ever started.
+pub fn remove_namespace_lock() -> Result<(), BackendError> {
+    let path = namespace_lock_path()?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(lock_failure(&path.display().to_string(), e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+const LOCK_DIR: &str = "/run/meshcap";
+
+fn namespace_lock_path() -> Result<std::path::PathBuf, BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| lock_failure("/proc/self/ns/net", e.to_string()))?;
+    Ok(std::path::Path::new(LOCK_DIR).join(format!("netns-{}-{}.lock", ns.dev(), ns.ino())))
+}
+
+fn lock_failure(what: &str, reason: String) -> BackendError {
+    BackendError::Spawn {
+        program: format!("meshcap lock ({what})"),
+        reason,
+    }
 }
 
 /// What a namespace holds, per chain, in a backend's own spelling: the key names the family,
@@ -109,6 +172,22 @@ pub struct RulesetDiff {
 impl RulesetDiff {
     pub fn is_empty(&self) -> bool {
         self.missing.is_empty() && self.extra.is_empty() && self.reordered.is_empty()
+    }
+}
+
+/// One line per difference: `missing: …`, `extra: …`, `reordered: CHAIN`.
+impl std::fmt::Display for RulesetDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for rule in &self.missing {
+            writeln!(f, "missing: {rule}")?;
+        }
+        for rule in &self.extra {
+            writeln!(f, "extra: {rule}")?;
+        }
+        for chain in &self.reordered {
+            writeln!(f, "reordered: {chain}")?;
+        }
+        Ok(())
     }
 }
 

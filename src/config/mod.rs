@@ -1,8 +1,9 @@
 //! The validated, typed configuration.
 //!
-//! [`Config::from_inputs`] turns the raw flags and environment of [`crate::cli::Inputs`] into typed
-//! values; every bad input fails here with a [`ConfigError`] naming the flag (or variable) and the
-//! value. Nothing downstream looks at strings again.
+//! [`Config::from_inputs`] turns the raw [`crate::inputs::Inputs`] (flags and environment, or a
+//! CNI network configuration and pod annotations) into typed values; every bad input fails here
+//! with a [`ConfigError`] naming its flag, variable, key or annotation and the value. Nothing
+//! downstream looks at strings again.
 
 mod parse;
 

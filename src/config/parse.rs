@@ -4,7 +4,7 @@ use super::{
     BackendKind, CaptureConfig, Config, DnsCapture, DnsServerV6, InboundPorts, InterceptMode,
     IptablesVariant, OutboundCidrs, OwnerGroups, RunConfig,
 };
-use crate::cli::{Inputs, Origin, Raw};
+use crate::inputs::{Inputs, Opt, Origin, Raw};
 use crate::plan::GroupRef;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
@@ -343,35 +343,7 @@ fn mark(raw: &Raw) -> Result<u32, ConfigError> {
 
 /// Go's time.ParseDuration for the units Istio users write (e.g. 5s, 500ms, 1m30s).
 fn duration(raw: &Raw) -> Result<Duration, ConfigError> {
-    let text = raw.text.trim();
-    let bad = || invalid(raw, "expected a duration such as 5s, 500ms or 1m30s");
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs_f64(value * scale);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    crate::duration::parse(&raw.text).map_err(|reason| invalid(raw, reason))
 }
 
 fn dns_servers_list(raw: &Raw) -> Result<(Vec<Ipv4Addr>, Vec<DnsServerV6>), ConfigError> {
@@ -393,19 +365,19 @@ fn dns_servers_list(raw: &Raw) -> Result<(Vec<Ipv4Addr>, Vec<DnsServerV6>), Conf
 impl Config {
     /// Validates the parsed command line against the host.
     pub fn from_inputs(inputs: &Inputs, host: &dyn HostFacts) -> Result<Config, ConfigError> {
-        let get = |id: &str| {
+        let get = |opt: Opt| {
             inputs
-                .get(id)
-                .unwrap_or_else(|| panic!("argument {id} has a default"))
+                .get(opt)
+                .unwrap_or_else(|| panic!("option {opt:?} has a default"))
         };
-        let opt = |id: &str| inputs.get(id);
+        let opt = |opt: Opt| inputs.get(opt);
 
-        let dual_stack = boolean(&get("dual_stack"))?;
-        let redirect_dns = boolean(&get("redirect_dns"))?;
-        let capture_all_dns = boolean(&get("capture_all_dns"))?;
+        let dual_stack = boolean(&get(Opt::DualStack))?;
+        let redirect_dns = boolean(&get(Opt::RedirectDns))?;
+        let capture_all_dns = boolean(&get(Opt::CaptureAllDns))?;
 
-        let inbound_excludes = port_list(&get("istio_local_exclude_ports"))?;
-        let inbound_raw = get("istio_inbound_ports");
+        let inbound_excludes = port_list(&get(Opt::InboundPortsExclude))?;
+        let inbound_raw = get(Opt::InboundPorts);
         let inbound_ports = match inbound_raw.text.trim() {
             "" => InboundPorts::None,
             "*" => InboundPorts::All {
@@ -414,12 +386,12 @@ impl Config {
             _ => InboundPorts::Only(port_list(&inbound_raw)?),
         };
 
-        let include_raw = get("istio_service_cidr");
+        let include_raw = get(Opt::OutboundCidrs);
         let outbound_cidrs = match include_raw.text.trim() {
             "*" => OutboundCidrs::All,
             _ => OutboundCidrs::Only(cidr_list(&include_raw)?),
         };
-        let exclude_raw = get("istio_service_exclude_cidr");
+        let exclude_raw = get(Opt::OutboundCidrsExclude);
         if exclude_raw.text.trim() == "*" {
             return Err(invalid(
                 &exclude_raw,
@@ -428,7 +400,7 @@ impl Config {
         }
         let outbound_cidrs_exclude = cidr_list(&exclude_raw)?;
 
-        let uid_raw = get("proxy_uid");
+        let uid_raw = get(Opt::ProxyUid);
         let proxy_uids = if split_list(&uid_raw.text).is_empty() {
             let user = inputs
                 .env_var("ENVOY_USER")
@@ -438,14 +410,14 @@ impl Config {
         } else {
             id_list(&uid_raw, "uid")?
         };
-        let gid_raw = get("proxy_gid");
+        let gid_raw = get(Opt::ProxyGid);
         let proxy_gids = if split_list(&gid_raw.text).is_empty() {
             proxy_uids.clone()
         } else {
             id_list(&gid_raw, "gid")?
         };
 
-        let ipv6_raw = get("ipv6");
+        let ipv6_raw = get(Opt::Ipv6);
         let ipv6 = match ipv6_raw.text.trim().to_ascii_lowercase().as_str() {
             "on" | "true" => true,
             "off" | "false" => false,
@@ -460,7 +432,7 @@ impl Config {
         };
 
         // Validated even when DNS capture is off: a bad value is never silently accepted.
-        let dns_flag = opt("dns_servers")
+        let dns_flag = opt(Opt::DnsServers)
             .map(|raw| dns_servers_list(&raw))
             .transpose()?;
         let dns = if !redirect_dns {
@@ -489,35 +461,35 @@ impl Config {
         };
 
         let capture = CaptureConfig {
-            proxy_port: port(&get("envoy_port"))?,
-            inbound_capture_port: port(&get("inbound_capture_port"))?,
-            inbound_tunnel_port: port(&get("inbound_tunnel_port"))?,
+            proxy_port: port(&get(Opt::ProxyPort))?,
+            inbound_capture_port: port(&get(Opt::InboundCapturePort))?,
+            inbound_tunnel_port: port(&get(Opt::InboundTunnelPort))?,
             proxy_uids,
             proxy_gids,
-            mode: mode(&get("istio_inbound_interception_mode"))?,
+            mode: mode(&get(Opt::InterceptionMode))?,
             inbound_ports,
-            exclude_interfaces: interface_list(&get("istio_exclude_interfaces"))?,
-            kube_virt_interfaces: interface_list(&get("kube_virt_interfaces"))?,
+            exclude_interfaces: interface_list(&get(Opt::ExcludeInterfaces))?,
+            kube_virt_interfaces: interface_list(&get(Opt::KubeVirtInterfaces))?,
             outbound_cidrs,
             outbound_cidrs_exclude,
-            outbound_ports: port_list(&get("istio_outbound_ports"))?,
-            outbound_ports_exclude: port_list(&get("istio_local_outbound_ports_exclude"))?,
-            tproxy_mark: mark(&get("istio_inbound_tproxy_mark"))?,
-            tproxy_route_table: route_table(&get("istio_inbound_tproxy_route_table"))?,
+            outbound_ports: port_list(&get(Opt::OutboundPorts))?,
+            outbound_ports_exclude: port_list(&get(Opt::OutboundPortsExclude))?,
+            tproxy_mark: mark(&get(Opt::TproxyMark))?,
+            tproxy_route_table: route_table(&get(Opt::TproxyRouteTable))?,
             dns,
-            drop_invalid: boolean(&get("drop_invalid"))?,
+            drop_invalid: boolean(&get(Opt::DropInvalid))?,
             owner_groups: owner_groups(
                 inputs.env_var("ISTIO_OUTBOUND_OWNER_GROUPS"),
                 inputs.env_var("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
             )?,
             ipv4_loopback_cidr: loopback_cidr(inputs.env_var("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"))?,
             ipv6,
-            tproxy_return_marked: boolean(&get("tproxy_return_marked"))?,
-            strict: boolean(&get("strict"))?,
+            tproxy_return_marked: boolean(&get(Opt::TproxyReturnMarked))?,
+            strict: boolean(&get(Opt::Strict))?,
         };
 
-        let backend_raw = get("backend");
-        let native = get("native_nftables");
+        let backend_raw = get(Opt::Backend);
+        let native = get(Opt::NativeNftables);
         let backend = match backend_raw.text.trim().to_ascii_lowercase().as_str() {
             "iptables" => BackendKind::Iptables,
             "nftables" | "nft" => BackendKind::Nftables,
@@ -525,7 +497,7 @@ impl Config {
         };
         let backend = match (boolean(&native)?, backend, &backend_raw.origin) {
             (false, b, _) => b,
-            (true, BackendKind::Iptables, Origin::Flag(_) | Origin::Env(_)) => {
+            (true, BackendKind::Iptables, origin) if !matches!(origin, Origin::Default(_)) => {
                 return Err(ConfigError::Conflict {
                     first: native.origin,
                     second: backend_raw.origin,
@@ -535,7 +507,7 @@ impl Config {
             (true, _, _) => BackendKind::Nftables,
         };
 
-        let iptables_variant = match opt("force_iptables_binary") {
+        let iptables_variant = match opt(Opt::ForceIptablesBinary) {
             None => None,
             Some(raw) => match raw.text.trim().to_ascii_lowercase().as_str() {
                 "" => None,
@@ -545,7 +517,7 @@ impl Config {
             },
         };
 
-        let network_namespace = match opt("network_namespace") {
+        let network_namespace = match opt(Opt::NetworkNamespace) {
             None => None,
             Some(raw) if raw.text.trim().is_empty() => None,
             Some(raw) => {
@@ -561,15 +533,15 @@ impl Config {
 
         let run = RunConfig {
             backend,
-            dry_run: boolean(&get("dry_run"))?,
-            skip_rule_apply: boolean(&get("skip_rule_apply"))?,
-            run_validation: boolean(&get("run_validation"))?,
-            probe_port: port(&get("iptables_probe_port"))?,
-            probe_timeout: duration(&get("probe_timeout"))?,
+            dry_run: boolean(&get(Opt::DryRun))?,
+            skip_rule_apply: boolean(&get(Opt::SkipRuleApply))?,
+            run_validation: boolean(&get(Opt::RunValidation))?,
+            probe_port: port(&get(Opt::ProbePort))?,
+            probe_timeout: duration(&get(Opt::ProbeTimeout))?,
             network_namespace,
-            reconcile: boolean(&get("reconcile"))?,
-            cleanup_only: boolean(&get("cleanup_only"))?,
-            force_apply: boolean(&get("force_apply"))?,
+            reconcile: boolean(&get(Opt::Reconcile))?,
+            cleanup_only: boolean(&get(Opt::CleanupOnly))?,
+            force_apply: boolean(&get(Opt::ForceApply))?,
             iptables_variant,
             dual_stack,
         };

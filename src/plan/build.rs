@@ -4,13 +4,13 @@
 
 use super::{
     Chain, CtState, Family, FamilyPlan, ListGroup, Match, Net, Plan, Position, Protocol,
-    RoutingStep, Rule, RuleOp, Table, Target,
+    RoutingStep, Rule, RuleOp, Table, Target, passthrough_source,
 };
 use crate::config::{
     CaptureConfig, DnsCapture, InboundPorts, InterceptMode, OutboundCidrs, OwnerGroups,
 };
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use ipnetwork::{IpNetwork, Ipv6Network};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The agent's DNS listener (Istio's IstioAgentDNSListenerPort).
 pub const DNS_CAPTURE_PORT: u16 = 15053;
@@ -47,7 +47,9 @@ fn routing_steps(cfg: &CaptureConfig) -> Vec<RoutingStep> {
     } else {
         &[Family::V4]
     };
-    if cfg.mode == InterceptMode::Tproxy {
+    // As Istio's configureTProxyRoutes (tools/common/tproxy): the fwmark rule and route serve
+    // TPROXYed inbound connections only, so `-b ""` adds neither.
+    if cfg.mode == InterceptMode::Tproxy && cfg.inbound_ports != InboundPorts::None {
         for &family in families {
             steps.push(RoutingStep::FwmarkRule {
                 family,
@@ -63,22 +65,15 @@ fn routing_steps(cfg: &CaptureConfig) -> Vec<RoutingStep> {
     if cfg.ipv6 {
         // The proxy binds ::6 for inbound passthrough; IPv6 lo only has ::1 by default.
         steps.push(RoutingStep::LoopbackAddress {
-            addr: passthrough_source(Family::V6),
+            addr: passthrough_net(Family::V6),
         });
     }
     steps
 }
 
-/// The source address the proxy binds when it hands an inbound connection to the app.
-pub fn passthrough_source(family: Family) -> IpNetwork {
-    match family {
-        Family::V4 => {
-            IpNetwork::V4(Ipv4Network::new(Ipv4Addr::new(127, 0, 0, 6), 32).expect("/32"))
-        }
-        Family::V6 => IpNetwork::V6(
-            Ipv6Network::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6), 128).expect("/128"),
-        ),
-    }
+/// [`passthrough_source`] as a host network, for a rule's source match or lo's address.
+fn passthrough_net(family: Family) -> IpNetwork {
+    IpNetwork::from(passthrough_source(family))
 }
 
 fn is_loopback(net: &IpNetwork) -> bool {
@@ -386,14 +381,14 @@ impl<'a> Builder<'a> {
             for &id in &cfg.proxy_uids {
                 self.append_versioned(Table::Nat, Chain::IstioOutput, |f, _| {
                     (
-                        vec![oif("lo"), src(passthrough_source(f)), uid(id, false)],
+                        vec![oif("lo"), src(passthrough_net(f)), uid(id, false)],
                         Target::Return,
                     )
                 });
             }
         } else {
             self.append_versioned(Table::Nat, Chain::IstioOutput, |f, _| {
-                (vec![oif("lo"), src(passthrough_source(f))], Target::Return)
+                (vec![oif("lo"), src(passthrough_net(f))], Target::Return)
             });
         }
 
@@ -933,7 +928,7 @@ impl<'a> Builder<'a> {
                 Table::Mangle,
                 Chain::Inbound,
                 2,
-                vec![tcp(), src(passthrough_source(family)), iif("lo")],
+                vec![tcp(), src(passthrough_net(family)), iif("lo")],
                 Target::Return,
             );
         }

@@ -16,12 +16,24 @@ pub use build::build;
 
 use ipnetwork::IpNetwork;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Address family of a rule set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
     V4,
     V6,
+}
+
+/// The source address the proxy hands an inbound REDIRECT connection to the app from (Istio's
+/// InboundPassthroughBind): the rules never capture it again. Owned here because the rules
+/// define it; the proxy binds it and the validation dials it.
+pub fn passthrough_source(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+        // Not on lo by default (IPv6 lo only has ::1): a routing step adds it.
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+    }
 }
 
 /// Netfilter table, with iptables semantics (nftables maps each to an `inet istio-proxy-*` table).

@@ -256,6 +256,32 @@ fn tproxy_needs_its_routing_and_ipv6_its_passthrough_address() {
 }
 
 #[test]
+fn tproxy_without_inbound_capture_adds_no_routing() {
+    // Istio's configureTProxyRoutes adds the fwmark rule and route only when
+    // InboundPortsInclude is not empty; ::6 on lo is IPv6's, whatever the inbound capture.
+    let mut cfg = default_config();
+    cfg.mode = InterceptMode::Tproxy;
+    cfg.ipv6 = true;
+    let capturing = build(&cfg).routing;
+    cfg.inbound_ports = InboundPorts::None;
+    assert_eq!(
+        build(&cfg).routing,
+        vec![RoutingStep::LoopbackAddress {
+            addr: "::6/128".parse().unwrap()
+        }]
+    );
+    cfg.ipv6 = false;
+    assert_eq!(build(&cfg).routing, vec![]);
+    cfg.ipv6 = true;
+    cfg.inbound_ports = InboundPorts::Only(vec![80]);
+    assert_eq!(
+        build(&cfg).routing,
+        capturing,
+        "any inbound port needs them"
+    );
+}
+
+#[test]
 fn an_included_loopback_range_stays_captured() {
     let mut cfg = default_config();
     cfg.outbound_cidrs = OutboundCidrs::Only(vec!["127.0.0.0/8".parse().unwrap()]);

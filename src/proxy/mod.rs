@@ -28,6 +28,7 @@ mod net;
 mod pump;
 
 pub use metrics::{Direction, Metrics};
+pub use net::original_dst;
 pub use pump::Engine;
 
 use admin::AdminState;
@@ -102,15 +103,15 @@ pub struct ProxyArgs {
     pub ipv6: Ipv6Arg,
 
     /// Upstream connect timeout (e.g. 10s, 500ms).
-    #[arg(long = "connect-timeout", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = "connect-timeout", default_value = "10s", value_parser = crate::duration::parse)]
     pub connect_timeout: Duration,
 
     /// Close a connection after this long without a byte either way (Envoy's TCP default: 1h).
-    #[arg(long = "idle-timeout", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long = "idle-timeout", default_value = "1h", value_parser = crate::duration::parse)]
     pub idle_timeout: Duration,
 
     /// On SIGTERM, how long open connections may take to finish.
-    #[arg(long = "drain-timeout", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "drain-timeout", default_value = "5s", value_parser = crate::duration::parse)]
     pub drain_timeout: Duration,
 
     /// Most connections open at once (both directions); more are closed at accept.
@@ -137,21 +138,6 @@ pub struct ProxyArgs {
     /// Worker threads (0: one per CPU).
     #[arg(long = "concurrency", default_value_t = 0)]
     pub concurrency: usize,
-}
-
-/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    Ok(match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
-    })
 }
 
 /// Entry point of `meshcap proxy ARGS…` (`args` starts with "proxy").
@@ -541,14 +527,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("s").is_err());
+    fn duration_flags_take_gos_grammar_like_the_installer() {
+        let a = ProxyArgs::try_parse_from([
+            "proxy",
+            "--idle-timeout",
+            "1m30s",
+            "--connect-timeout",
+            "1.5s",
+            "--drain-timeout",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(a.idle_timeout, Duration::from_secs(90));
+        assert_eq!(a.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(a.drain_timeout, Duration::from_millis(250));
+        let a = ProxyArgs::try_parse_from(["proxy"]).unwrap();
+        assert_eq!(
+            (a.connect_timeout, a.idle_timeout, a.drain_timeout),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(3600),
+                Duration::from_secs(5)
+            )
+        );
     }
 
     #[test]

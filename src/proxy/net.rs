@@ -1,16 +1,12 @@
 //! Socket plumbing: listeners (optionally IP_TRANSPARENT), the original destination of an
 //! accepted connection, and upstream sockets bound the way each path needs.
 
-use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use crate::plan::{self, Family};
+use socket2::SockRef;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// Where the proxy hands inbound REDIRECT connections from (Istio's InboundPassthroughBind).
-pub const PASSTHROUGH_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
-/// The IPv6 counterpart (`::6`, added to lo by the installer when IPv6 is on).
-pub const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+use tokio::net::{TcpListener, TcpSocket};
 
 /// How a captured connection reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,31 +26,13 @@ impl Capture {
     }
 }
 
-fn errno(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 /// Sets IP_TRANSPARENT (IPV6_TRANSPARENT on an IPv6 socket). Needs CAP_NET_ADMIN.
 pub fn set_transparent<F: AsFd>(fd: &F, v6: bool) -> io::Result<()> {
-    if !v6 {
-        return setsockopt(fd, sockopt::IpTransparent, &true).map_err(errno);
-    }
-    let one: nix::libc::c_int = 1;
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid fd, a c_int option value of the right size.
-    let rc = unsafe {
-        nix::libc::setsockopt(
-            fd.as_fd().as_raw_fd(),
-            nix::libc::SOL_IPV6,
-            nix::libc::IPV6_TRANSPARENT,
-            (&one as *const nix::libc::c_int).cast(),
-            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
+    let socket = SockRef::from(fd);
+    if v6 {
+        socket.set_ip_transparent_v6(true)
     } else {
-        Err(io::Error::last_os_error())
+        socket.set_ip_transparent_v4(true)
     }
 }
 
@@ -65,7 +43,7 @@ pub fn listen(addr: SocketAddr, transparent: bool, backlog: u32) -> io::Result<T
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => {
             let s = TcpSocket::new_v6()?;
-            setsockopt(&s, sockopt::Ipv6V6Only, &true).map_err(errno)?;
+            SockRef::from(&s).set_only_v6(true)?;
             s
         }
     };
@@ -78,23 +56,21 @@ pub fn listen(addr: SocketAddr, transparent: bool, backlog: u32) -> io::Result<T
 }
 
 /// The destination the client meant, read from conntrack (SO_ORIGINAL_DST /
-/// IP6T_SO_ORIGINAL_DST). For a connection that was not NATed this is its own local address.
-pub fn original_dst(stream: &TcpStream, v6: bool) -> io::Result<SocketAddr> {
-    if v6 {
-        let sa = getsockopt(stream, sockopt::Ip6tOriginalDst).map_err(errno)?;
-        Ok(SocketAddr::V6(SocketAddrV6::new(
-            Ipv6Addr::from(sa.sin6_addr.s6_addr),
-            u16::from_be(sa.sin6_port),
-            u32::from_be(sa.sin6_flowinfo),
-            sa.sin6_scope_id,
-        )))
+/// IP6T_SO_ORIGINAL_DST) on an accepted socket of family `v6`. For a connection that was not
+/// NATed this is its own local address. The validation reads its probe's destination with it too.
+pub fn original_dst<S: AsFd>(stream: &S, v6: bool) -> io::Result<SocketAddr> {
+    let socket = SockRef::from(stream);
+    let addr = if v6 {
+        socket.original_dst_v6()?
     } else {
-        let sa = getsockopt(stream, sockopt::OriginalDst).map_err(errno)?;
-        Ok(SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-            u16::from_be(sa.sin_port),
-        )))
-    }
+        socket.original_dst_v4()?
+    };
+    addr.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "original destination of an unknown address family",
+        )
+    })
 }
 
 /// Whether `ip` is an address of this network namespace (loopback, unspecified, or assigned to
@@ -129,7 +105,7 @@ pub fn upstream_socket(dst: SocketAddr, source: Source) -> io::Result<TcpSocket>
         Source::Transparent { ip, mark } => {
             set_transparent(&socket, dst.is_ipv6())?;
             if mark != 0 {
-                setsockopt(&socket, sockopt::Mark, &mark).map_err(errno)?;
+                SockRef::from(&socket).set_mark(mark)?;
             }
             socket.bind(SocketAddr::new(ip, 0))?;
         }
@@ -138,17 +114,19 @@ pub fn upstream_socket(dst: SocketAddr, source: Source) -> io::Result<TcpSocket>
     Ok(socket)
 }
 
-/// The passthrough source for `dst`'s family.
+/// The passthrough source for `dst`'s family: the one the rules exempt.
 pub fn passthrough_source(dst: &SocketAddr) -> IpAddr {
-    match dst {
-        SocketAddr::V4(_) => IpAddr::V4(PASSTHROUGH_V4),
-        SocketAddr::V6(_) => IpAddr::V6(PASSTHROUGH_V6),
-    }
+    plan::passthrough_source(if dst.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn loopback_and_unspecified_are_local_documentation_ranges_are_not() {

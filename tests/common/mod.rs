@@ -1,32 +1,95 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the binary and how to run it, Istio's conformance
+//! data and the repository's scenarios, and comparisons of rule listings.
+//!
+//! A test that cannot run here (no root, no `../shared`) reports it through
+//! `netns_test_harness::skip`, so that scripts/test.sh counts it as skipped.
 #![allow(dead_code)]
 
+pub mod apiserver;
+pub mod cni;
+pub mod podman;
+
+use netns_test_harness::Netns;
+use netns_test_harness::skip::{Need, skip, skip_part};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+
+/// meshcap's nftables tables, in nat, mangle, raw order.
+pub const NFT_TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
+
+/// For the `env` argument of [`meshcap`] and [`meshcap_in`]: no variables.
+pub const NO_ENV: &[(&str, &str)] = &[];
 
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/conformance/istio`, or `None` with a printed reason when the checkout has no
-/// `../shared` (a user's clone). With MESHCAP_REQUIRE_SHARED=1 (CI) its absence is a failure.
-pub fn istio_conformance(test: &str) -> Option<PathBuf> {
+/// Istio's default injected flags (`netns_test_harness::ISTIO_DEFAULT_ARGS`) followed by
+/// `extra`, which override them as later flags do in Istio's CLI.
+pub fn istio_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = netns_test_harness::ISTIO_DEFAULT_ARGS.to_vec();
+    args.extend(extra);
+    args
+}
+
+/// A process's stdout then stderr, for checks and messages that look at both.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Panics with meshcap's stderr unless it succeeded; returns its stderr (where it reports).
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "meshcap failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn shared_istio() -> Result<PathBuf, String> {
     let dir = repo().join("../shared/conformance/istio");
     if dir.join("cases.json").is_file() {
-        return Some(dir);
+        Ok(dir)
+    } else {
+        Err(format!(
+            "{} is absent (no ../shared beside the checkout)",
+            dir.display()
+        ))
     }
-    let reason = format!(
-        "{test}: skipped: {} is absent (no ../shared beside the checkout)",
-        dir.display()
-    );
-    if std::env::var("MESHCAP_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!("{reason} and MESHCAP_REQUIRE_SHARED=1 forbids skipping");
+}
+
+/// `../shared/conformance/istio`, or `None` with `test` reported as skipped when the checkout has
+/// no `../shared` (a user's clone). With MESHCAP_REQUIRE_SHARED=1 (CI) its absence is a failure.
+pub fn istio_conformance(test: &str) -> Option<PathBuf> {
+    match shared_istio() {
+        Ok(dir) => Some(dir),
+        Err(reason) => {
+            skip(test, Need::Shared, &reason);
+            None
+        }
     }
-    eprintln!("{reason}");
-    None
+}
+
+/// As [`istio_conformance`] for a test that also checks other things: only its Istio cases are
+/// reported as skipped.
+pub fn istio_conformance_part(test: &str) -> Option<PathBuf> {
+    match shared_istio() {
+        Ok(dir) => Some(dir),
+        Err(reason) => {
+            skip_part(test, "the Istio cases", Need::Shared, &reason);
+            None
+        }
+    }
 }
 
 /// Whether expected outputs are to be rewritten instead of compared.
@@ -127,13 +190,31 @@ pub fn istio_cases(dir: &std::path::Path) -> Vec<IstioCase> {
 
 /// Runs the meshcap binary with exactly these arguments and extra environment variables.
 /// Variables meshcap reads are cleared first, so the caller's environment cannot leak in.
-pub fn meshcap(args: &[String], env: &[(String, String)]) -> Output {
-    let mut cmd = Command::new(MESHCAP);
+pub fn meshcap(
+    args: &[impl AsRef<OsStr>],
+    env: &[(impl AsRef<OsStr>, impl AsRef<OsStr>)],
+) -> Output {
+    run_clean(Command::new(MESHCAP), args, env)
+}
+
+/// As [`meshcap`], inside `ns`.
+pub fn meshcap_in(
+    ns: &Netns,
+    args: &[impl AsRef<OsStr>],
+    env: &[(impl AsRef<OsStr>, impl AsRef<OsStr>)],
+) -> Output {
+    run_clean(ns.command(&[MESHCAP]), args, env)
+}
+
+fn run_clean(
+    mut cmd: Command,
+    args: &[impl AsRef<OsStr>],
+    env: &[(impl AsRef<OsStr>, impl AsRef<OsStr>)],
+) -> Output {
     for (k, _) in std::env::vars() {
-        if k.starts_with("ISTIO_")
-            || k.starts_with("MESHCAP_")
-            || k.starts_with("INBOUND_")
-            || k.starts_with("PROXY_")
+        if ["ISTIO_", "MESHCAP_", "INBOUND_", "PROXY_"]
+            .iter()
+            .any(|p| k.starts_with(p))
         {
             cmd.env_remove(k);
         }
@@ -142,6 +223,37 @@ pub fn meshcap(args: &[String], env: &[(String, String)]) -> Output {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run meshcap")
+}
+
+/// The plan meshcap builds from these flags (without `argv[0]`) on this host.
+pub fn plan_of(args: &[String]) -> meshcap::plan::Plan {
+    let mut argv = vec!["meshcap".to_owned()];
+    argv.extend(args.iter().cloned());
+    let inputs = meshcap::cli::Inputs::parse_from(argv, vec![]).expect("flags parse");
+    let config = meshcap::config::Config::from_inputs(&inputs, &meshcap::config::SystemHost)
+        .expect("valid config");
+    meshcap::plan::build(&config.capture)
+}
+
+/// `counter packets N bytes M` → `counter`: counters move with traffic, rules do not.
+pub fn without_counters(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split(' ').collect();
+        let mut kept = Vec::new();
+        let mut i = 0;
+        while i < words.len() {
+            kept.push(words[i]);
+            if words[i].trim() == "counter" && words.get(i + 1) == Some(&"packets") {
+                i += 5;
+            } else {
+                i += 1;
+            }
+        }
+        out.push_str(&kept.join(" "));
+        out.push('\n');
+    }
+    out
 }
 
 /// The meaningful lines of a dry run or golden: trimmed, without comments, blanks and Istio's

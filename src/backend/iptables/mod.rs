@@ -3,6 +3,7 @@
 
 pub mod spell;
 
+use super::host::gid_of;
 use super::{Applied, BackendError, Firewall, Ruleset, routing};
 use crate::config::IptablesVariant;
 use crate::plan::{Family, FamilyPlan, Plan, Table};
@@ -159,13 +160,6 @@ fn family_label(family: Family) -> &'static str {
         Family::V4 => "ipv4",
         Family::V6 => "ipv6",
     }
-}
-
-fn gid_of(name: &str) -> Option<u32> {
-    nix::unistd::Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
 }
 
 /// The plan of one family in `iptables-save` spelling.

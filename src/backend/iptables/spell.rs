@@ -1,6 +1,7 @@
 //! How a plan is spelled in iptables syntax: Istio's restore text (what meshcap writes), and
 //! iptables-save's canonical form of the same rules (what the kernel reads back as).
 
+use crate::backend::host::proto_name;
 use crate::plan::{
     Chain, CtState, Family, FamilyPlan, GroupRef, Match, Position, Protocol, Rule, RuleOp, Table,
     Target,
@@ -26,13 +27,6 @@ pub fn chain_name(chain: Chain) -> &'static str {
         Chain::Divert => "ISTIO_DIVERT",
         Chain::Tproxy => "ISTIO_TPROXY",
         Chain::Drop => "ISTIO_DROP",
-    }
-}
-
-fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
     }
 }
 

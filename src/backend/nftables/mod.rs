@@ -2,40 +2,74 @@
 //! istio-proxy-mangle` and `inet istio-proxy-raw` (Istio's names, hooks and priorities),
 //! installed over netlink in one batch, so the kernel commits all of it or none.
 //!
-//! - [`ir`]: the one description of tables, chains, sets and rules, built from the plan; it
-//!   spells the `--dry-run` script (`nft -f` syntax) and feeds the netlink batch.
-//! - [`netlink`]: the batch, the dumps, and the canonical text used by read-back.
-//! - [`expr`]: the expressions nftnl's safe API lacks, on the raw libnftnl API.
+//! From plan to kernel:
+//! - [`names`]: Istio's table and chain names, hooks and priorities;
+//! - [`ir`]: the one description of tables, chains, sets and rules; [`lower`] builds it from
+//!   the plan, with [`prefix`]'s address arithmetic; [`script`] spells it as the `--dry-run`
+//!   script (`nft -f` syntax);
+//! - [`batch`]: the netlink batch that installs it, its expressions from [`encode`] and
+//!   [`expr`] (those nftnl's safe API lacks);
+//! - [`socket`]: the netlink socket (send, receive, dumps, acknowledgements);
+//! - [`dump`] reads the tables back; [`decode`] spells a dump's or a batch's messages as the
+//!   canonical text that read-back compares; [`object`] owns the libnftnl objects both parse.
 //!
 //! Replacing: the tables present are looked up first. A fresh namespace gets plain additions (no
-//! table deletion, which would make the kernel wait ~10 ms for the commit). Present tables are
+//! table deletion, which would make the kernel wait for the commit). Present tables are
 //! flushed in the same batch and the chains the new plan lacks are deleted, so a re-run or another
 //! configuration replaces the old rules atomically, never leaving a moment without rules and
 //! never adding duplicates.
 
-pub mod expr;
-pub mod ir;
-pub mod netlink;
+mod batch;
+mod decode;
+mod dump;
+mod encode;
+mod expr;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+mod ir;
+mod lower;
+mod names;
+mod object;
+mod prefix;
+mod script;
+pub mod socket;
 
+use super::host::gid_of;
 use super::{Applied, BackendError, Firewall, Ruleset, routing};
 use crate::plan::Plan;
+use batch::Existing;
 use ir::Spec;
-use netlink::{Existing, Nl};
-
-/// Test-only (debug builds): when set to `1`, the batch gets one extra rule that jumps to a chain that does not
-/// exist, so the kernel refuses the batch; integration tests use it to prove that a refused batch
-/// leaves the namespace unchanged. Nothing else reads it.
-pub const TEST_FAIL_BATCH_ENV: &str = "MESHCAP_TEST_FAIL_BATCH";
+use nftnl::nftnl_sys::libc;
+use socket::NetlinkSocket;
 
 /// Installs the plan as nftables rules over netlink (no `nft` binary needed).
 #[derive(Clone, Debug, Default)]
 pub struct NftablesBackend;
 
-fn gid_of(name: &str) -> Option<u32> {
-    nix::unistd::Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
+/// A failure of `what`, with the kernel's (or the socket's) errno `code` explained.
+fn kernel_error(what: impl Into<String>, code: i32) -> BackendError {
+    let text = std::io::Error::from_raw_os_error(code).to_string();
+    let reason = match code {
+        libc::EPERM => format!("{text} (CAP_NET_ADMIN is needed)"),
+        libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT => {
+            format!("{text} (is nf_tables available in this kernel?)")
+        }
+        _ => text,
+    };
+    BackendError::Netlink {
+        what: what.into(),
+        reason,
+    }
+}
+
+/// A failed socket operation of `what`.
+fn netlink_error(what: impl Into<String>, e: &std::io::Error) -> BackendError {
+    kernel_error(what, e.raw_os_error().unwrap_or(0))
+}
+
+fn open() -> Result<NetlinkSocket, BackendError> {
+    NetlinkSocket::open(netlink_sys::protocols::NETLINK_NETFILTER)
+        .map_err(|e| netlink_error("opening a netfilter netlink socket", &e))
 }
 
 impl NftablesBackend {
@@ -61,7 +95,7 @@ impl Firewall for NftablesBackend {
         let mut out = String::from(
             "# nftables rules: input of nft -f (meshcap installs the same over netlink)\n",
         );
-        out.push_str(&self.spec(plan).script());
+        out.push_str(&self.spec(plan).to_string());
         out
     }
 
@@ -70,12 +104,12 @@ impl Firewall for NftablesBackend {
         // once would both send add-only batches and append the rules twice.
         let _lock = super::namespace_lock()?;
         let spec = self.resolved_spec(plan)?;
-        let mut nl = Nl::open()?;
-        let tables = netlink::our_tables(&mut nl)?;
+        let mut nl = open()?;
+        let tables = dump::our_tables(&mut nl)?;
         let chains = if tables.is_empty() {
             Vec::new()
         } else {
-            netlink::chains(&mut nl, &tables)?
+            dump::chains(&mut nl, &tables)?
         };
         let replaced = !tables.is_empty();
         // Same configuration again (an init container re-run after a node restart): leave the
@@ -84,10 +118,13 @@ impl Firewall for NftablesBackend {
             routing::apply(&plan.routing)?;
             return Ok(Applied::AlreadyInPlace);
         }
-        // Only debug builds (what `cargo test` runs) honour the fault-injection hook.
-        let fail =
-            cfg!(debug_assertions) && std::env::var(TEST_FAIL_BATCH_ENV).as_deref() == Ok("1");
-        let built = netlink::build_batch(&spec, &Existing { tables, chains }, fail);
+        #[cfg(feature = "fault-injection")]
+        let spec = {
+            let mut spec = spec;
+            fault::inject(&mut spec);
+            spec
+        };
+        let built = batch::build_batch(&spec, &Existing { tables, chains });
         tracing::debug!(
             "nftables batch:\n{}",
             built
@@ -97,7 +134,7 @@ impl Firewall for NftablesBackend {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        nl.send_batch(&built.batch, &built.whats)?;
+        batch::send(&mut nl, &built)?;
         routing::apply(&plan.routing)?;
         Ok(if replaced {
             Applied::Replaced
@@ -107,10 +144,10 @@ impl Firewall for NftablesBackend {
     }
 
     fn read_back(&self, _plan: &Plan) -> Result<Ruleset, BackendError> {
-        let mut nl = Nl::open()?;
-        let tables = netlink::our_tables(&mut nl)?;
+        let mut nl = open()?;
+        let tables = dump::our_tables(&mut nl)?;
         Ok(Ruleset {
-            chains: netlink::read_texts(&mut nl, &tables)?,
+            chains: dump::read_texts(&mut nl, &tables)?,
         })
     }
 
@@ -125,19 +162,18 @@ impl Firewall for NftablesBackend {
             );
             return ruleset;
         }
-        let built = netlink::build_batch(&spec, &Existing::default(), false);
+        let built = batch::build_batch(&spec, &Existing::default());
         Ruleset {
-            chains: netlink::batch_texts(&built),
+            chains: decode::batch_texts(&built),
         }
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {
         let _lock = super::namespace_lock()?;
-        let mut nl = Nl::open()?;
-        let tables = netlink::our_tables(&mut nl)?;
+        let mut nl = open()?;
+        let tables = dump::our_tables(&mut nl)?;
         if !tables.is_empty() {
-            let built = netlink::delete_batch(&tables);
-            nl.send_batch(&built.batch, &built.whats)?;
+            batch::send(&mut nl, &batch::delete_batch(&tables))?;
         }
         routing::clean(&plan.routing)
     }

@@ -1,0 +1,472 @@
+//! CNI mode's cost as a share of a pod's network set-up: the `ADD` of Debian's bridge plugin
+//! (with host-local) against meshcap-cni's `ADD` chained after it, each into a fresh pod
+//! namespace, every plugin run as a runtime runs it (`nsenter --net=HOST PLUGIN`, the CNI
+//! variables, the configuration on stdin); and 20 `ADD`s into 20 namespaces at once against 20
+//! in a row.
+
+use crate::Settings;
+use crate::stats::{self, Summary};
+use netns_test_harness::Netns;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+/// Debian's containernetworking-plugins.
+const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
+
+/// What one timed `ADD` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// bridge + host-local (the median of the round's bridge ADDs, one per pod).
+    Bridge,
+    /// meshcap-cni after it, with this backend and list length.
+    Meshcap { nftables: bool, n: usize },
+}
+
+impl Step {
+    pub fn label(self) -> String {
+        match self {
+            Step::Bridge => "bridge + host-local".into(),
+            Step::Meshcap { nftables: true, .. } => "meshcap-cni, nftables (netlink)".into(),
+            Step::Meshcap {
+                nftables: false, ..
+            } => "meshcap-cni, iptables (iptables-restore)".into(),
+        }
+    }
+}
+
+/// The meshcap-cni steps, in the order a round takes them.
+pub const STEPS: [Step; 4] = [
+    Step::Meshcap {
+        nftables: true,
+        n: 0,
+    },
+    Step::Meshcap {
+        nftables: false,
+        n: 0,
+    },
+    Step::Meshcap {
+        nftables: true,
+        n: 1000,
+    },
+    Step::Meshcap {
+        nftables: false,
+        n: 1000,
+    },
+];
+
+pub struct Series {
+    pub step: Step,
+    /// (round, seconds).
+    pub samples: Vec<(usize, f64)>,
+    pub summary: Option<Summary>,
+}
+
+/// 20 ADDs at once against 20 in a row, one backend.
+pub struct Burst {
+    pub nftables: bool,
+    pub pods: usize,
+    /// Wall time of all ADDs started at once (median over rounds).
+    pub parallel: Option<Summary>,
+    /// Wall time of the same ADDs one after the other.
+    pub sequential: Option<Summary>,
+}
+
+pub struct CniBench {
+    pub series: Vec<Series>,
+    pub bursts: Vec<Burst>,
+    pub samples: usize,
+    /// Why something is missing.
+    pub errors: Vec<String>,
+}
+
+impl CniBench {
+    pub fn get(&self, step: Step) -> Option<&Series> {
+        self.series.iter().find(|s| s.step == step)
+    }
+
+    /// meshcap-cni's ADD over bridge's, paired by round.
+    pub fn ratio_to_bridge(&self, step: Step) -> Option<Summary> {
+        stats::paired(&self.get(step)?.samples, &self.get(Step::Bridge)?.samples)
+    }
+}
+
+/// A node: a throwaway host namespace with a plugin directory and host-local's state.
+struct Node {
+    host: Netns,
+    dir: PathBuf,
+    bridge: String,
+}
+
+impl Node {
+    fn new(settings: &Settings, tag: &str) -> Node {
+        let dir = settings.scratch.join(format!("cni-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).expect("cni scratch");
+        std::os::unix::fs::symlink(&settings.meshcap, dir.join("bin/meshcap-cni"))
+            .expect("meshcap-cni symlink");
+        Node {
+            host: Netns::new("cnibench"),
+            bridge: format!("mcbb{}", std::process::id() % 100_000),
+            dir,
+        }
+    }
+
+    fn bridge_conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0", "name": "bench", "type": "bridge",
+            "bridge": self.bridge, "isGateway": true,
+            "ipam": {"type": "host-local", "subnet": "198.51.100.0/24",
+                     "dataDir": self.dir.join("ipam").display().to_string()}
+        })
+    }
+
+    fn command(&self, plugin: &Path, pod: &Netns, container: &str, cmd: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.host.path().display()))
+            .arg(plugin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_PATH",
+                format!("{}:{DEBIAN_CNI_DIR}", self.dir.join("bin").display()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn spawn(
+        &self,
+        plugin: &Path,
+        pod: &Netns,
+        id: &str,
+        cmd: &str,
+        conf: &Value,
+    ) -> std::process::Child {
+        let mut child = self
+            .command(plugin, pod, id, cmd)
+            .spawn()
+            .expect("spawn nsenter");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("plugin stdin");
+        child
+    }
+
+    /// Runs one plugin command; its output and wall time.
+    fn timed(
+        &self,
+        plugin: &Path,
+        pod: &Netns,
+        id: &str,
+        cmd: &str,
+        conf: &Value,
+    ) -> Result<(Value, f64), String> {
+        let start = Instant::now();
+        let out = self.spawn(plugin, pod, id, cmd, conf).wait_with_output();
+        let secs = start.elapsed().as_secs_f64();
+        let out = out.map_err(|e| e.to_string())?;
+        parse(&out, plugin).map(|v| (v, secs))
+    }
+
+    fn bridge_add(&self, pod: &Netns, id: &str) -> Result<(Value, f64), String> {
+        let plugin = Path::new(DEBIAN_CNI_DIR).join("bridge");
+        self.timed(&plugin, pod, id, "ADD", &self.bridge_conf())
+    }
+
+    fn meshcap_conf(nftables: bool, n: usize, prev: &Value) -> Value {
+        let mut capture = json!({"backend": if nftables { "nftables" } else { "iptables" }});
+        if n > 0 {
+            capture["istio-local-exclude-ports"] = json!(stats::ports(n, None).join(","));
+            capture["istio-service-exclude-cidr"] = json!(stats::cidrs(n, None).join(","));
+        }
+        json!({"cniVersion": "1.0.0", "name": "bench", "type": "meshcap-cni",
+               "capture": capture, "prevResult": prev})
+    }
+
+    fn meshcap(&self) -> PathBuf {
+        self.dir.join("bin/meshcap-cni")
+    }
+}
+
+fn parse(out: &Output, plugin: &Path) -> Result<Value, String> {
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {} {}",
+            plugin.display(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if out.stdout.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{}: {e}", plugin.display()))
+}
+
+/// One round: a fresh node, a warm-up ADD (the bridge device exists afterwards, as on a node
+/// that runs pods), then per step a fresh pod: bridge's ADD, meshcap-cni's ADD, both timed.
+fn round(settings: &Settings, r: usize) -> Result<Vec<(Step, f64)>, String> {
+    let node = Node::new(settings, &format!("round{r}"));
+    let warm = Netns::new("cnibench");
+    node.bridge_add(&warm, "warm")?;
+    let mut got = Vec::new();
+    let mut bridge = Vec::new();
+    for (i, step) in STEPS.into_iter().enumerate() {
+        let Step::Meshcap { nftables, n } = step else {
+            unreachable!()
+        };
+        let pod = Netns::new("cnibench");
+        let id = format!("pod{i}");
+        let (prev, secs) = node.bridge_add(&pod, &id)?;
+        bridge.push(secs);
+        let conf = Node::meshcap_conf(nftables, n, &prev);
+        let (_, secs) = node.timed(&node.meshcap(), &pod, &id, "ADD", &conf)?;
+        node.timed(&node.meshcap(), &pod, &id, "CHECK", &conf)
+            .map_err(|e| format!("{}: the installed rules do not check: {e}", step.label()))?;
+        got.push((step, secs));
+    }
+    got.push((
+        Step::Bridge,
+        Summary::of(&bridge).expect("bridge samples").median,
+    ));
+    Ok(got)
+}
+
+/// `pods` meshcap-cni ADDs started at once, then as many one after the other (fresh pods each),
+/// every one checked; the two wall times.
+fn burst(settings: &Settings, nftables: bool, pods: usize, r: usize) -> Result<(f64, f64), String> {
+    let node = Node::new(settings, &format!("burst{r}{nftables}"));
+    let mut walls = Vec::new();
+    for at_once in [true, false] {
+        let namespaces: Vec<Netns> = (0..pods).map(|_| Netns::new("cniburst")).collect();
+        let mut confs = Vec::new();
+        for (i, pod) in namespaces.iter().enumerate() {
+            let (prev, _) = node.bridge_add(pod, &format!("b{at_once}{i}"))?;
+            confs.push(Node::meshcap_conf(nftables, 0, &prev));
+        }
+        let start = Instant::now();
+        if at_once {
+            let children: Vec<_> = namespaces
+                .iter()
+                .zip(&confs)
+                .enumerate()
+                .map(|(i, (pod, conf))| {
+                    node.spawn(&node.meshcap(), pod, &format!("b{at_once}{i}"), "ADD", conf)
+                })
+                .collect();
+            for child in children {
+                let out = child.wait_with_output().map_err(|e| e.to_string())?;
+                parse(&out, &node.meshcap())?;
+            }
+        } else {
+            for (i, (pod, conf)) in namespaces.iter().zip(&confs).enumerate() {
+                let out = node
+                    .spawn(&node.meshcap(), pod, &format!("b{at_once}{i}"), "ADD", conf)
+                    .wait_with_output()
+                    .map_err(|e| e.to_string())?;
+                parse(&out, &node.meshcap())?;
+            }
+        }
+        walls.push(start.elapsed().as_secs_f64());
+        for (i, (pod, conf)) in namespaces.iter().zip(&confs).enumerate() {
+            node.timed(
+                &node.meshcap(),
+                pod,
+                &format!("b{at_once}{i}"),
+                "CHECK",
+                conf,
+            )
+            .map_err(|e| format!("pod {i} of {pods} has incomplete rules: {e}"))?;
+        }
+    }
+    Ok((walls[0], walls[1]))
+}
+
+pub fn run(settings: &Settings) -> CniBench {
+    let mut errors = Vec::new();
+    let mut samples: Vec<(Step, Vec<(usize, f64)>)> = std::iter::once(Step::Bridge)
+        .chain(STEPS)
+        .map(|s| (s, Vec::new()))
+        .collect();
+    // One warm-up round, then the kept ones.
+    for r in 0..=settings.samples {
+        match round(settings, r) {
+            Ok(got) if r > 0 => {
+                for (step, secs) in got {
+                    let slot = samples.iter_mut().find(|(s, _)| *s == step).expect("step");
+                    slot.1.push((r, secs));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("cni: round {r} failed: {e}");
+                errors.push(e);
+                break;
+            }
+        }
+    }
+    let series = samples
+        .into_iter()
+        .map(|(step, samples)| {
+            let secs: Vec<f64> = samples.iter().map(|(_, s)| *s).collect();
+            let summary = Summary::of(&secs);
+            if let Some(sm) = summary {
+                let n = match step {
+                    Step::Meshcap { n, .. } => n,
+                    Step::Bridge => 0,
+                };
+                eprintln!(
+                    "cni: N={n:>4} {:<42} {:>10}",
+                    step.label(),
+                    stats::fmt_secs(sm.median)
+                );
+            }
+            Series {
+                step,
+                samples,
+                summary,
+            }
+        })
+        .collect();
+
+    let pods = 20;
+    let rounds = if settings.quick { 1 } else { 3 };
+    let mut bursts = Vec::new();
+    for nftables in [true, false] {
+        let (mut par, mut seq) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            match burst(settings, nftables, pods, r) {
+                Ok((p, s)) => {
+                    par.push(p);
+                    seq.push(s);
+                }
+                Err(e) => {
+                    eprintln!("cni: burst failed: {e}");
+                    errors.push(e);
+                    break;
+                }
+            }
+        }
+        bursts.push(Burst {
+            nftables,
+            pods,
+            parallel: Summary::of(&par),
+            sequential: Summary::of(&seq),
+        });
+    }
+    CniBench {
+        series,
+        bursts,
+        samples: settings.samples,
+        errors,
+    }
+}
+
+/// The report's section.
+pub fn section(cni: &CniBench) -> String {
+    let cell = |step: Step| match cni.get(step).and_then(|s| s.summary) {
+        Some(s) => format!(
+            "{} ({} – {})",
+            stats::fmt_secs(s.median),
+            stats::fmt_secs(s.min),
+            stats::fmt_secs(s.max)
+        ),
+        None => "—".into(),
+    };
+    let ratio = |step: Step| cni.ratio_to_bridge(step).map(|s| s.median);
+    let ratio_cell = |step: Step| match ratio(step) {
+        Some(r) => format!("{r:.2}×"),
+        None => "—".into(),
+    };
+    let mut out = String::from("## CNI mode: meshcap-cni's ADD against the bridge plugin's\n\n");
+    out.push_str(&format!(
+        "What a pod's network set-up costs with and without meshcap-cni chained after Debian's \
+         `bridge` plugin (with `host-local`). Each sample is a fresh pod namespace; every plugin \
+         runs as a runtime runs it (`nsenter --net=HOST PLUGIN`, the CNI variables, the \
+         configuration on stdin, meshcap-cni with bridge's result as `prevResult`), and each \
+         meshcap-cni ADD is followed by a CHECK that the rules are complete (not timed). Medians \
+         of {} rounds (min – max); ratios are taken within a round. N = that many excluded \
+         inbound ports and as many excluded CIDRs in the stanza's `capture`.\n\n",
+        cni.samples
+    ));
+    out.push_str("| ADD | N | time | ÷ bridge's ADD |\n|---|---:|---:|---:|\n");
+    out.push_str(&format!(
+        "| {} | – | {} | 1 |\n",
+        Step::Bridge.label(),
+        cell(Step::Bridge)
+    ));
+    for step in STEPS {
+        let Step::Meshcap { n, .. } = step else {
+            continue;
+        };
+        out.push_str(&format!(
+            "| {} | {n} | {} | {} |\n",
+            step.label(),
+            cell(step),
+            ratio_cell(step)
+        ));
+    }
+    let verdict = |r: Option<f64>, limit: f64| match r {
+        Some(r) if r <= limit => format!("**met** ({r:.2}× ≤ {limit}×)"),
+        Some(r) => format!("**not met** ({r:.2}× > {limit}×)"),
+        None => "not measured".into(),
+    };
+    out.push_str(&format!(
+        "\nTargets: meshcap-cni's ADD (nftables, Istio's CNI defaults) at most 0.5× bridge's ADD: \
+         {}; with 1000 ports + 1000 CIDRs at most 1.5×: {}.\n\n",
+        verdict(
+            ratio(Step::Meshcap {
+                nftables: true,
+                n: 0
+            }),
+            0.5
+        ),
+        verdict(
+            ratio(Step::Meshcap {
+                nftables: true,
+                n: 1000
+            }),
+            1.5
+        )
+    ));
+    out.push_str(
+        "Pods started together: meshcap-cni ADDs into that many fresh pod namespaces (bridge's \
+         ADDs done before, untimed), all started at once against one after the other; wall \
+         time, median of the rounds; every pod's rules checked afterwards.\n\n\
+         | backend | pods | at once | in a row | at once ÷ in a row |\n|---|---:|---:|---:|---:|\n",
+    );
+    for b in &cni.bursts {
+        let (p, s) = (b.parallel.map(|s| s.median), b.sequential.map(|s| s.median));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            if b.nftables {
+                "nftables (netlink)"
+            } else {
+                "iptables (iptables-restore)"
+            },
+            b.pods,
+            p.map_or("—".into(), stats::fmt_secs),
+            s.map_or("—".into(), stats::fmt_secs),
+            match (p, s) {
+                (Some(p), Some(s)) => format!("{:.2}", p / s),
+                _ => "—".into(),
+            }
+        ));
+    }
+    for e in &cni.errors {
+        out.push_str(&format!("\nNot measured: {e}\n"));
+    }
+    out
+}

@@ -1,0 +1,240 @@
+//! A blocking netlink socket for request and answer: send a request or a batch, receive
+//! datagrams as messages, collect a dump, check the acknowledgements of a batch. Headers and
+//! error messages are read with netlink-packet-core's buffers. It knows no protocol beyond
+//! netlink's own control messages: the nftables backend uses it on the netfilter bus, and a
+//! listener (the nftables trace group, say) can join a group and use [`NetlinkSocket::recv`].
+
+use netlink_packet_core::{ErrorBuffer, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer};
+use netlink_sys::{Socket, SocketAddr};
+use nix::libc;
+use std::collections::BTreeSet;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+
+/// Messages start at 4-byte boundaries (`NLMSG_ALIGNTO`).
+const ALIGN: usize = 4;
+/// `sizeof(struct nlmsghdr)`.
+const HEADER_LEN: usize = 16;
+/// Larger than any datagram the kernel sends at once (one part of a dump).
+const RECV_BUFFER: usize = 256 * 1024;
+/// How long to wait for acknowledgements that are not queued yet.
+const ACK_WAIT_MS: libc::c_int = 1000;
+
+/// One netlink message in storage aligned for `nlmsghdr`, as C parsers (libnftnl) read it.
+pub struct Message {
+    words: Vec<u32>,
+    len: usize,
+}
+
+impl Message {
+    /// A copy of one message's bytes.
+    pub fn copy(bytes: &[u8]) -> Message {
+        let mut words = vec![0u32; bytes.len().div_ceil(ALIGN)];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks(ALIGN)) {
+            let mut b = [0u8; ALIGN];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *word = u32::from_ne_bytes(b);
+        }
+        Message {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    /// The first `len` bytes of `words` (written by a C message builder).
+    pub fn from_words(words: Vec<u32>, len: usize) -> Message {
+        assert!(
+            len <= words.len() * ALIGN,
+            "message longer than its storage"
+        );
+        Message { words, len }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // Safety: `words` holds at least `len` initialized bytes (checked when made), and bytes
+        // have no alignment or validity requirements.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub fn as_nlmsghdr(&self) -> *const libc::nlmsghdr {
+        self.words.as_ptr().cast()
+    }
+}
+
+/// The messages of a datagram or a batch, in order, each exactly as long as its header says;
+/// a truncated message ends the sequence.
+pub fn messages(bytes: &[u8]) -> impl Iterator<Item = NetlinkBuffer<&[u8]>> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let len = NetlinkBuffer::new_checked(rest).ok()?.length() as usize;
+        let (msg, after) = rest.split_at(len);
+        rest = after
+            .get(len.next_multiple_of(ALIGN) - len..)
+            .unwrap_or_default();
+        Some(NetlinkBuffer::new(msg))
+    })
+}
+
+/// An `NLMSG_ERROR` message: the sequence number of the request it answers, and the kernel's
+/// (positive) errno, 0 for an acknowledgement.
+fn error_message(msg: &NetlinkBuffer<&[u8]>) -> (u32, i32) {
+    match ErrorBuffer::new_checked(msg.payload()) {
+        Ok(error) => {
+            let code = error.code().map_or(0, |c| -c.get());
+            // The request's header follows the code (only the header: NETLINK_CAP_ACK).
+            let request = error.payload();
+            let seq = if request.len() >= HEADER_LEN {
+                NetlinkBuffer::new(request).sequence_number()
+            } else {
+                msg.sequence_number()
+            };
+            (seq, code)
+        }
+        Err(_) => (msg.sequence_number(), libc::EPROTO),
+    }
+}
+
+/// The acknowledgements of a batch: the refusal of the lowest sequence number, if any, and how
+/// many messages went unanswered.
+pub struct Acks {
+    pub first_refusal: Option<(u32, i32)>,
+    pub unanswered: usize,
+}
+
+/// A netlink socket bound to the kernel on one bus.
+pub struct NetlinkSocket {
+    sock: Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl NetlinkSocket {
+    /// Opens a socket of `protocol` (e.g. `netlink_sys::protocols::NETLINK_NETFILTER`).
+    pub fn open(protocol: isize) -> io::Result<NetlinkSocket> {
+        let mut sock = Socket::new(protocol)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        // Best effort: only shortens error acknowledgements.
+        let _ = sock.set_cap_ack(true);
+        Ok(NetlinkSocket {
+            sock,
+            buf: Vec::with_capacity(RECV_BUFFER),
+            seq: 0x4d43_0000,
+        })
+    }
+
+    /// A sequence number for the next request.
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Sends `bytes` in one datagram, first growing the send buffer when it is too small for
+    /// them: nfnetlink only runs a batch that arrives whole.
+    pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+        let need = bytes.len() + 64 * 1024;
+        if let Ok(current) = getsockopt(&self.sock, sockopt::SndBuf)
+            && current < need
+        {
+            let _ = setsockopt(&self.sock, sockopt::SndBufForce, &need);
+        }
+        self.sock.send(bytes, 0)?;
+        Ok(())
+    }
+
+    /// Sends a request that fits any send buffer (a dump request, say).
+    fn send_small(&self, bytes: &[u8]) -> io::Result<()> {
+        self.sock.send(bytes, 0)?;
+        Ok(())
+    }
+
+    /// Reads one datagram into the receive buffer; `flags` as for recv(2) (`MSG_DONTWAIT`:
+    /// `WouldBlock` when none is queued).
+    fn recv_datagram(&mut self, flags: libc::c_int) -> io::Result<()> {
+        self.buf.clear();
+        self.sock.recv(&mut self.buf, flags)?;
+        Ok(())
+    }
+
+    /// The messages of the next datagram.
+    pub fn recv(&mut self) -> io::Result<Vec<Message>> {
+        self.recv_datagram(0)?;
+        Ok(messages(&self.buf)
+            .map(|m| Message::copy(m.into_inner()))
+            .collect())
+    }
+
+    /// Sends a dump request (sequence number `seq`) and returns the answer's messages; the
+    /// kernel's refusal as an errno.
+    pub fn dump(&mut self, request: &Message, seq: u32) -> io::Result<Vec<Message>> {
+        self.send_small(request.bytes())?;
+        let mut out = Vec::new();
+        loop {
+            self.recv_datagram(0)?;
+            for msg in messages(&self.buf) {
+                if msg.sequence_number() != seq {
+                    continue;
+                }
+                match msg.message_type() {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        return match error_message(&msg).1 {
+                            0 => Ok(out),
+                            code => Err(io::Error::from_raw_os_error(code)),
+                        };
+                    }
+                    _ => out.push(Message::copy(msg.into_inner())),
+                }
+            }
+        }
+    }
+
+    /// Reads the acknowledgements of the requests numbered `seqs`, sent before.
+    pub fn acks(&mut self, seqs: Range<u32>) -> io::Result<Acks> {
+        let mut pending: BTreeSet<u32> = seqs.collect();
+        let mut first_refusal: Option<(u32, i32)> = None;
+        while !pending.is_empty() {
+            // The kernel processes a batch inside sendto, so every acknowledgement is queued
+            // already: read without waiting, and wait (briefly) only when the queue is empty,
+            // which guards against a kernel that acknowledges less.
+            match self.recv_datagram(libc::MSG_DONTWAIT) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.wait_readable(ACK_WAIT_MS)? {
+                        continue;
+                    }
+                    break;
+                }
+                other => other?,
+            }
+            for msg in messages(&self.buf) {
+                if msg.message_type() != NLMSG_ERROR {
+                    continue;
+                }
+                let (seq, code) = error_message(&msg);
+                pending.remove(&seq);
+                if code != 0 && first_refusal.is_none_or(|(s, _)| seq < s) {
+                    first_refusal = Some((seq, code));
+                }
+            }
+        }
+        Ok(Acks {
+            first_refusal,
+            unanswered: pending.len(),
+        })
+    }
+
+    /// Whether a datagram arrives within `timeout_ms`.
+    fn wait_readable(&self, timeout_ms: libc::c_int) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        match unsafe { libc::poll(&mut pfd, 1, timeout_ms) } {
+            r if r < 0 => Err(io::Error::last_os_error()),
+            r => Ok(r > 0),
+        }
+    }
+}

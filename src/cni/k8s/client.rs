@@ -1,0 +1,220 @@
+//! The pod lookup: one blocking HTTPS GET of `/api/v1/namespaces/NS/pods/NAME`, retried with a
+//! bounded backoff while the API server is unreachable, slow or overloaded.
+
+use super::kubeconfig::Kubeconfig;
+use super::pod::Pod;
+use super::{K8sError, PodRef};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use ureq::tls::{RootCerts, TlsConfig};
+
+/// How long [`fetch_pod`] keeps trying. Attempts stop once `budget` has passed since the first
+/// one started; no attempt runs past it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The whole time allowed, attempts and pauses together.
+    pub budget: Duration,
+    /// The longest one attempt may take (connection, TLS, request and response).
+    pub attempt_timeout: Duration,
+    /// The pause after the first failed attempt; it doubles after each further one.
+    pub first_backoff: Duration,
+    /// The longest pause.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Five seconds in all: the runtime retries a failed sandbox itself, so the plugin fails
+    /// with "try again later" rather than holding up the kubelet.
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            budget: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Reads the kubeconfig at `kubeconfig` and fetches the pod.
+pub fn fetch_pod(kubeconfig: &Path, pod: &PodRef, retry: &RetryPolicy) -> Result<Pod, K8sError> {
+    let config = Kubeconfig::load(kubeconfig)?;
+    fetch_pod_with(&config, pod, retry)
+}
+
+/// Fetches the pod with an already read kubeconfig.
+pub fn fetch_pod_with(
+    config: &Kubeconfig,
+    pod: &PodRef,
+    retry: &RetryPolicy,
+) -> Result<Pod, K8sError> {
+    let agent = agent(config);
+    let url = format!(
+        "{}/api/v1/namespaces/{}/pods/{}",
+        config.server, pod.namespace, pod.name
+    );
+    let start = Instant::now();
+    let deadline = start + retry.budget;
+    let mut backoff = retry.first_backoff;
+    let mut attempts = 0;
+    loop {
+        let timeout = retry
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        attempts += 1;
+        let failure = match attempt(&agent, config, &url, pod, timeout) {
+            Ok(pod) => return Ok(pod),
+            Err(Failure::Final(e)) => return Err(e),
+            Err(Failure::Transient(why)) => why,
+        };
+        tracing::debug!(%url, attempts, %failure, "Kubernetes API attempt failed");
+        // Another attempt only when the pause leaves time for it.
+        if deadline.saturating_duration_since(Instant::now()) <= backoff {
+            return Err(K8sError::Unavailable {
+                server: config.server.clone(),
+                attempts,
+                elapsed: start.elapsed(),
+                last: failure,
+            });
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(retry.max_backoff);
+    }
+}
+
+enum Failure {
+    /// Worth another attempt: what went wrong.
+    Transient(String),
+    Final(K8sError),
+}
+
+fn agent(config: &Kubeconfig) -> ureq::Agent {
+    let roots = match &config.ca {
+        Some(certs) => RootCerts::new_with_certs(certs),
+        None => RootCerts::WebPki,
+    };
+    let tls = TlsConfig::builder()
+        .root_certs(roots)
+        .client_cert(config.client_cert.clone())
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .https_only(true)
+        .http_status_as_error(false)
+        // The API server does not redirect a pod GET; a redirect would carry the token away.
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .user_agent(concat!("meshcap-cni/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
+}
+
+fn attempt(
+    agent: &ureq::Agent,
+    config: &Kubeconfig,
+    url: &str,
+    pod: &PodRef,
+    timeout: Duration,
+) -> Result<Pod, Failure> {
+    let mut request = agent
+        .get(url)
+        .header("Accept", "application/json")
+        .config()
+        .timeout_global(Some(timeout))
+        .build();
+    if let Some(token) = &config.token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().map_err(|e| transport(config, e, timeout))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_vec()
+        .map_err(|e| transport(config, e, timeout))?;
+    let server = || config.server.clone();
+    match status {
+        200 => decode(config, pod, &body).map_err(Failure::Final),
+        401 | 403 => Err(Failure::Final(K8sError::Credentials {
+            server: server(),
+            kubeconfig: config.path.clone(),
+            credential: config.credential.clone(),
+            status,
+            message: status_message(&body),
+        })),
+        404 => Err(Failure::Final(K8sError::PodNotFound {
+            server: server(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        })),
+        429 | 500..=599 => Err(Failure::Transient(format!(
+            "HTTP {status}: {}",
+            status_message(&body)
+        ))),
+        _ => Err(Failure::Final(K8sError::Status {
+            server: server(),
+            pod: pod.to_string(),
+            status,
+            message: status_message(&body),
+        })),
+    }
+}
+
+/// Connection failures and timeouts are transient; TLS failures (a certificate that does not
+/// verify, a refused client certificate) are not, and neither is anything else ureq reports.
+fn transport(config: &Kubeconfig, error: ureq::Error, timeout: Duration) -> Failure {
+    use ureq::Error as E;
+    let tls = |problem: String| {
+        Failure::Final(K8sError::Tls {
+            server: config.server.clone(),
+            kubeconfig: config.path.clone(),
+            problem,
+        })
+    };
+    match error {
+        E::Timeout(_) => Failure::Transient(format!("no answer within {timeout:?}")),
+        E::HostNotFound | E::ConnectionFailed | E::Protocol(_) => {
+            Failure::Transient(error.to_string())
+        }
+        // rustls reports handshake failures through the stream as InvalidData.
+        E::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData => tls(error.to_string()),
+        E::Io(_) => Failure::Transient(error.to_string()),
+        E::Tls(_) | E::Rustls(_) | E::Pem(_) => tls(error.to_string()),
+        _ => Failure::Final(K8sError::Request {
+            server: config.server.clone(),
+            problem: error.to_string(),
+        }),
+    }
+}
+
+/// The `message` of a Kubernetes `Status` body, else the start of the body as text.
+fn status_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        message: String,
+    }
+    if let Ok(status) = serde_json::from_slice::<Status>(body) {
+        return status.message;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn decode(config: &Kubeconfig, pod: &PodRef, body: &[u8]) -> Result<Pod, K8sError> {
+    let problem = |problem: String| K8sError::Decode {
+        server: config.server.clone(),
+        pod: pod.to_string(),
+        problem,
+    };
+    let got: Pod = serde_json::from_slice(body).map_err(|e| problem(e.to_string()))?;
+    let meta = &got.metadata;
+    if meta.namespace != pod.namespace || meta.name != pod.name {
+        return Err(problem(format!(
+            "it is pod {:?}/{:?}",
+            meta.namespace, meta.name
+        )));
+    }
+    Ok(got)
+}
