@@ -286,16 +286,14 @@ fn kernel_verdicts_equal_real_traffic() {
             let mut extra = backend.to_vec();
             extra.extend(["--kernel", "--network-namespace", &ns]);
             let explained = explain(cfg, &extra, &probe_flows(&rows));
-            // Not asserted empty: the iptables backend spells an IPv4-compatible IPv6 resolver
-            // ::7f00:35 where ip6tables-save prints ::127.0.0.53, a drift `meshcap diff`
-            // reports as well (case dns-uid-gid).
+            // A fresh install reads back exactly as planned (for every case, dns-uid-gid's
+            // IPv4-compatible IPv6 resolver included).
             let drift = &explained[0]["drift"];
-            if drift.as_array().is_some_and(|d| !d.is_empty()) {
-                println!(
-                    "{} [{name}]: drift after a fresh install: {drift}",
-                    cfg.name
-                );
-            }
+            assert!(
+                drift.as_array().is_none_or(|d| d.is_empty()),
+                "{} [{name}]: drift after a fresh install: {drift}",
+                cfg.name
+            );
             compared += compare(cfg, &format!("kernel, {name} backend"), &rows, &explained);
         }
     }
