@@ -171,6 +171,11 @@ fn every_case_writes_istios_ipv4_tables() {
         );
         let written = std::fs::read_to_string(&file).expect("dry_run_file written");
         let (want, got) = (tables(&case.golden), tables(&written));
+        assert!(
+            !want.is_empty(),
+            "{}: the golden has IPv4 tables",
+            case.name
+        );
         let want_names: Vec<&String> = want.keys().collect();
         let got_names: Vec<&String> = got.keys().collect();
         if want_names != got_names {
