@@ -12,4 +12,5 @@ pub mod duration;
 pub mod inputs;
 pub mod plan;
 pub mod proxy;
+pub mod trace;
 pub mod validation;

@@ -1,0 +1,282 @@
+//! `meshcap trace`'s netlink client: adds the temporary table `inet meshcap-trace` that sets
+//! `meta nftrace` on the packets a filter names, listens on the nftables trace group, and prints
+//! per traced packet every rule it matched (in any nf_tables table: the nftables backend's and
+//! iptables-nft's alike, spelled as read-back spells them), the chains' policies and returns,
+//! and the verdicts; then it removes its table, also when stopped by a signal or `--timeout`.
+//!
+//! - [`table`]: the temporary table's batch (and its removal, a drop guard);
+//! - [`listen`]: the trace group socket and the stop signals;
+//! - [`event`]: one trace message, and the packet headers it carries;
+//! - [`rules`]: rule handle to rule text.
+
+mod event;
+mod listen;
+mod rules;
+mod table;
+
+pub use table::TRACE_TABLE;
+
+use super::{netlink_error, open};
+use crate::backend::BackendError;
+use crate::trace::filter::Filter;
+use event::{Event, Kind, Packet, family_name};
+use listen::{Listener, Wake};
+use nftnl::nftnl_sys::libc;
+use rules::RuleBook;
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+/// After the last counted packet's latest message, how long its later hooks may still report
+/// before `--count` ends the trace.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// When to stop.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// After this many traced packets (trace ids).
+    pub count: Option<u64>,
+    /// After this long.
+    pub timeout: Option<Duration>,
+}
+
+/// Why the trace ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Count,
+    Timeout,
+    Signal(String),
+}
+
+/// A failed trace. Exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(
+        "table inet {TRACE_TABLE} exists already: another meshcap trace is running in this \
+         namespace, or one was killed before it could remove the table (then delete it: \
+         nft delete table inet {TRACE_TABLE})"
+    )]
+    Busy,
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn io_error(what: &str) -> impl FnOnce(io::Error) -> TraceError + '_ {
+    move |source| TraceError::Io {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// What the trace has seen of one packet.
+struct Traced {
+    number: u64,
+    last_packet: Option<Packet>,
+    /// The last rule that gave a final verdict (accept, drop, …) and that verdict.
+    last_verdict: Option<String>,
+    /// The rules that redirected the packet to a proxy (REDIRECT, TPROXY).
+    captured_by: Vec<String>,
+    dropped: bool,
+    last_seen: Instant,
+}
+
+/// Whether a rule's text redirects the packet: the backend's `redir`/`tproxy` expressions, or
+/// iptables-nft's REDIRECT/TPROXY targets.
+fn captures(text: &str) -> bool {
+    text.contains("[redir ")
+        || text.contains("[tproxy ")
+        || text.contains("name REDIRECT")
+        || text.contains("name TPROXY")
+}
+
+fn is_final(code: i32) -> bool {
+    code >= 0
+}
+
+/// The printing half: numbers packets by trace id and prints each message as a line.
+struct Printer<'a> {
+    out: &'a mut dyn Write,
+    packets: HashMap<u32, Traced>,
+    order: Vec<u32>,
+    current: Option<u32>,
+    count: Option<u64>,
+}
+
+impl Printer<'_> {
+    fn full(&self) -> bool {
+        self.count.is_some_and(|n| self.order.len() as u64 >= n)
+    }
+
+    /// Prints one event; `text` spells a rule by (family, table, handle).
+    fn event(
+        &mut self,
+        e: &Event,
+        text: &mut dyn FnMut(u32, &str, u64) -> String,
+    ) -> io::Result<()> {
+        if !self.packets.contains_key(&e.id) {
+            if self.full() {
+                return Ok(());
+            }
+            let number = self.order.len() as u64 + 1;
+            self.order.push(e.id);
+            self.packets.insert(
+                e.id,
+                Traced {
+                    number,
+                    last_packet: None,
+                    last_verdict: None,
+                    captured_by: Vec::new(),
+                    dropped: false,
+                    last_seen: Instant::now(),
+                },
+            );
+        }
+        let traced = self.packets.get_mut(&e.id).expect("inserted above");
+        traced.last_seen = Instant::now();
+        if self.current != Some(e.id) {
+            let number = traced.number;
+            let again = traced.last_packet.is_some();
+            writeln!(
+                self.out,
+                "packet {number} (trace id {:#010x}){}",
+                e.id,
+                if again { ", continued:" } else { ":" }
+            )?;
+            self.current = Some(e.id);
+        }
+        if let Some(p) = &e.packet
+            && traced.last_packet.as_ref() != Some(p)
+        {
+            // Again when the headers change: NAT rewrote them, or a later packet of the
+            // connection got the same trace id.
+            writeln!(self.out, "  packet: {p}")?;
+            traced.last_packet = Some(p.clone());
+        }
+        if e.table == TRACE_TABLE && e.family == libc::NFPROTO_INET as u32 {
+            // The trace's own marking rule and its chain's policy.
+            return Ok(());
+        }
+        let place = format!("{} {} {}", family_name(e.family), e.table, e.chain);
+        match &e.kind {
+            Kind::Rule { handle, verdict } => {
+                let rule = text(e.family, &e.table, *handle);
+                writeln!(self.out, "  {place}: rule {handle}: {rule} => {verdict}")?;
+                let at = format!("{place} rule {handle}");
+                if captures(&rule) {
+                    traced.captured_by.push(at.clone());
+                }
+                if is_final(verdict.code) {
+                    traced.dropped |= verdict.code == libc::NF_DROP;
+                    traced.last_verdict = Some(format!("{verdict} by {at}"));
+                }
+            }
+            Kind::Policy(verdict) => {
+                writeln!(self.out, "  {place}: policy {verdict}")?;
+                traced.dropped |= verdict.code == libc::NF_DROP;
+                traced.last_verdict = Some(format!("{verdict} by the policy of {place}"));
+            }
+            Kind::Return => writeln!(self.out, "  {place}: end of chain, return")?,
+            Kind::Other(kind) => writeln!(self.out, "  {place}: trace message type {kind}")?,
+        }
+        Ok(())
+    }
+
+    /// Whether every counted packet is complete: the count is reached and the packets have
+    /// been quiet for [`SETTLE`].
+    fn settled(&self) -> Option<Duration> {
+        if !self.full() {
+            return None;
+        }
+        let last = self.packets.values().map(|t| t.last_seen).max()?;
+        Some(SETTLE.saturating_sub(last.elapsed()))
+    }
+
+    /// One verdict line per packet.
+    fn summary(&mut self) -> io::Result<()> {
+        for id in &self.order {
+            let t = &self.packets[id];
+            let fate = if t.dropped {
+                "dropped".to_owned()
+            } else if t.captured_by.is_empty() {
+                "not captured".to_owned()
+            } else {
+                format!("captured by {}", t.captured_by.join(", then "))
+            };
+            let last = t.last_verdict.as_deref().unwrap_or("no verdict traced");
+            writeln!(
+                self.out,
+                "verdict packet {}: {fate} (last: {last})",
+                t.number
+            )?;
+        }
+        self.out.flush()
+    }
+}
+
+/// Traces the packets `filter` names in the current network namespace until `options` or a
+/// stop signal (SIGINT, SIGTERM, SIGHUP) ends it, printing to `out`; `ready` is called once
+/// the table is in place. The table is removed in every case.
+pub fn run(
+    filter: &Filter,
+    options: &Options,
+    out: &mut dyn Write,
+    ready: &mut dyn FnMut(),
+) -> Result<(u64, Stopped), TraceError> {
+    // Signals first: from here on a SIGTERM waits for the loop, which removes the table.
+    let mut listener = Listener::open()
+        .map_err(|e| TraceError::from(netlink_error("joining the nftables trace group", &e)))?;
+    let mut nl = open()?;
+    if table::exists(&mut nl)? {
+        return Err(TraceError::Busy);
+    }
+    let mut book = RuleBook::load(&mut nl)?;
+    let installed = table::install(&mut nl, filter)?;
+    ready();
+    let deadline = options.timeout.map(|t| Instant::now() + t);
+    let mut printer = Printer {
+        out,
+        packets: HashMap::new(),
+        order: Vec::new(),
+        current: None,
+        count: options.count,
+    };
+    let stopped = loop {
+        let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if until_deadline == Some(Duration::ZERO) {
+            break Stopped::Timeout;
+        }
+        let settle = printer.settled();
+        if settle == Some(Duration::ZERO) {
+            break Stopped::Count;
+        }
+        let wait = [until_deadline, settle].into_iter().flatten().min();
+        match listener
+            .wait(wait)
+            .map_err(io_error("reading the nftables trace group"))?
+        {
+            Wake::Signal(signal) => break Stopped::Signal(signal.as_str().to_owned()),
+            Wake::Timeout => {}
+            Wake::Overrun => eprintln!(
+                "meshcap trace: some trace messages were lost (the receive buffer overflowed); \
+                 a narrower filter helps"
+            ),
+            Wake::Messages(msgs) => {
+                for e in msgs.iter().filter_map(Event::parse) {
+                    let mut text = |family: u32, table: &str, handle: u64| {
+                        book.text(&mut nl, family, table, handle)
+                    };
+                    printer
+                        .event(&e, &mut text)
+                        .map_err(io_error("writing the trace"))?;
+                }
+                printer.out.flush().map_err(io_error("writing the trace"))?;
+            }
+        }
+    };
+    let summary = printer.summary().map_err(io_error("writing the trace"));
+    installed.remove()?;
+    summary?;
+    Ok((printer.order.len() as u64, stopped))
+}
