@@ -7,7 +7,7 @@
 mod common;
 
 use common::{MESHCAP, NO_ENV, istio_args, meshcap, meshcap_in, ok, text};
-use netns_test_harness::{Netns, Process, require_root};
+use netns_test_harness::{Netns, Process, User, require_root};
 use nix::sys::signal::Signal;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Output;
@@ -113,7 +113,7 @@ fn trace_shows_the_nftables_rule_that_captured_a_connection() {
     if !require_root("trace_shows_the_nftables_rule_that_captured_a_connection") {
         return;
     }
-    let (_site, printed) = trace_one_connection("trnft", &["--backend", "nftables"]);
+    let (site, printed) = trace_one_connection("trnft", &["--backend", "nftables"]);
     // 15001 = 0x3a99, loaded into the register the redirect takes its port from.
     let rule = printed
         .lines()
@@ -139,6 +139,38 @@ fn trace_shows_the_nftables_rule_that_captured_a_connection() {
         printed.contains(&format!("-> {DESTINATION} [SYN]")),
         "{printed}"
     );
+
+    // The proxy's own connection goes around the proxy: the uid 1337 rule returns.
+    let pod = &site.pod;
+    let trace = start_trace(
+        pod,
+        &[
+            "--count",
+            "1",
+            "--timeout",
+            "2m",
+            "proto=tcp",
+            &format!("dst={DESTINATION}"),
+        ],
+    );
+    wait_for_table(pod, true, &trace);
+    // Nothing answers at the destination: only the SYN matters, not how the attempt ends.
+    let _ = pod.run_as(User::new(1337, 1337), || {
+        let dst: SocketAddr = DESTINATION.parse().unwrap();
+        TcpStream::connect_timeout(&dst, Duration::from_secs(1)).map(|_| ())
+    });
+    let printed = finished(&trace.wait());
+    assert!(
+        printed.lines().any(|l| l.contains("istio-output: rule ")
+            && l.contains("[meta load skuid")
+            && l.ends_with("=> return")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("verdict packet 1: not captured ("),
+        "{printed}"
+    );
+    assert!(!has_trace_table(pod), "{printed}");
 }
 
 #[test]
@@ -155,7 +187,8 @@ fn trace_shows_the_iptables_nft_rule_that_captured_a_connection() {
         .find(|l| l.trim_start().starts_with("ip nat ISTIO_REDIRECT: rule "))
         .unwrap_or_else(|| panic!("no ISTIO_REDIRECT rule in the trace:\n{printed}"));
     assert!(
-        rule.contains("REDIRECT") && rule.ends_with("=> accept"),
+        rule.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001")
+            && rule.ends_with("=> accept"),
         "{rule}\n{printed}"
     );
     assert!(printed.contains("ip nat OUTPUT: rule "), "{printed}");

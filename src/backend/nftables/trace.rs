@@ -7,9 +7,11 @@
 //! - [`table`]: the temporary table's batch (and its removal, a drop guard);
 //! - [`listen`]: the trace group socket and the stop signals;
 //! - [`event`]: one trace message, and the packet headers it carries;
-//! - [`rules`]: rule handle to rule text.
+//! - [`rules`]: rule handle to rule text ([`iptables_nft`]: iptables' spelling of
+//!   iptables-nft's rules).
 
 mod event;
+mod iptables_nft;
 mod listen;
 mod rules;
 mod table;
@@ -83,12 +85,18 @@ struct Traced {
 }
 
 /// Whether a rule's text redirects the packet: the backend's `redir`/`tproxy` expressions, or
-/// iptables-nft's REDIRECT/TPROXY targets.
+/// iptables-nft's REDIRECT/TPROXY targets (in iptables' spelling, or as expressions).
 fn captures(text: &str) -> bool {
-    text.contains("[redir ")
-        || text.contains("[tproxy ")
-        || text.contains("name REDIRECT")
-        || text.contains("name TPROXY")
+    [
+        "[redir ",
+        "[tproxy ",
+        "-j REDIRECT",
+        "-j TPROXY",
+        "name REDIRECT",
+        "name TPROXY",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
 }
 
 fn is_final(code: i32) -> bool {
@@ -197,19 +205,15 @@ impl Printer<'_> {
     fn summary(&mut self) -> io::Result<()> {
         for id in &self.order {
             let t = &self.packets[id];
+            let last = t.last_verdict.as_deref().unwrap_or("no verdict traced");
             let fate = if t.dropped {
-                "dropped".to_owned()
+                format!("dropped ({last})")
             } else if t.captured_by.is_empty() {
-                "not captured".to_owned()
+                format!("not captured ({last})")
             } else {
                 format!("captured by {}", t.captured_by.join(", then "))
             };
-            let last = t.last_verdict.as_deref().unwrap_or("no verdict traced");
-            writeln!(
-                self.out,
-                "verdict packet {}: {fate} (last: {last})",
-                t.number
-            )?;
+            writeln!(self.out, "verdict packet {}: {fate}", t.number)?;
         }
         self.out.flush()
     }

@@ -1,12 +1,14 @@
 //! The text of the rules a trace names by handle: every rule of every table (any family: the
 //! nftables backend's inet tables and iptables-nft's ip and ip6 tables alike), spelled as the
-//! backend's read-back spells it, looked up by (family, table, handle).
+//! backend's read-back spells it (iptables-nft's rules as iptables spells them, when
+//! `iptables-nft-save` can tell), looked up by (family, table, handle).
 
 use super::super::decode::rule_text;
 use super::super::dump::set_texts;
 use super::super::netlink_error;
 use super::super::object::Rule;
 use super::super::socket::{Message, NetlinkSocket};
+use super::iptables_nft::{self, ChainKey};
 use crate::backend::BackendError;
 use nftnl::nftnl_sys::{self as sys, libc};
 use std::collections::{HashMap, HashSet};
@@ -66,6 +68,7 @@ impl RuleBook {
         inet_tables.dedup();
         let sets = set_texts(nl, &inet_tables)?;
         self.texts.clear();
+        let mut ip_chains: HashMap<ChainKey, Vec<u64>> = HashMap::new();
         for msg in &msgs {
             let Some(rule) = Rule::parse(msg) else {
                 continue;
@@ -77,10 +80,18 @@ impl RuleBook {
                     .flatten();
                 known.cloned().unwrap_or_else(|| format!("@{name}"))
             };
-            if let Some((table, _, text)) = rule_text(msg, &set_text) {
+            if let Some((table, chain, text)) = rule_text(msg, &set_text) {
+                if family != inet {
+                    ip_chains
+                        .entry((family, table.clone(), chain))
+                        .or_default()
+                        .push(rule.handle());
+                }
                 self.texts.insert((family, table, rule.handle()), text);
             }
         }
+        // iptables-nft's rules as iptables spells them, where its save program can tell.
+        self.texts.extend(iptables_nft::lines(&ip_chains));
         Ok(())
     }
 
