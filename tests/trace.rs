@@ -70,40 +70,45 @@ fn finished(out: &Output) -> String {
     text(out)
 }
 
+/// Runs `trace --count 1` for one TCP connection attempt to [`DESTINATION`] by `user` (root
+/// when `None`) that waits up to `patience`; returns the attempt's result and the trace's output.
+fn trace_connection(
+    pod: &Netns,
+    user: Option<User>,
+    patience: Duration,
+) -> (std::io::Result<()>, String) {
+    let dst = format!("dst={DESTINATION}");
+    let trace = start_trace(pod, &["--count", "1", "--timeout", "2m", "proto=tcp", &dst]);
+    wait_for_table(pod, true, &trace);
+    let attempt = move || {
+        let dst: SocketAddr = DESTINATION.parse().unwrap();
+        TcpStream::connect_timeout(&dst, patience).map(|_| ())
+    };
+    let connected = match user {
+        Some(user) => pod.run_as(user, attempt),
+        None => pod.run(attempt),
+    };
+    let printed = finished(&trace.wait());
+    assert!(
+        !has_trace_table(pod),
+        "trace left its table behind:\n{printed}"
+    );
+    (connected, printed)
+}
+
 /// Installs Istio's default rules with `backend_args`, traces one connection to
-/// [`DESTINATION`] and returns the trace's output.
+/// [`DESTINATION`] (captured to a listener on 15001) and returns the trace's output.
 fn trace_one_connection(tag: &str, backend_args: &[&str]) -> (Site, String) {
     let site = site(tag);
     let pod = &site.pod;
     ok(&meshcap_in(pod, &istio_args(backend_args), NO_ENV));
     let listener = pod.run(|| TcpListener::bind("0.0.0.0:15001").expect("listen on 15001"));
-    let trace = start_trace(
-        pod,
-        &[
-            "--count",
-            "1",
-            "--timeout",
-            "2m",
-            "proto=tcp",
-            &format!("dst={DESTINATION}"),
-        ],
-    );
-    wait_for_table(pod, true, &trace);
-    let connected = pod.run(|| {
-        let dst: SocketAddr = DESTINATION.parse().unwrap();
-        TcpStream::connect_timeout(&dst, Duration::from_secs(20)).map(|_| ())
-    });
-    let out = trace.wait();
+    let (connected, printed) = trace_connection(pod, None, Duration::from_secs(20));
     drop(listener);
-    let printed = finished(&out);
     assert!(
         connected.is_ok(),
         "the connection was not captured: {connected:?}\n{}\n{printed}",
         pod.dump_rulesets()
-    );
-    assert!(
-        !has_trace_table(pod),
-        "trace left its table behind:\n{printed}"
     );
     (site, printed)
 }
@@ -141,25 +146,12 @@ fn trace_shows_the_nftables_rule_that_captured_a_connection() {
     );
 
     // The proxy's own connection goes around the proxy: the uid 1337 rule returns.
-    let pod = &site.pod;
-    let trace = start_trace(
-        pod,
-        &[
-            "--count",
-            "1",
-            "--timeout",
-            "2m",
-            "proto=tcp",
-            &format!("dst={DESTINATION}"),
-        ],
-    );
-    wait_for_table(pod, true, &trace);
     // Nothing answers at the destination: only the SYN matters, not how the attempt ends.
-    let _ = pod.run_as(User::new(1337, 1337), || {
-        let dst: SocketAddr = DESTINATION.parse().unwrap();
-        TcpStream::connect_timeout(&dst, Duration::from_secs(1)).map(|_| ())
-    });
-    let printed = finished(&trace.wait());
+    let (_, printed) = trace_connection(
+        &site.pod,
+        Some(User::new(1337, 1337)),
+        Duration::from_secs(1),
+    );
     assert!(
         printed.lines().any(|l| l.contains("istio-output: rule ")
             && l.contains("[meta load skuid")
@@ -170,7 +162,6 @@ fn trace_shows_the_nftables_rule_that_captured_a_connection() {
         printed.contains("verdict packet 1: not captured ("),
         "{printed}"
     );
-    assert!(!has_trace_table(pod), "{printed}");
 }
 
 #[test]
