@@ -159,6 +159,10 @@ fn trace_shows_the_nftables_rule_that_captured_a_connection() {
         "{printed}"
     );
     assert!(
+        printed.contains("inet istio-proxy-nat output: continue after the called chain returned"),
+        "{printed}"
+    );
+    assert!(
         printed.contains("verdict packet 1: not captured ("),
         "{printed}"
     );

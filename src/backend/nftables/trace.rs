@@ -185,6 +185,10 @@ impl Printer<'_> {
                 traced.dropped |= verdict.code == libc::NF_DROP;
                 traced.last_verdict = Some(format!("{verdict} by the policy of {place}"));
             }
+            Kind::Resume(verdict) => writeln!(
+                self.out,
+                "  {place}: {verdict} after the called chain returned"
+            )?,
             Kind::Return => writeln!(self.out, "  {place}: end of chain, return")?,
             Kind::Other(kind) => writeln!(self.out, "  {place}: trace message type {kind}")?,
         }

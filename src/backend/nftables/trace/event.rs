@@ -17,6 +17,9 @@ pub enum Kind {
         handle: u64,
         verdict: Verdict,
     },
+    /// Evaluation goes on in this chain after the chain it jumped to returned (the kernel
+    /// reports it as a rule message without a rule).
+    Resume(Verdict),
     /// The end of a chain without a verdict: back to the calling chain.
     Return,
     /// The end of a base chain: its policy.
@@ -150,9 +153,12 @@ impl Event {
             chain: Some(trace.str(sys::NFTNL_TRACE_JUMP_TARGET)).filter(|c| !c.is_empty()),
         };
         let kind = match trace.u32(sys::NFTNL_TRACE_TYPE).unwrap_or(0) as i32 {
-            libc::NFT_TRACETYPE_RULE => Kind::Rule {
-                handle: trace.u64(sys::NFTNL_TRACE_RULE_HANDLE).unwrap_or(0),
-                verdict: verdict(),
+            libc::NFT_TRACETYPE_RULE => match trace.u64(sys::NFTNL_TRACE_RULE_HANDLE) {
+                Some(handle) => Kind::Rule {
+                    handle,
+                    verdict: verdict(),
+                },
+                None => Kind::Resume(verdict()),
             },
             libc::NFT_TRACETYPE_RETURN => Kind::Return,
             libc::NFT_TRACETYPE_POLICY => Kind::Policy(Verdict {
