@@ -288,3 +288,122 @@ pub fn run(
     summary?;
     Ok((printer.order.len() as u64, stopped))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::event::{Event, Kind, Packet, Verdict};
+    use super::*;
+
+    fn event(id: u32, table: &str, chain: &str, kind: Kind) -> Event {
+        Event {
+            id,
+            family: libc::NFPROTO_INET as u32,
+            table: table.to_owned(),
+            chain: chain.to_owned(),
+            kind,
+            packet: None,
+            mark: None,
+        }
+    }
+
+    fn rule(handle: u64, code: i32, chain: Option<&str>) -> Kind {
+        Kind::Rule {
+            handle,
+            verdict: Verdict {
+                code,
+                chain: chain.map(str::to_owned),
+            },
+        }
+    }
+
+    fn printed(events: &[Event], count: Option<u64>) -> String {
+        let mut out = Vec::new();
+        let mut printer = Printer {
+            out: &mut out,
+            packets: HashMap::new(),
+            order: Vec::new(),
+            current: None,
+            count,
+        };
+        let mut text = |_: u32, _: &str, handle: u64| match handle {
+            14 => "[immediate r1 3a99] [redir port r1 flags 2]".to_owned(),
+            h => format!("[rule {h}]"),
+        };
+        for e in events {
+            printer.event(e, &mut text).unwrap();
+        }
+        printer.summary().unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn numbers_packets_hides_its_own_table_and_names_the_capturing_rule() {
+        let syn = Packet::parse(
+            &[
+                0x45, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 192, 0, 2, 1, 198, 51, 100, 10,
+            ],
+            &[0x9c, 0x40, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02],
+        );
+        let mut first = event(7, TRACE_TABLE, "output", rule(2, libc::NFT_CONTINUE, None));
+        first.packet = syn;
+        let events = [
+            first,
+            event(
+                7,
+                "istio-proxy-nat",
+                "output",
+                rule(8, libc::NFT_JUMP, Some("istio-output")),
+            ),
+            event(9, TRACE_TABLE, "output", rule(2, libc::NFT_CONTINUE, None)),
+            event(
+                9,
+                "istio-proxy-nat",
+                "output",
+                Kind::Policy(Verdict {
+                    code: libc::NF_ACCEPT,
+                    chain: None,
+                }),
+            ),
+            event(
+                7,
+                "istio-proxy-nat",
+                "istio-redirect",
+                rule(14, libc::NF_ACCEPT, None),
+            ),
+            event(
+                11,
+                "istio-proxy-nat",
+                "output",
+                rule(8, libc::NF_DROP, None),
+            ),
+        ];
+        let text = printed(&events, Some(2));
+        assert_eq!(
+            text,
+            "packet 1 (trace id 0x00000007):\n\
+             \x20 packet: tcp 192.0.2.1:40000 -> 198.51.100.10:80 [SYN]\n\
+             \x20 inet istio-proxy-nat output: rule 8: [rule 8] => jump istio-output\n\
+             packet 2 (trace id 0x00000009):\n\
+             \x20 inet istio-proxy-nat output: policy accept\n\
+             packet 1 (trace id 0x00000007), continued:\n\
+             \x20 inet istio-proxy-nat istio-redirect: rule 14: [immediate r1 3a99] [redir port r1 flags 2] => accept\n\
+             verdict packet 1: captured by inet istio-proxy-nat istio-redirect rule 14\n\
+             verdict packet 2: not captured (accept by the policy of inet istio-proxy-nat output)\n"
+        );
+    }
+
+    #[test]
+    fn a_drop_is_the_packets_fate() {
+        let events = [event(
+            3,
+            "istio-proxy-raw",
+            "output",
+            rule(4, libc::NF_DROP, None),
+        )];
+        assert!(
+            printed(&events, None).ends_with(
+                "verdict packet 1: dropped (drop by inet istio-proxy-raw output rule 4)\n"
+            )
+        );
+    }
+}
