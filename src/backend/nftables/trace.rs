@@ -75,7 +75,11 @@ fn io_error(what: &str) -> impl FnOnce(io::Error) -> TraceError + '_ {
 /// What the trace has seen of one packet.
 struct Traced {
     number: u64,
+    /// Whether a header line was printed for it (later ones say "continued").
+    shown: bool,
     last_packet: Option<Packet>,
+    /// The last packet mark reported (0: none).
+    last_mark: u32,
     /// The last rule that gave a final verdict (accept, drop, …) and that verdict.
     last_verdict: Option<String>,
     /// The rules that redirected the packet to a proxy (REDIRECT, TPROXY).
@@ -133,7 +137,9 @@ impl Printer<'_> {
                 e.id,
                 Traced {
                     number,
+                    shown: false,
                     last_packet: None,
+                    last_mark: 0,
                     last_verdict: None,
                     captured_by: Vec::new(),
                     dropped: false,
@@ -145,7 +151,8 @@ impl Printer<'_> {
         traced.last_seen = Instant::now();
         if self.current != Some(e.id) {
             let number = traced.number;
-            let again = traced.last_packet.is_some();
+            let again = traced.shown;
+            traced.shown = true;
             writeln!(
                 self.out,
                 "packet {number} (trace id {:#010x}){}",
@@ -161,6 +168,13 @@ impl Printer<'_> {
             // connection got the same trace id.
             writeln!(self.out, "  packet: {p}")?;
             traced.last_packet = Some(p.clone());
+        }
+        if let Some(mark) = e.mark
+            && mark != traced.last_mark
+        {
+            // The mark as the packet carries it here (set by an earlier rule, or the socket's).
+            writeln!(self.out, "  mark: {mark:#010x}")?;
+            traced.last_mark = mark;
         }
         if e.table == TRACE_TABLE && e.family == libc::NFPROTO_INET as u32 {
             // The trace's own marking rule and its chain's policy.
@@ -364,12 +378,15 @@ mod tests {
                     chain: None,
                 }),
             ),
-            event(
-                7,
-                "istio-proxy-nat",
-                "istio-redirect",
-                rule(14, libc::NF_ACCEPT, None),
-            ),
+            Event {
+                mark: Some(1337),
+                ..event(
+                    7,
+                    "istio-proxy-nat",
+                    "istio-redirect",
+                    rule(14, libc::NF_ACCEPT, None),
+                )
+            },
             event(
                 11,
                 "istio-proxy-nat",
@@ -386,6 +403,7 @@ mod tests {
              packet 2 (trace id 0x00000009):\n\
              \x20 inet istio-proxy-nat output: policy accept\n\
              packet 1 (trace id 0x00000007), continued:\n\
+             \x20 mark: 0x00000539\n\
              \x20 inet istio-proxy-nat istio-redirect: rule 14: [immediate r1 3a99] [redir port r1 flags 2] => accept\n\
              verdict packet 1: captured by inet istio-proxy-nat istio-redirect rule 14\n\
              verdict packet 2: not captured (accept by the policy of inet istio-proxy-nat output)\n"
