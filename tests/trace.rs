@@ -159,7 +159,7 @@ fn trace_shows_the_nftables_rule_that_captured_a_connection() {
         "{printed}"
     );
     assert!(
-        printed.contains("inet istio-proxy-nat output: continue after the called chain returned"),
+        printed.contains("inet istio-proxy-nat output: end of chain (no further rule matched)"),
         "{printed}"
     );
     assert!(

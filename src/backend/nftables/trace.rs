@@ -199,9 +199,9 @@ impl Printer<'_> {
                 traced.dropped |= verdict.code == libc::NF_DROP;
                 traced.last_verdict = Some(format!("{verdict} by the policy of {place}"));
             }
-            Kind::Resume(verdict) => writeln!(
+            Kind::EndOfChain(_) => writeln!(
                 self.out,
-                "  {place}: {verdict} after the called chain returned"
+                "  {place}: end of chain (no further rule matched)"
             )?,
             Kind::Return => writeln!(self.out, "  {place}: end of chain, return")?,
             Kind::Other(kind) => writeln!(self.out, "  {place}: trace message type {kind}")?,
@@ -286,6 +286,7 @@ pub fn run(
             ),
             Wake::Messages(msgs) => {
                 for e in msgs.iter().filter_map(Event::parse) {
+                    tracing::debug!("trace message: {e:?}");
                     let mut text = |family: u32, table: &str, handle: u64| {
                         book.text(&mut nl, family, table, handle)
                     };
@@ -412,16 +413,26 @@ mod tests {
 
     #[test]
     fn a_drop_is_the_packets_fate() {
-        let events = [event(
-            3,
-            "istio-proxy-raw",
-            "output",
-            rule(4, libc::NF_DROP, None),
-        )];
+        let continued = Verdict {
+            code: libc::NFT_CONTINUE,
+            chain: None,
+        };
+        let events = [
+            event(3, "istio-proxy-raw", "istio-x", Kind::EndOfChain(continued)),
+            event(3, "istio-proxy-raw", "output", rule(4, libc::NF_DROP, None)),
+        ];
+        let text = printed(&events, None);
         assert!(
-            printed(&events, None).ends_with(
+            text.contains(
+                "  inet istio-proxy-raw istio-x: end of chain (no further rule matched)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
                 "verdict packet 1: dropped (drop by inet istio-proxy-raw output rule 4)\n"
-            )
+            ),
+            "{text}"
         );
     }
 }

@@ -17,9 +17,10 @@ pub enum Kind {
         handle: u64,
         verdict: Verdict,
     },
-    /// Evaluation goes on in this chain after the chain it jumped to returned (the kernel
-    /// reports it as a rule message without a rule).
-    Resume(Verdict),
+    /// No further rule of the chain matched: its end is reached (the kernel reports it as a
+    /// rule message without a rule). The policy follows in a base chain; the calling chain
+    /// goes on otherwise.
+    EndOfChain(Verdict),
     /// The end of a chain without a verdict: back to the calling chain.
     Return,
     /// The end of a base chain: its policy.
@@ -158,7 +159,7 @@ impl Event {
                     handle,
                     verdict: verdict(),
                 },
-                None => Kind::Resume(verdict()),
+                None => Kind::EndOfChain(verdict()),
             },
             libc::NFT_TRACETYPE_RETURN => Kind::Return,
             libc::NFT_TRACETYPE_POLICY => Kind::Policy(Verdict {
