@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod duration;
+pub mod explain;
 pub mod inputs;
 pub mod plan;
 pub mod proxy;

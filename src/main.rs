@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     let subcommand = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
     let mode = match subcommand.as_deref() {
         Some("proxy") => return meshcap::proxy::main(args[1..].to_vec()),
+        Some("explain") => return meshcap::explain::main(args[1..].to_vec()),
         Some("trace") => return meshcap::trace::main(args[1..].to_vec()),
         Some("cni") => return meshcap::cni::install::main(args[1..].to_vec()),
         Some(validation::DIAL_SUBCOMMAND) if args.len() == 4 => {

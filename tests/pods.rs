@@ -520,6 +520,7 @@ fn without_the_init_container_the_inbound_check_fails() {
         .check_inbound()
         .expect_err("inbound passed without any capture rules");
     assert!(err.contains("not counted by the proxy"), "{err}");
+    eprintln!("without the init container, as expected: {err}");
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct Footprint {
     pub dockerfile_copies: Vec<String>,
     pub image: Result<Vec<ImageFile>, String>,
     pub image_total: u64,
+    /// The nftables-only image's total (`stage-rootfs.sh --nftables-only`: no iptables).
+    pub nft_only_total: Result<u64, String>,
 }
 
 const RSS_RUNS: usize = 3;
@@ -122,10 +124,18 @@ pub fn run(settings: &Settings) -> Footprint {
                 .collect()
         })
         .unwrap_or_else(|e| vec![format!("(Dockerfile: {e})")]);
-    let (image, image_total) = match stage_image(root, meshcap, &settings.scratch.join("rootfs")) {
-        Ok((files, total)) => (Ok(files), total),
-        Err(e) => (Err(e), 0),
-    };
+    let (image, image_total) =
+        match stage_image(root, meshcap, &settings.scratch.join("rootfs"), &[]) {
+            Ok((files, total)) => (Ok(files), total),
+            Err(e) => (Err(e), 0),
+        };
+    let nft_only_total = stage_image(
+        root,
+        meshcap,
+        &settings.scratch.join("rootfs-nft"),
+        &["--nftables-only"],
+    )
+    .map(|(_, total)| total);
     Footprint {
         binary_bytes,
         stripped_bytes,
@@ -133,15 +143,22 @@ pub fn run(settings: &Settings) -> Footprint {
         dockerfile_copies,
         image,
         image_total,
+        nft_only_total,
     }
 }
 
 /// Runs deploy/stage-rootfs.sh (what the Dockerfile's runtime stage copies) into `dir` and lists
 /// it: one row per file, the iptables extension directory collapsed into one row.
-fn stage_image(root: &Path, meshcap: &str, dir: &Path) -> Result<(Vec<ImageFile>, u64), String> {
+fn stage_image(
+    root: &Path,
+    meshcap: &str,
+    dir: &Path,
+    options: &[&str],
+) -> Result<(Vec<ImageFile>, u64), String> {
     let _ = std::fs::remove_dir_all(dir);
     let out = Command::new("sh")
         .arg(root.join("deploy/stage-rootfs.sh"))
+        .args(options)
         .arg(dir)
         .arg(meshcap)
         .output()

@@ -184,6 +184,7 @@ fn footprint() -> Footprint {
             },
         ]),
         image_total: 9 << 20,
+        nft_only_total: Ok(8 << 20),
     }
 }
 
@@ -255,6 +256,7 @@ pub fn check() {
         "saved outputs: target/bench-report/proxy_bench.1.txt,",
         "missing: skipped: over the budget",
         "missing: install failed: exit 1",
+        "--nftables-only`: no iptables binaries, extensions or their libraries): 8.0 MiB.",
     ] {
         assert!(text.contains(want), "the page lacks {want:?}:\n{text}");
     }

@@ -37,10 +37,7 @@ pub fn main() -> ExitCode {
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
-    let version = serde_json::from_slice::<serde_json::Value>(&stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| spec::LATEST_VERSION.to_owned());
+    let version = spec::requested_version(&stdin);
     let outcome = match read {
         Err(e) => Err(spec::CniError::new(spec::code::DECODE, "cannot read stdin")
             .with_details(e.to_string())),

@@ -15,7 +15,7 @@ use std::path::Path;
 /// Runs one invocation: `Ok(Some(json))` is printed on stdout, `Ok(None)` prints nothing.
 pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
-        return Ok(Some(spec::version_info(&requested_version(stdin))));
+        return Ok(Some(spec::version_info(&spec::requested_version(stdin))));
     }
     let conf = NetConf::decode(stdin)?;
     spec::check_supported(&conf.cni_version)?;
@@ -48,18 +48,10 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
 }
 
-/// The version `VERSION` answers in: the one asked for, else the newest.
-fn requested_version(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| spec::LATEST_VERSION.to_owned())
-}
-
 fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     // Everything that can be refused is checked before the pod's namespace is touched.
     let result = spec::pass_through(conf.prev_result.as_ref(), &conf.cni_version)?;
-    let Some(inputs) = pod_inputs(env, conf, Lookup::Required)? else {
+    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required)? else {
         return Ok(result);
     };
     if let Some(file) = &conf.dry_run_file {
@@ -100,7 +92,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let Some(inputs) = pod_inputs(env, conf, Lookup::Required)? else {
+    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required)? else {
         return Ok(());
     };
     let netns = env.netns.as_deref().expect("CHECK requires CNI_NETNS");
@@ -136,7 +128,7 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         tracing::info!(container = %env.container_id, "namespace gone: nothing to remove");
         return Ok(());
     };
-    let Some(inputs) = pod_inputs(env, conf, Lookup::BestEffort)? else {
+    let Some((inputs, settings)) = pod_inputs(env, conf, Lookup::BestEffort)? else {
         return Ok(());
     };
     if let Err(e) = backend::enter_namespace(netns) {
@@ -147,12 +139,24 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let config = configure(&inputs)?;
     let plan = crate::plan::build(&config.capture);
     clean(&*backend::select(&config.run), &plan)?;
+    if settings == Settings::StanzaOnly {
+        clean_tproxy_routing(&inputs)?;
+    }
     backend::remove_namespace_lock().map_err(|e| {
         CniError::new(code::OTHER, "cannot remove the namespace's lock file")
             .with_details(e.to_string())
     })?;
     tracing::info!(container = %env.container_id, netns = %netns.display(), "rules removed");
     Ok(())
+}
+
+/// Whose settings [`pod_inputs`] gives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settings {
+    /// The pod's (or the stanza's alone when there is no pod lookup): exactly what ADD used.
+    Known,
+    /// The stanza's alone because the pod's lookup failed (DEL of a pod that is gone).
+    StanzaOnly,
 }
 
 /// Whether a command must learn the pod's settings from the API server.
@@ -167,10 +171,14 @@ enum Lookup {
 /// The installer inputs for the pod: Istio's CNI defaults, the stanza's `capture`, and, when the
 /// stanza has `"kubernetes"` and `CNI_ARGS` names the pod, the pod's annotations and
 /// `istio-proxy` container. `None` when Istio's plugin would leave the pod alone.
-fn pod_inputs(env: &CniEnv, conf: &NetConf, lookup: Lookup) -> Result<Option<Inputs>, CniError> {
+fn pod_inputs(
+    env: &CniEnv,
+    conf: &NetConf,
+    lookup: Lookup,
+) -> Result<Option<(Inputs, Settings)>, CniError> {
     let mut inputs = capture::inputs(&conf.capture)?;
     let Some(kubernetes) = &conf.kubernetes else {
-        return Ok(Some(inputs));
+        return Ok(Some((inputs, Settings::Known)));
     };
     let kubernetes: KubernetesConfig = serde_json::from_value(kubernetes.clone()).map_err(|e| {
         CniError::new(code::INVALID_CONFIG, "invalid \"kubernetes\" object")
@@ -189,8 +197,8 @@ fn pod_inputs(env: &CniEnv, conf: &NetConf, lookup: Lookup) -> Result<Option<Inp
     let found = match k8s::fetch_pod(&kubernetes.kubeconfig, &pod, &k8s::RetryPolicy::default()) {
         Ok(found) => found,
         Err(e) if lookup == Lookup::BestEffort => {
-            tracing::warn!(pod = %name, "{e}: removing the rules of the stanza's settings");
-            return Ok(Some(inputs));
+            tracing::warn!(pod = %name, "{e}: removing the rules of the stanza's settings, and any TPROXY routing");
+            return Ok(Some((inputs, Settings::StanzaOnly)));
         }
         Err(e) => return Err(k8s_error(e)),
     };
@@ -205,9 +213,37 @@ fn pod_inputs(env: &CniEnv, conf: &NetConf, lookup: Lookup) -> Result<Option<Inp
                     Opt::from_long(setting.flag).expect("the Istio mapping names installer flags");
                 inputs.set(opt, setting.value, Origin::Pod(setting.source));
             }
-            Ok(Some(inputs))
+            Ok(Some((inputs, Settings::Known)))
         }
     }
+}
+
+/// After DEL cleaned with the stanza's settings because the pod's are unknown: the pod's
+/// annotations may have chosen TPROXY, whose fwmark rule and local route the netfilter cleanup
+/// does not cover (mark and table are the stanza's, no annotation sets them). Removing steps
+/// that are absent is no error.
+fn clean_tproxy_routing(inputs: &Inputs) -> Result<(), CniError> {
+    let mut tproxy = inputs.clone();
+    tproxy.set(
+        Opt::InterceptionMode,
+        "TPROXY",
+        Origin::Default("TPROXY, which a pod that is gone may have had".into()),
+    );
+    let config = match configure(&tproxy) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!("{e}: TPROXY's routing not removed");
+            return Ok(());
+        }
+    };
+    let plan = crate::plan::build(&config.capture);
+    backend::routing::clean(&plan.routing).map_err(|e| {
+        CniError::new(
+            code::OTHER,
+            "cannot remove TPROXY's routing from the pod's namespace",
+        )
+        .with_details(e.to_string())
+    })
 }
 
 fn k8s_error(e: K8sError) -> CniError {

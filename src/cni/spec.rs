@@ -89,6 +89,14 @@ pub fn check_supported(version: &str) -> Result<(), CniError> {
     )))
 }
 
+/// The `cniVersion` of the input (what `VERSION` and error objects answer in), else the newest.
+pub fn requested_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| LATEST_VERSION.to_owned())
+}
+
 /// What `VERSION` prints.
 pub fn version_info(cni_version: &str) -> Value {
     serde_json::json!({

@@ -10,6 +10,7 @@
 //! effective order of a chain, which is what a backend that builds chains from scratch needs.
 
 mod build;
+pub mod explain;
 
 pub use build::build;
 

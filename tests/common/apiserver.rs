@@ -3,6 +3,7 @@
 //! JSON it is given at `/api/v1/namespaces/NS/pods/NAME`, with fault modes. It writes
 //! kubeconfig files for its clients and stops on drop.
 
+use nix::sys::socket::Shutdown;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -13,6 +14,7 @@ use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,6 +127,8 @@ pub struct ApiServer {
     /// Kubeconfigs and the files they name.
     dir: PathBuf,
     written: AtomicUsize,
+    /// The accepting socket, shut down on drop to wake the accept loop from any namespace.
+    listener: Option<TcpListener>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -155,10 +159,12 @@ impl ApiServer {
             fault,
             pods: Mutex::new(BTreeMap::new()),
         });
+        let mut kept = None;
         let thread = match fault {
             // The port was free a moment ago and nobody listens on it now.
             Fault::Down => None,
             _ => {
+                kept = Some(listener.try_clone().expect("clone the listener"));
                 let tls = Arc::new(server_config(&ca, cert, key));
                 let shared = shared.clone();
                 Some(std::thread::spawn(move || {
@@ -173,8 +179,15 @@ impl ApiServer {
             ca,
             dir: scratch_dir(),
             written: AtomicUsize::new(0),
+            listener: kept,
             thread,
         }
+    }
+
+    /// As [`ApiServer::start`], listening on the loopback of `ns` (where the plugins of a
+    /// `CniNode` run, as a node's plugins reach its API server).
+    pub fn start_in(ns: &netns_test_harness::Netns, fault: Fault) -> ApiServer {
+        ns.run(move || ApiServer::start(fault))
     }
 
     /// Serves `pod` (a Pod object) at the path of its `metadata.namespace` and `metadata.name`.
@@ -281,8 +294,10 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
-            // Wakes the blocking accept.
-            let _ = TcpStream::connect(("127.0.0.1", self.port));
+            // Wakes the blocking accept (it fails with EINVAL), whatever namespace it is in.
+            if let Some(listener) = &self.listener {
+                let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), Shutdown::Read);
+            }
             let _ = thread.join();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -45,6 +45,8 @@ pub struct CniNode {
     pub dir: PathBuf,
     /// The bridge this node's network uses (created in `host` by the bridge plugin).
     pub bridge: String,
+    /// `CNI_ARGS` of every invocation, as a kubelet names the pod (`None`: not set).
+    pub cni_args: Option<String>,
 }
 
 impl CniNode {
@@ -59,6 +61,7 @@ impl CniNode {
             host: Netns::new(&format!("cnihost{tag}")),
             bridge: format!("mcbr{}x{n}", std::process::id() % 100_000),
             dir,
+            cni_args: None,
         }
     }
 
@@ -136,6 +139,9 @@ impl CniNode {
         ];
         if let Some(pod) = pod {
             vars.push(("CNI_NETNS", pod.display().to_string()));
+        }
+        if let Some(args) = &self.cni_args {
+            vars.push(("CNI_ARGS", args.clone()));
         }
         vars
     }

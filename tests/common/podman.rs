@@ -23,8 +23,9 @@
 //! A run killed before the drop leaves its directory behind; the next [`Podman::new`] removes
 //! what that run left.
 //!
-//! Skips: without root, or without podman, [`Podman::new`] prints `SKIP: reason` and returns
-//! `None`; with `MESHCAP_REQUIRE_NETNS=1` it panics instead.
+//! Skips: without root, or without podman, [`Podman::new`] reports the test as skipped
+//! (`netns_test_harness::skip`: `SKIP: test: reason`) and returns `None`; with
+//! `MESHCAP_REQUIRE_NETNS=1` it panics instead.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -32,6 +33,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use netns_test_harness::Netns;
+use netns_test_harness::skip::Need;
 use serde_json::{Value, json};
 
 /// The test network's range (documentation, TEST-NET-2) and the bridge's own address in it.
@@ -52,13 +54,10 @@ pub const RUN_FLAGS: [&str; 4] = [
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Prints `SKIP: reason` and returns false, or panics under `MESHCAP_REQUIRE_NETNS=1`.
+/// Reports `test` as skipped (`SKIP: test: reason`, counted by scripts/test.sh) and returns
+/// false, or panics under `MESHCAP_REQUIRE_NETNS=1`.
 fn skip(test: &str, reason: &str) -> bool {
-    let reason = format!("SKIP: {test}: {reason}");
-    if std::env::var("MESHCAP_REQUIRE_NETNS").as_deref() == Ok("1") {
-        panic!("{reason} (MESHCAP_REQUIRE_NETNS=1 forbids skipping)");
-    }
-    eprintln!("{reason}");
+    netns_test_harness::skip::skip(test, Need::Root, reason);
     false
 }
 

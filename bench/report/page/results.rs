@@ -302,8 +302,14 @@ impl Report<'_> {
                 }
                 let _ = writeln!(
                     s,
-                    "\nTotal: {:.1} MiB (the image's only layer).\n",
-                    f.image_total as f64 / 1048576.0
+                    "\nTotal: {:.1} MiB (the image's only layer). The nftables-only image \
+                     (`make image`'s `localhost/meshcap:dev-nft`, `stage-rootfs.sh \
+                     --nftables-only`: no iptables binaries, extensions or their libraries): {}.\n",
+                    f.image_total as f64 / 1048576.0,
+                    match &f.nft_only_total {
+                        Ok(total) => format!("{:.1} MiB", *total as f64 / 1048576.0),
+                        Err(e) => format!("not staged: {e}"),
+                    }
                 );
             }
             Err(e) => {

@@ -238,3 +238,65 @@ impl NetlinkSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message of `kind` with sequence number `seq` and `payload`, padded to 4 bytes.
+    fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (HEADER_LEN + payload.len()) as u32;
+        let mut out = Vec::new();
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&0u16.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out.resize(out.len().next_multiple_of(ALIGN), 0);
+        out
+    }
+
+    /// An `NLMSG_ERROR` answering request `acked` with `code`, carrying only that request's
+    /// header (NETLINK_CAP_ACK).
+    fn error(seq: u32, code: i32, acked: u32) -> Vec<u8> {
+        let mut payload = code.to_ne_bytes().to_vec();
+        payload.extend_from_slice(&message(0x0a06, acked, &[0; 40])[..HEADER_LEN]);
+        message(NLMSG_ERROR, seq, &payload)
+    }
+
+    #[test]
+    fn a_datagram_splits_at_padded_boundaries_and_stops_at_a_truncated_message() {
+        let mut datagram = message(0x0a01, 7, &[1, 2, 3]);
+        datagram.extend(message(NLMSG_DONE, 8, &[0; 4]));
+        // A third message cut short: its header says 24 bytes, 20 arrived.
+        datagram.extend(&message(0x0a01, 9, &[0; 8])[..20]);
+        let got: Vec<(u16, u32, usize)> = messages(&datagram)
+            .map(|m| (m.message_type(), m.sequence_number(), m.into_inner().len()))
+            .collect();
+        assert_eq!(got, [(0x0a01, 7, 19), (NLMSG_DONE, 8, 20)]);
+    }
+
+    #[test]
+    fn an_error_message_names_the_request_it_answers_and_its_errno() {
+        let parse = |bytes: &[u8]| error_message(&messages(bytes).next().unwrap());
+        assert_eq!(parse(&error(1, 0, 41)), (41, 0));
+        assert_eq!(parse(&error(1, -libc::ENOENT, 42)), (42, libc::ENOENT));
+        // Without the request's header: the error's own sequence number.
+        let short = message(NLMSG_ERROR, 5, &(-libc::EPERM).to_ne_bytes());
+        assert_eq!(parse(&short), (5, libc::EPERM));
+        // Too short for an error code.
+        assert_eq!(parse(&message(NLMSG_ERROR, 6, &[])), (6, libc::EPROTO));
+    }
+
+    #[test]
+    fn a_message_copy_keeps_its_bytes() {
+        let bytes = message(0x0a01, 3, &[9, 8, 7, 6, 5]);
+        let msg = Message::copy(&bytes[..21]);
+        assert_eq!(msg.bytes(), &bytes[..21]);
+        assert_eq!(
+            msg.as_nlmsghdr() as usize % std::mem::align_of::<libc::nlmsghdr>(),
+            0
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! `meshcap explain`: where a connection goes under the rules of a configuration (its plan) or
+//! under the rules the kernel holds (`--kernel`), rule by rule. The walk itself is
+//! [`crate::plan::explain`]; this is the command's edge: arguments, the kernel read, printing.
+
+use crate::backend::iptables::IptablesBackend;
+use crate::backend::nftables::NftablesBackend;
+use crate::backend::{BackendError, Firewall, Ruleset};
+use crate::cli::Inputs;
+use crate::config::{BackendKind, Config, IptablesVariant, SystemHost};
+use crate::plan::explain::{Explanation, Flow, Listeners, Rules, explain};
+use crate::plan::{Family, FamilyPlan, Plan};
+use anyhow::Context;
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+const HELP: &str = "\
+Where did my connection go? Walks a connection's packet through meshcap's rules as netfilter
+would and prints each rule tested, whether it matched, and where the connection lands.
+
+Usage: meshcap explain [INSTALLER FLAGS…] --flow FLOW [--flow FLOW …] [--kernel] [--json]
+
+  INSTALLER FLAGS  the configuration, exactly as for installing (-p 15001 -u 1337 -i '*' …);
+                   --backend picks the spelling, --network-namespace the namespace (--kernel)
+  --flow FLOW      key=value words, one connection:
+                     dir=out|in         required: sent by the pod, or arriving at it
+                     dst=IP:PORT        required; IPv6 as [ADDR]:PORT
+                     proto=tcp|udp      default tcp
+                     src=IP             default: what Linux picks for loopback, else unknown
+                     uid=N gid=N        the sending process (dir=out), default 0
+                     oif=NAME|iif=NAME  default lo for loopback destinations (dir=out), else eth0;
+                                        use oif=lo for the pod's own addresses
+                     mark=N             packet mark, default 0
+                     state=new|established  default new
+  --kernel         explain the rules the namespace holds (read back with every backend) instead
+                   of the configuration's plan; differences from the plan are printed first
+  --json           one JSON object per flow
+
+Verdicts: captured-outbound PORT, captured-inbound PORT (REDIRECT or TPROXY), captured-dns PORT,
+direct, dropped.
+
+Exit status: 0 explained, 2 bad flags or flow words, 1 the rules could not be read.
+";
+
+/// Flags of `explain` itself, and the installer's flags left over.
+struct Args {
+    flows: Vec<String>,
+    kernel: bool,
+    json: bool,
+    help: bool,
+    installer: Vec<OsString>,
+}
+
+fn split_args(args: Vec<OsString>) -> Result<Args, String> {
+    let mut out = Args {
+        flows: Vec::new(),
+        kernel: false,
+        json: false,
+        help: false,
+        installer: Vec::new(),
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("--flow") => {
+                let value = it.next().ok_or("--flow needs a value")?;
+                out.flows.push(
+                    value
+                        .into_string()
+                        .map_err(|v| format!("--flow {v:?}: not UTF-8"))?,
+                );
+            }
+            Some(a) if a.starts_with("--flow=") => out.flows.push(a["--flow=".len()..].into()),
+            Some("--kernel") => out.kernel = true,
+            Some("--json") => out.json = true,
+            Some("--help" | "-h") => out.help = true,
+            _ => out.installer.push(arg),
+        }
+    }
+    Ok(out)
+}
+
+/// `meshcap explain …`; `args[0]` is the subcommand's name.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let bad = |msg: &str| {
+        eprintln!("meshcap explain: {msg}");
+        ExitCode::from(2)
+    };
+    let args = match split_args(args.into_iter().skip(1).collect()) {
+        Ok(args) => args,
+        Err(e) => return bad(&e),
+    };
+    if args.help {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    if args.flows.is_empty() {
+        return bad("at least one --flow is needed (meshcap explain --help)");
+    }
+    let mut flows = Vec::new();
+    for text in &args.flows {
+        match text.parse::<Flow>() {
+            Ok(flow) => flows.push(flow),
+            Err(e) => return bad(&e.to_string()),
+        }
+    }
+    let installer = std::iter::once(OsString::from("meshcap")).chain(args.installer);
+    let inputs = match Inputs::parse_from(installer, std::env::vars().collect()) {
+        Ok(inputs) => inputs,
+        Err(e) => e.exit(),
+    };
+    let config = match Config::from_inputs(&inputs, &SystemHost) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("meshcap: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    match run(&config, &flows, args.kernel, args.json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshcap explain: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn configured_backend(config: &Config) -> Box<dyn Firewall> {
+    match config.run.backend {
+        BackendKind::Iptables => Box::new(iptables(config.run.iptables_variant)),
+        BackendKind::Nftables => Box::new(NftablesBackend),
+    }
+}
+
+fn iptables(variant: Option<IptablesVariant>) -> IptablesBackend {
+    IptablesBackend {
+        variant,
+        reconcile: false,
+        force_apply: false,
+    }
+}
+
+/// What the rules were read from, and how they differ from the plan.
+struct Source {
+    what: String,
+    drift: Vec<String>,
+}
+
+fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Result<()> {
+    let plan = crate::plan::build(&config.capture);
+    let (rules, source) = if kernel {
+        if let Some(ns) = &config.run.network_namespace {
+            enter_namespace(ns)?;
+        }
+        kernel_rules(config, &plan)?
+    } else {
+        let backend = configured_backend(config);
+        let rules = Rules::parse(&backend.expected(&plan).chains)
+            .context("the plan's rules in the backend's spelling")?;
+        let what = match config.run.backend {
+            BackendKind::Iptables => "plan (iptables spelling)",
+            BackendKind::Nftables => "plan (nftables spelling)",
+        };
+        (
+            rules,
+            Source {
+                what: what.into(),
+                drift: Vec::new(),
+            },
+        )
+    };
+    let listeners = Listeners::of(&config.capture);
+    if !json {
+        println!("rules: {}", source.what);
+        if !source.drift.is_empty() {
+            println!("the kernel's rules differ from the plan for these flags:");
+            for line in &source.drift {
+                println!("  {line}");
+            }
+            println!("explaining the kernel's rules:");
+        }
+    }
+    for flow in flows {
+        let ex = explain(&rules, flow, &listeners);
+        if json {
+            println!("{}", to_json(&ex, &source));
+        } else {
+            print!("\n{}", to_text(&ex));
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's rules, read back with every backend that holds some, and the drift of each
+/// from what it would hold for the plan.
+fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)> {
+    let backends: [(&str, Box<dyn Firewall>); 3] = [
+        (
+            "iptables-legacy",
+            Box::new(iptables(Some(IptablesVariant::Legacy))),
+        ),
+        (
+            "iptables-nft",
+            Box::new(iptables(Some(IptablesVariant::Nft))),
+        ),
+        ("nftables", Box::new(NftablesBackend)),
+    ];
+    let mut rules = Rules::default();
+    let mut found = Vec::new();
+    let mut drift = Vec::new();
+    // The iptables backend reads the families the plan has; IPv6 rules the kernel holds count
+    // too when the flags have IPv6 off (an empty IPv6 plan reads only meshcap's chains).
+    let mut both_families = plan.clone();
+    both_families.v6.get_or_insert(FamilyPlan {
+        family: Family::V6,
+        ops: Vec::new(),
+    });
+    for (name, backend) in backends {
+        let read = match backend
+            .read_back(&both_families)
+            .or_else(|_| backend.read_back(plan))
+        {
+            Ok(read) => read,
+            // A node without that variant's tools holds no rules of it.
+            Err(BackendError::Spawn { .. }) => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading the {name} rules")),
+        };
+        if read.chains.is_empty() {
+            continue;
+        }
+        drift.extend(diff_lines(name, &read, &backend.expected(plan)));
+        rules.extend(Rules::parse(&read.chains).with_context(|| format!("the {name} rules"))?);
+        found.push(name);
+    }
+    if found.is_empty() {
+        let expected = configured_backend(config).expected(plan);
+        drift.extend(diff_lines(
+            "no rules installed",
+            &Ruleset::default(),
+            &expected,
+        ));
+    }
+    let what = match found.as_slice() {
+        [] => "kernel (no meshcap rules in this namespace)".to_owned(),
+        names => format!("kernel, installed by {}", names.join(" and ")),
+    };
+    Ok((rules, Source { what, drift }))
+}
+
+/// `meshcap diff`'s lines for one backend's read-back.
+fn diff_lines(name: &str, have: &Ruleset, want: &Ruleset) -> Vec<String> {
+    let diff = have.diff(want);
+    let mut lines = Vec::new();
+    lines.extend(diff.missing.iter().map(|r| format!("{name}: missing: {r}")));
+    lines.extend(diff.extra.iter().map(|r| format!("{name}: extra: {r}")));
+    lines.extend(
+        diff.reordered
+            .iter()
+            .map(|c| format!("{name}: reordered: {c}")),
+    );
+    lines
+}
+
+fn family_name(ex: &Explanation) -> &'static str {
+    match ex.family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
+
+fn to_text(ex: &Explanation) -> String {
+    let mut out = format!("flow {} ({})\n", ex.flow, family_name(ex));
+    let place = |s: &crate::plan::explain::Step| format!("{} {} {}", s.hook, s.table, s.chain);
+    let width = ex.steps.iter().map(|s| place(s).len()).max().unwrap_or(0);
+    for s in &ex.steps {
+        let place = format!("{:<width$}", place(s));
+        let line = match &s.rule {
+            None => format!("  {place}  {}", s.action),
+            Some(rule) => {
+                let mut line = format!(
+                    "  {place}  {}  {rule}",
+                    if s.matched { "match   " } else { "no match" }
+                );
+                if !s.action.is_empty() {
+                    line.push_str(&format!(" => {}", s.action));
+                }
+                if !s.effects.is_empty() {
+                    line.push_str(&format!(" [{}]", s.effects.join(", ")));
+                }
+                line
+            }
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for note in &ex.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
+    out.push_str(&format!("verdict: {}\n", ex.verdict));
+    out
+}
+
+fn to_json(ex: &Explanation, source: &Source) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = ex
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "hook": s.hook,
+                "table": s.table,
+                "chain": s.chain,
+                "rule": s.rule,
+                "matched": s.matched,
+                "action": s.action,
+                "effects": s.effects,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "flow": ex.flow.to_string(),
+        "family": family_name(ex),
+        "rules": source.what,
+        "drift": source.drift,
+        "steps": steps,
+        "notes": ex.notes,
+        "verdict": ex.verdict.to_string(),
+        "class": ex.verdict.class(),
+        "port": ex.verdict.port(),
+    })
+}
+
+fn enter_namespace(path: &std::path::Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {}", path.display()))?;
+    Ok(())
+}

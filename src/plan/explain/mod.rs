@@ -1,0 +1,418 @@
+//! Where a connection goes: walks one packet through netfilter rules as the kernel would.
+//!
+//! The rules are read from the text a backend reads back from the kernel ([`Rules::parse`]):
+//! `iptables-save` lines, or the nftables backend's canonical expression text. The same text is
+//! what a backend expects for a plan (`Firewall::expected`), so `explain` of a plan and of the
+//! kernel's rules run the same code, and every rule is shown in the backend's own spelling.
+//!
+//! For a [`Flow`] the walk visits, per hook, every base chain of the flow's family in priority
+//! order (raw, mangle, nat: -300, -150, -100), follows jumps, gotos and returns, applies marks,
+//! connection marks, conntrack zones, REDIRECT and TPROXY, and ends each base chain with its
+//! verdict or policy. An outbound flow walks OUTPUT; when it leaves over `lo` (to a local
+//! address, or redirected to a local port) it then walks PREROUTING on `lo`, except the nat
+//! chains: NAT is decided once per connection. An inbound flow walks PREROUTING. Pure: no I/O.
+
+mod flow;
+mod iptables;
+mod nftables;
+mod rules;
+
+pub use flow::{Direction, Flow, FlowError, State};
+pub use rules::{Rules, RulesError};
+
+use super::{Family, Protocol};
+use crate::config::CaptureConfig;
+use rules::{Action, Body, Hook};
+use std::fmt;
+use std::net::IpAddr;
+
+/// Conntrack state bits as nftables numbers them (`ct state`).
+pub(crate) mod ct {
+    pub const INVALID: u32 = 1;
+    pub const ESTABLISHED: u32 = 2;
+    pub const RELATED: u32 = 4;
+    pub const NEW: u32 = 8;
+}
+
+/// Where the connection lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    CapturedOutbound(u16),
+    CapturedInbound(u16),
+    CapturedDns(u16),
+    /// Delivered to the destination it was sent to (no capture).
+    Direct,
+    Dropped,
+}
+
+impl Verdict {
+    /// `captured-outbound`, …, `direct`, `dropped`.
+    pub fn class(self) -> &'static str {
+        match self {
+            Verdict::CapturedOutbound(_) => "captured-outbound",
+            Verdict::CapturedInbound(_) => "captured-inbound",
+            Verdict::CapturedDns(_) => "captured-dns",
+            Verdict::Direct => "direct",
+            Verdict::Dropped => "dropped",
+        }
+    }
+
+    /// The capture port, for captured verdicts.
+    pub fn port(self) -> Option<u16> {
+        match self {
+            Verdict::CapturedOutbound(p)
+            | Verdict::CapturedInbound(p)
+            | Verdict::CapturedDns(p) => Some(p),
+            Verdict::Direct | Verdict::Dropped => None,
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port() {
+            Some(port) => write!(f, "{} {port}", self.class()),
+            None => f.write_str(self.class()),
+        }
+    }
+}
+
+/// The capture listeners' ports, which name a redirection's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listeners {
+    pub outbound: u16,
+    pub inbound: u16,
+    pub dns: u16,
+}
+
+impl Listeners {
+    pub fn of(cfg: &CaptureConfig) -> Listeners {
+        Listeners {
+            outbound: cfg.proxy_port,
+            inbound: cfg.inbound_capture_port,
+            dns: super::build::DNS_CAPTURE_PORT,
+        }
+    }
+
+    /// A capture to `port`; a port no listener uses counts by hook (OUTPUT: outbound).
+    fn verdict(&self, port: u16, hook: Hook) -> Verdict {
+        match port {
+            p if p == self.outbound => Verdict::CapturedOutbound(p),
+            p if p == self.inbound => Verdict::CapturedInbound(p),
+            p if p == self.dns => Verdict::CapturedDns(p),
+            p if hook == Hook::Output => Verdict::CapturedOutbound(p),
+            p => Verdict::CapturedInbound(p),
+        }
+    }
+}
+
+/// One rule tested, or a chain's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// `output` or `prerouting`.
+    pub hook: &'static str,
+    /// The table as read back (`ipv4 nat`, `inet istio-proxy-nat`).
+    pub table: String,
+    pub chain: String,
+    /// The rule in the backend's spelling; `None` for a chain's policy.
+    pub rule: Option<String>,
+    pub matched: bool,
+    /// What the match did: `jump ISTIO_OUTPUT`, `return`, `accept`, `policy accept`, … (empty:
+    /// continue with the next rule).
+    pub action: String,
+    /// Marks, zones and redirections the rule applied.
+    pub effects: Vec<String>,
+}
+
+/// The path of one flow and where it lands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub flow: Flow,
+    pub family: Family,
+    pub steps: Vec<Step>,
+    /// What the walk assumed or skipped, in order.
+    pub notes: Vec<String>,
+    pub verdict: Verdict,
+}
+
+/// The packet as the walk changes it.
+#[derive(Clone, Debug)]
+pub(crate) struct Packet {
+    pub family: Family,
+    pub proto: Protocol,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Ephemeral: 0, which no port rule names.
+    pub sport: u16,
+    pub dport: u16,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+    /// Socket owner (uid, gid): only locally generated packets in OUTPUT have one.
+    pub owner: Option<(u32, u32)>,
+    pub mark: u32,
+    pub ctmark: u32,
+    pub ctstate: u32,
+    pub zone: u16,
+    pub hook: Hook,
+    /// Port a REDIRECT sent the connection to.
+    pub redirect: Option<u16>,
+    /// Port a TPROXY delivered the packet to.
+    pub tproxy: Option<u16>,
+}
+
+impl Packet {
+    fn new(flow: &Flow) -> Packet {
+        Packet {
+            family: if flow.dst.is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            },
+            proto: flow.proto,
+            src: flow.source(),
+            dst: flow.dst.ip(),
+            sport: 0,
+            dport: flow.dst.port(),
+            iif: None,
+            oif: None,
+            owner: None,
+            mark: flow.mark,
+            ctmark: 0,
+            ctstate: match flow.state {
+                State::New => ct::NEW,
+                State::Established => ct::ESTABLISHED,
+            },
+            zone: 0,
+            hook: Hook::Output,
+            redirect: None,
+            tproxy: None,
+        }
+    }
+
+    /// REDIRECT: to the local port; locally generated packets go to the loopback address.
+    pub(crate) fn redirect_to(&mut self, port: u16) {
+        self.redirect = Some(port);
+        self.dport = port;
+        if self.hook == Hook::Output {
+            self.dst = match self.family {
+                Family::V4 => IpAddr::from([127, 0, 0, 1]),
+                Family::V6 => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            };
+            self.oif = Some("lo".into());
+        }
+    }
+}
+
+/// What evaluating one rule did.
+#[derive(Debug)]
+pub(crate) struct RuleResult {
+    pub matched: bool,
+    pub action: Action,
+    pub effects: Vec<String>,
+}
+
+/// Walks `flow` through `rules` and says where it lands.
+pub fn explain(rules: &Rules, flow: &Flow, listeners: &Listeners) -> Explanation {
+    let mut p = Packet::new(flow);
+    let mut ex = Explanation {
+        flow: flow.clone(),
+        family: p.family,
+        steps: Vec::new(),
+        notes: Vec::new(),
+        verdict: Verdict::Direct,
+    };
+    if flow.src.is_none() {
+        ex.notes
+            .push(format!("src= not given: source address taken as {}", p.src));
+    }
+    let survived = match flow.dir {
+        Direction::Out => {
+            p.owner = Some((flow.uid, flow.gid));
+            p.oif = Some(flow.iface.clone());
+            let out = walk_hook(rules, &mut p, Hook::Output, true, &mut ex);
+            if out && p.oif.as_deref() == Some("lo") {
+                // Looped back: the receiving side sees it in PREROUTING, without its socket.
+                p.hook = Hook::Prerouting;
+                p.iif = p.oif.take();
+                p.owner = None;
+                walk_hook(rules, &mut p, Hook::Prerouting, false, &mut ex)
+            } else {
+                out
+            }
+        }
+        Direction::In => {
+            p.hook = Hook::Prerouting;
+            p.iif = Some(flow.iface.clone());
+            walk_hook(rules, &mut p, Hook::Prerouting, true, &mut ex)
+        }
+    };
+    ex.verdict = if !survived {
+        Verdict::Dropped
+    } else if flow.state == State::Established {
+        // A later packet follows its connection: conntrack undoes the first packet's REDIRECT,
+        // and a TPROXYed connection's packets reach its socket (ISTIO_DIVERT marks them for the
+        // local route).
+        let first = explain(
+            rules,
+            &Flow {
+                state: State::New,
+                ..flow.clone()
+            },
+            listeners,
+        )
+        .verdict;
+        ex.notes.push(format!(
+            "a later packet goes where the connection's first packet went: {first}"
+        ));
+        first
+    } else if let Some(port) = p.tproxy {
+        ex.notes.push(
+            "TPROXY delivers to a transparent listener on its port (assumed listening)".into(),
+        );
+        listeners.verdict(port, Hook::Prerouting)
+    } else if let Some(port) = p.redirect {
+        let hook = match flow.dir {
+            Direction::Out => Hook::Output,
+            Direction::In => Hook::Prerouting,
+        };
+        listeners.verdict(port, hook)
+    } else {
+        Verdict::Direct
+    };
+    ex
+}
+
+/// Walks every base chain of `hook` in priority order; false when the packet was dropped.
+fn walk_hook(rules: &Rules, p: &mut Packet, hook: Hook, nat: bool, ex: &mut Explanation) -> bool {
+    let mut nat_done = false;
+    for (table, base) in rules.bases(p.family, hook) {
+        if base.nat {
+            if !nat {
+                ex.notes.push(format!(
+                    "{} {} {}: not consulted: the connection's NAT was decided in output",
+                    hook.name(),
+                    table.name,
+                    base.chain
+                ));
+                continue;
+            }
+            if nat_done {
+                ex.notes.push(format!(
+                    "{} {} {}: not consulted: an earlier nat chain already redirected",
+                    hook.name(),
+                    table.name,
+                    base.chain
+                ));
+                continue;
+            }
+        }
+        let saved_state = p.ctstate;
+        if base.nat && p.ctstate != ct::NEW {
+            ex.notes.push(format!(
+                "{} {}: nat chains see a connection's first packet only; walked as that packet",
+                hook.name(),
+                table.name
+            ));
+            p.ctstate = ct::NEW;
+        }
+        let before = p.redirect;
+        let accepted = run_base(table, &base.chain, p, hook, ex);
+        p.ctstate = saved_state;
+        if !accepted {
+            return false;
+        }
+        nat_done |= base.nat && p.redirect != before;
+    }
+    true
+}
+
+/// Runs one base chain; false when the packet was dropped.
+fn run_base(
+    table: &rules::Table,
+    base: &str,
+    p: &mut Packet,
+    hook: Hook,
+    ex: &mut Explanation,
+) -> bool {
+    // The kernel refuses loops; the bound only guards against a malformed read-back.
+    const MAX_STEPS: usize = 100_000;
+    let mut stack: Vec<(&str, usize)> = Vec::new();
+    let (mut chain, mut index) = (base, 0usize);
+    let step = |chain: &str, rule: Option<String>, matched, action: String, effects| Step {
+        hook: hook.name(),
+        table: table.name.clone(),
+        chain: chain.to_owned(),
+        rule,
+        matched,
+        action,
+        effects,
+    };
+    for _ in 0..MAX_STEPS {
+        let rules = table.chains.get(chain).map(Vec::as_slice).unwrap_or(&[]);
+        let Some(rule) = rules.get(index) else {
+            match stack.pop() {
+                Some((c, i)) => (chain, index) = (c, i),
+                None => {
+                    ex.steps
+                        .push(step(chain, None, true, "policy accept".into(), vec![]));
+                    return true;
+                }
+            }
+            continue;
+        };
+        index += 1;
+        let result = match &rule.body {
+            Body::Iptables(r) => r.eval(p),
+            Body::Nftables(r) => r.eval(p),
+        };
+        let action = match &result.action {
+            _ if !result.matched => String::new(),
+            Action::Continue => String::new(),
+            a => a.to_string(),
+        };
+        ex.steps.push(step(
+            chain,
+            Some(rule.text.clone()),
+            result.matched,
+            action,
+            result.effects,
+        ));
+        if !result.matched {
+            continue;
+        }
+        match &result.action {
+            Action::Continue => {}
+            Action::Accept => return true,
+            Action::Drop => return false,
+            Action::Return => match stack.pop() {
+                Some((c, i)) => (chain, index) = (c, i),
+                None => {
+                    ex.steps
+                        .push(step(chain, None, true, "policy accept".into(), vec![]));
+                    return true;
+                }
+            },
+            Action::Jump(target) | Action::Goto(target) => {
+                let Some((name, _)) = table.chains.get_key_value(target.as_str()) else {
+                    ex.notes.push(format!(
+                        "{} {}: jump to missing chain {target}: ignored",
+                        table.name, chain
+                    ));
+                    continue;
+                };
+                if matches!(result.action, Action::Jump(_)) {
+                    stack.push((chain, index));
+                }
+                (chain, index) = (name.as_str(), 0);
+            }
+        }
+    }
+    ex.notes.push(format!(
+        "{}: walk stopped after {MAX_STEPS} steps",
+        table.name
+    ));
+    true
+}
+
+#[cfg(test)]
+mod tests;
