@@ -13,4 +13,5 @@ pub mod explain;
 pub mod inputs;
 pub mod plan;
 pub mod proxy;
+pub mod trace;
 pub mod validation;

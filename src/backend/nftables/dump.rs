@@ -56,7 +56,7 @@ pub fn chains(nl: &mut NetlinkSocket, tables: &[String]) -> Result<Vec<ChainInfo
 }
 
 /// The canonical text of the elements of each set in `tables`, by (table, set name).
-fn set_texts(
+pub fn set_texts(
     nl: &mut NetlinkSocket,
     tables: &[String],
 ) -> Result<HashMap<(String, String), String>, BackendError> {

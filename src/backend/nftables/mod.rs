@@ -33,6 +33,7 @@ mod object;
 mod prefix;
 mod script;
 pub mod socket;
+pub mod trace;
 
 use super::host::gid_of;
 use super::{Applied, BackendError, Firewall, Ruleset, routing};

@@ -143,6 +143,11 @@ fn text(ptr: *const libc::c_char) -> String {
 }
 
 impl Rule {
+    /// The rule's handle (a 64-bit attribute); 0 when unset.
+    pub fn handle(&self) -> u64 {
+        unsafe { sys::nftnl_rule_get_u64(self.0.as_ptr(), sys::NFTNL_RULE_HANDLE as u16) }
+    }
+
     /// The rule's expressions, in order.
     pub fn exprs(&self) -> Vec<Expr<'_>> {
         let mut out = Vec::new();

@@ -1,0 +1,224 @@
+//! The temporary table `inet meshcap-trace`: a filter chain on the prerouting and the output hook,
+//! ahead of every table meshcap, Istio or iptables-nft installs, whose rules set `meta nftrace`
+//! on the packets the filter names. Added and removed in a batch each.
+
+use super::super::batch::{self, Built, What};
+use super::super::encode::add_item;
+use super::super::ir::{AddrField, AddrValue, Item, PortField, PortValue, RuleSpec};
+use super::super::object::{Payload, Table, request};
+use super::super::socket::NetlinkSocket;
+use super::super::{netlink_error, open};
+use crate::backend::BackendError;
+use crate::trace::filter::Filter;
+use ipnetwork::IpNetwork;
+use nftnl::expr::{Expression, Immediate, Register};
+use nftnl::nftnl_sys::{self as sys, libc};
+use nftnl::{Batch, Chain, ChainType, Hook, MsgType, Policy, ProtoFamily, Rule};
+use std::collections::HashMap;
+use std::ptr::NonNull;
+
+/// The table's name (family inet).
+pub const TRACE_TABLE: &str = "meshcap-trace";
+/// Before the raw tables (-300), so every table that can change the packet's fate is traced.
+pub const TRACE_PRIORITY: i32 = -350;
+
+/// `meta nftrace set 1` (register 1 holds the 1): the statement nftnl's safe API lacks.
+struct SetNftrace;
+
+impl Expression for SetNftrace {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // libnftnl returns NULL only when out of memory; abort as nftnl does.
+        let e = NonNull::new(unsafe { sys::nftnl_expr_alloc(c"meta".as_ptr()) })
+            .unwrap_or_else(|| std::process::abort());
+        unsafe {
+            let key = libc::NFT_META_NFTRACE as u32;
+            sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_META_KEY as u16, key);
+            let sreg = libc::NFT_REG_1 as u32;
+            sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_META_SREG as u16, sreg);
+        }
+        e
+    }
+}
+
+/// The match part of each rule the filter needs (one per protocol: a port without `proto=`
+/// takes a tcp and a udp rule).
+pub fn match_rules(filter: &Filter) -> Vec<RuleSpec> {
+    filter
+        .protocols()
+        .into_iter()
+        .map(|proto| {
+            let mut items = Vec::new();
+            if let Some(family) = filter.family() {
+                items.push(Item::NfProto(family));
+                let addr = |field, ip| Item::Addr {
+                    family,
+                    field,
+                    negated: false,
+                    value: AddrValue::Prefix(IpNetwork::from(ip)),
+                };
+                if let Some(dst) = filter.dst {
+                    items.push(addr(AddrField::Daddr, dst));
+                }
+                if let Some(src) = filter.src {
+                    items.push(addr(AddrField::Saddr, src));
+                }
+            }
+            if let Some(proto) = proto {
+                items.push(Item::L4Proto(proto));
+                if let Some(port) = filter.dport {
+                    items.push(Item::Port {
+                        proto,
+                        field: PortField::Dport,
+                        negated: false,
+                        value: PortValue::One(port),
+                    });
+                }
+            }
+            RuleSpec { items }
+        })
+        .collect()
+}
+
+/// The batch that adds the table, its two chains and the marking rules.
+pub fn add_batch(filter: &Filter) -> Built {
+    let mut batch = Batch::new();
+    let mut whats = Vec::new();
+    let table = nftnl::Table::new(c"meshcap-trace", ProtoFamily::Inet);
+    batch.add(&table, MsgType::Add);
+    whats.push(What::Text(format!("add table inet {TRACE_TABLE}")));
+    let rules = match_rules(filter);
+    for (name, cname, hook) in [
+        ("prerouting", c"prerouting", Hook::PreRouting),
+        ("output", c"output", Hook::Out),
+    ] {
+        let mut chain = Chain::new(cname, &table);
+        chain.set_hook(hook, TRACE_PRIORITY);
+        chain.set_type(ChainType::Filter);
+        chain.set_policy(Policy::Accept);
+        batch.add(&chain, MsgType::Add);
+        whats.push(What::Text(format!(
+            "add chain inet {TRACE_TABLE} {name} {{ type filter hook {name} priority \
+             {TRACE_PRIORITY} ; }}"
+        )));
+        for spec in &rules {
+            let mut rule = Rule::new(&chain);
+            for item in &spec.items {
+                add_item(&mut rule, item, &mut std::iter::empty());
+            }
+            rule.add_expr(&Immediate::new(1u8, Register::Reg1));
+            rule.add_expr(&SetNftrace);
+            batch.add(&rule, MsgType::Add);
+            whats.push(What::Text(format!(
+                "add rule inet {TRACE_TABLE} {name} {}",
+                rule_text(spec)
+            )));
+        }
+    }
+    Built {
+        batch: batch.finalize(),
+        whats,
+        sets: HashMap::new(),
+    }
+}
+
+/// A marking rule in nft syntax.
+pub fn rule_text(spec: &RuleSpec) -> String {
+    let matches = spec.to_string();
+    if matches.is_empty() {
+        "meta nftrace set 1".to_owned()
+    } else {
+        format!("{matches} meta nftrace set 1")
+    }
+}
+
+/// Whether the namespace holds the table already (another trace runs, or one was killed).
+pub fn exists(nl: &mut NetlinkSocket) -> Result<bool, BackendError> {
+    let seq = nl.next_seq();
+    let req = request(
+        libc::NFT_MSG_GETTABLE as u16,
+        libc::NLM_F_DUMP as u16,
+        seq,
+        Payload::None,
+    );
+    let msgs = nl
+        .dump(&req, seq)
+        .map_err(|e| netlink_error("listing nftables tables", &e))?;
+    Ok(msgs
+        .iter()
+        .filter_map(Table::parse)
+        .any(|t| t.str(sys::NFTNL_TABLE_NAME) == TRACE_TABLE))
+}
+
+/// Adds the table; the returned guard removes it when dropped (or, reporting the outcome,
+/// with [`Installed::remove`]).
+pub fn install(nl: &mut NetlinkSocket, filter: &Filter) -> Result<Installed, BackendError> {
+    batch::send(nl, &add_batch(filter))?;
+    Ok(Installed { removed: false })
+}
+
+/// The table in the kernel, removed on drop.
+pub struct Installed {
+    removed: bool,
+}
+
+impl Installed {
+    /// Removes the table.
+    pub fn remove(mut self) -> Result<(), BackendError> {
+        self.removed = true;
+        delete()
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if !self.removed
+            && let Err(e) = delete()
+        {
+            eprintln!("meshcap trace: removing table inet {TRACE_TABLE}: {e}");
+        }
+    }
+}
+
+/// Deletes the table (and with it its chains and rules) on a socket of its own.
+fn delete() -> Result<(), BackendError> {
+    let mut nl = open()?;
+    batch::send(&mut nl, &batch::delete_batch(&[TRACE_TABLE.to_owned()]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marking_rules_in_nft_syntax() {
+        let f = Filter::parse(&["proto=tcp dst=198.51.100.10:80 src=192.0.2.1"]).unwrap();
+        let texts: Vec<String> = match_rules(&f).iter().map(rule_text).collect();
+        assert_eq!(
+            texts,
+            [
+                "meta nfproto ipv4 ip daddr 198.51.100.10/32 ip saddr 192.0.2.1/32 \
+              meta l4proto tcp tcp dport 80 meta nftrace set 1"
+            ]
+        );
+        let f = Filter::parse(&["dst=[2001:db8::1]:53"]).unwrap();
+        let texts: Vec<String> = match_rules(&f).iter().map(rule_text).collect();
+        assert_eq!(texts.len(), 2);
+        assert!(
+            texts[1].contains("meta l4proto udp udp dport 53"),
+            "{texts:?}"
+        );
+        let every: Vec<String> = match_rules(&Filter::default())
+            .iter()
+            .map(rule_text)
+            .collect();
+        assert_eq!(every, ["meta nftrace set 1"]);
+    }
+
+    #[test]
+    fn batch_has_table_chains_and_rules() {
+        let f = Filter::parse(&["dst=192.0.2.1:53"]).unwrap();
+        let built = add_batch(&f);
+        // Table, then per hook a chain and a tcp and a udp rule.
+        assert_eq!(built.whats.len(), 1 + 2 * 3);
+    }
+}
