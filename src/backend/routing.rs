@@ -116,7 +116,7 @@ fn add(nl: &mut Rtnl, step: &RoutingStep) -> Result<bool, BackendError> {
 }
 
 /// Whether an EXCL create made something: EEXIST means it was there already.
-fn created(result: Result<(), Failure>) -> Result<bool, Failure> {
+fn created(result: Result<(), RtnlError>) -> Result<bool, RtnlError> {
     match result {
         Ok(()) => Ok(true),
         Err(f) => f.tolerate(&[Errno::EEXIST]).map(|()| false),
@@ -184,7 +184,7 @@ fn fwmark_rules(
     family: Family,
     mark: u32,
     table: u32,
-) -> Result<Vec<Option<u32>>, Failure> {
+) -> Result<Vec<Option<u32>>, RtnlError> {
     let mut query = RuleMessage::default();
     // The kernel dumps only this family's rules when the header names one.
     query.header.family = address_family(family);
@@ -259,7 +259,7 @@ fn local_default_route(
     family: Family,
     table: u32,
     protocol: RouteProtocol,
-) -> Result<RouteMessage, Failure> {
+) -> Result<RouteMessage, RtnlError> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = address_family(family);
     msg.header.destination_prefix_length = 0;
@@ -276,7 +276,7 @@ fn local_default_route(
 
 /// `ADDR dev lo`, as `ip addr` sends it: IFA_LOCAL and IFA_ADDRESS both the address (no peer).
 /// Scope universe, `ip`'s default outside 127/8; the kernel derives an IPv6 address's real scope.
-fn loopback_address(addr: &IpNetwork) -> Result<AddressMessage, Failure> {
+fn loopback_address(addr: &IpNetwork) -> Result<AddressMessage, RtnlError> {
     let mut msg = AddressMessage::default();
     msg.header.family = match addr {
         IpNetwork::V4(_) => AddressFamily::Inet,
@@ -303,7 +303,7 @@ fn loopback_address(addr: &IpNetwork) -> Result<AddressMessage, Failure> {
 pub const MESHCAP_ADDRESS_PROTOCOL: u8 = 0x6d;
 
 /// Whether lo holds `addr` and meshcap added it.
-fn added_by_meshcap(nl: &mut Rtnl, addr: &IpNetwork) -> Result<bool, Failure> {
+fn added_by_meshcap(nl: &mut Rtnl, addr: &IpNetwork) -> Result<bool, RtnlError> {
     let mut query = AddressMessage::default();
     query.header.family = match addr {
         IpNetwork::V4(_) => AddressFamily::Inet,
@@ -328,8 +328,8 @@ fn added_by_meshcap(nl: &mut Rtnl, addr: &IpNetwork) -> Result<bool, Failure> {
 }
 
 /// lo's interface index in the current namespace (1 in practice, but not by contract).
-fn loopback_index() -> Result<u32, Failure> {
-    nix::net::if_::if_nametoindex("lo").map_err(|e| Failure {
+fn loopback_index() -> Result<u32, RtnlError> {
+    nix::net::if_::if_nametoindex("lo").map_err(|e| RtnlError {
         errno: Some(e),
         reason: format!("no interface lo: {}", e.desc()),
     })
@@ -362,38 +362,40 @@ fn ip_version(addr: &IpNetwork) -> u8 {
     }
 }
 
-/// Why a request failed: the errno the kernel answered with, if it did, and a text for the user.
-struct Failure {
+/// Why an [`Rtnl`] request failed: the errno the kernel answered with, if it did, and a text for
+/// the user. The errno decides whether a step counts as in place; [`RtnlError::into_error`]
+/// makes the [`BackendError`] once the caller names the `ip` command.
+struct RtnlError {
     errno: Option<Errno>,
     reason: String,
 }
 
-impl Failure {
-    fn io(e: std::io::Error) -> Failure {
-        Failure {
+impl RtnlError {
+    fn io(e: std::io::Error) -> RtnlError {
+        RtnlError {
             errno: e.raw_os_error().map(Errno::from_raw),
             reason: e.to_string(),
         }
     }
 
-    fn kernel(code: i32) -> Failure {
+    fn kernel(code: i32) -> RtnlError {
         // The kernel sends a negative errno.
         let errno = Errno::from_raw(code.abs());
-        Failure {
+        RtnlError {
             errno: Some(errno),
             reason: errno.desc().to_owned(),
         }
     }
 
-    fn other(reason: String) -> Failure {
-        Failure {
+    fn other(reason: String) -> RtnlError {
+        RtnlError {
             errno: None,
             reason,
         }
     }
 
     /// Success when the kernel refused with one of `errnos` (the state asked for is there already).
-    fn tolerate(self, errnos: &[Errno]) -> Result<(), Failure> {
+    fn tolerate(self, errnos: &[Errno]) -> Result<(), RtnlError> {
         match self.errno {
             Some(e) if errnos.contains(&e) => Ok(()),
             _ => Err(self),
@@ -430,7 +432,7 @@ impl Rtnl {
     }
 
     /// Sends one message with `flags` (plus REQUEST) and returns its sequence number.
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, Failure> {
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, RtnlError> {
         self.seq += 1;
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;
@@ -439,7 +441,7 @@ impl Rtnl {
         packet.finalize();
         let mut buf = vec![0; packet.buffer_len()];
         packet.serialize(&mut buf);
-        self.socket.send(&buf, 0).map_err(Failure::io)?;
+        self.socket.send(&buf, 0).map_err(RtnlError::io)?;
         Ok(self.seq)
     }
 
@@ -448,15 +450,15 @@ impl Rtnl {
     fn receive<T>(
         &mut self,
         seq: u32,
-        mut each: impl FnMut(NetlinkPayload<RouteNetlinkMessage>) -> Option<Result<T, Failure>>,
-    ) -> Result<T, Failure> {
+        mut each: impl FnMut(NetlinkPayload<RouteNetlinkMessage>) -> Option<Result<T, RtnlError>>,
+    ) -> Result<T, RtnlError> {
         loop {
             // One datagram holds one or more messages; read it whole, whatever its size.
-            let (buf, _) = self.socket.recv_from_full().map_err(Failure::io)?;
+            let (buf, _) = self.socket.recv_from_full().map_err(RtnlError::io)?;
             let mut at = 0;
             while at < buf.len() {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..])
-                    .map_err(|e| Failure::other(format!("undecodable answer: {e}")))?;
+                    .map_err(|e| RtnlError::other(format!("undecodable answer: {e}")))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
                     break;
@@ -474,19 +476,19 @@ impl Rtnl {
     }
 
     /// Sends a change and waits for its acknowledgement: Ok for an ACK, the kernel's errno else.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), Failure> {
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), RtnlError> {
         let seq = self.send(msg, flags | NLM_F_ACK)?;
         self.receive(seq, |payload| match payload {
             NetlinkPayload::Error(e) => Some(match e.code {
                 None => Ok(()),
-                Some(code) => Err(Failure::kernel(code.get())),
+                Some(code) => Err(RtnlError::kernel(code.get())),
             }),
             _ => None,
         })
     }
 
     /// Sends a dump request and collects every object of the answer.
-    fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, Failure> {
+    fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
         let seq = self.send(msg, NLM_F_DUMP)?;
         let mut objects = Vec::new();
         self.receive(seq, |payload| match payload {
@@ -495,11 +497,11 @@ impl Rtnl {
                 None
             }
             // A dump ends with DONE; a failed one carries a negative errno there or in an ERROR.
-            NetlinkPayload::Done(d) if d.code != 0 => Some(Err(Failure::kernel(d.code))),
+            NetlinkPayload::Done(d) if d.code != 0 => Some(Err(RtnlError::kernel(d.code))),
             NetlinkPayload::Done(_) => Some(Ok(())),
             NetlinkPayload::Error(e) => Some(match e.code {
                 None => Ok(()),
-                Some(code) => Err(Failure::kernel(code.get())),
+                Some(code) => Err(RtnlError::kernel(code.get())),
             }),
             _ => None,
         })?;

@@ -13,8 +13,9 @@ use std::process::{Command, Stdio};
 /// How often apply re-plans when concurrent writers keep changing the state under it.
 const MAX_ATTEMPTS: u32 = 3;
 
-/// Why one apply attempt failed.
-enum Failure {
+/// Why one apply attempt failed. Private to the retry loop in `apply`, which re-plans after a
+/// race and otherwise returns the [`BackendError`] inside.
+enum ApplyAttemptError {
     /// The restore failed because another writer changed the state after we read it.
     Raced(BackendError),
     /// Anything else; earlier steps were rolled back.
@@ -281,12 +282,16 @@ impl IptablesBackend {
     }
 
     /// One attempt: read the state, decide per family, restore, roll back on failure.
-    fn apply_once(&self, plan: &Plan, variant: IptablesVariant) -> Result<Applied, Failure> {
+    fn apply_once(
+        &self,
+        plan: &Plan,
+        variant: IptablesVariant,
+    ) -> Result<Applied, ApplyAttemptError> {
         let mut outcome = Applied::Installed;
         let mut scripts = Vec::new();
         for family in plan.families() {
             let text = run(&program(family.family, variant, "save"), &[], None)
-                .map_err(Failure::Failed)?;
+                .map_err(ApplyAttemptError::Failed)?;
             let saved = SavedTables::parse(&text);
             let mine = ours(&saved, family.family, &expected_family(family));
             let in_place = mine.diff(&expected_family(family)).is_empty();
@@ -310,7 +315,7 @@ impl IptablesBackend {
                     spell::restore_text(family)
                 )
             } else {
-                return Err(Failure::Failed(BackendError::Conflict(format!(
+                return Err(ApplyAttemptError::Failed(BackendError::Conflict(format!(
                     "{} already holds Istio/meshcap chains of another configuration; \
                      run with --reconcile to replace them or --cleanup-only to remove them",
                     program(family.family, variant, "save")
@@ -338,7 +343,7 @@ impl IptablesBackend {
                     && !done.iter().any(|(f, _)| f == family)
             });
             if raced {
-                return Err(Failure::Raced(e));
+                return Err(ApplyAttemptError::Raced(e));
             }
             for (family, before) in done.iter().rev() {
                 if let Err(undo) = self.put_back(*family, variant, before) {
@@ -348,7 +353,7 @@ impl IptablesBackend {
                     );
                 }
             }
-            return Err(Failure::Failed(e));
+            return Err(ApplyAttemptError::Failed(e));
         }
         Ok(outcome)
     }
@@ -419,13 +424,13 @@ impl Firewall for IptablesBackend {
         loop {
             match self.apply_once(plan, variant) {
                 Ok(applied) => return Ok(applied),
-                Err(Failure::Raced(e)) if attempt < MAX_ATTEMPTS => {
+                Err(ApplyAttemptError::Raced(e)) if attempt < MAX_ATTEMPTS => {
                     tracing::info!(
                         "another writer changed the rules meanwhile ({e}); planning again"
                     );
                     attempt += 1;
                 }
-                Err(Failure::Raced(e) | Failure::Failed(e)) => return Err(e),
+                Err(ApplyAttemptError::Raced(e) | ApplyAttemptError::Failed(e)) => return Err(e),
             }
         }
     }

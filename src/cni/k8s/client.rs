@@ -63,8 +63,8 @@ pub fn fetch_pod_with(
         attempts += 1;
         let failure = match attempt(&agent, config, &url, pod, timeout) {
             Ok(pod) => return Ok(pod),
-            Err(Failure::Final(e)) => return Err(e),
-            Err(Failure::Transient(why)) => why,
+            Err(FetchAttemptError::Final(e)) => return Err(e),
+            Err(FetchAttemptError::Transient(why)) => why,
         };
         tracing::debug!(%url, attempts, %failure, "Kubernetes API attempt failed");
         // Another attempt only when the pause leaves time for it.
@@ -81,7 +81,9 @@ pub fn fetch_pod_with(
     }
 }
 
-enum Failure {
+/// Why one attempt of [`fetch_pod_with`] failed: worth retrying or not. The retry loop turns the
+/// last transient one into [`K8sError::Unavailable`].
+enum FetchAttemptError {
     /// Worth another attempt: what went wrong.
     Transient(String),
     Final(K8sError),
@@ -114,7 +116,7 @@ fn attempt(
     url: &str,
     pod: &PodRef,
     timeout: Duration,
-) -> Result<Pod, Failure> {
+) -> Result<Pod, FetchAttemptError> {
     let mut request = agent
         .get(url)
         .header("Accept", "application/json")
@@ -132,24 +134,24 @@ fn attempt(
         .map_err(|e| transport(config, e, timeout))?;
     let server = || config.server.clone();
     match status {
-        200 => decode(config, pod, &body).map_err(Failure::Final),
-        401 | 403 => Err(Failure::Final(K8sError::Credentials {
+        200 => decode(config, pod, &body).map_err(FetchAttemptError::Final),
+        401 | 403 => Err(FetchAttemptError::Final(K8sError::Credentials {
             server: server(),
             kubeconfig: config.path.clone(),
             credential: config.credential.clone(),
             status,
             message: status_message(&body),
         })),
-        404 => Err(Failure::Final(K8sError::PodNotFound {
+        404 => Err(FetchAttemptError::Final(K8sError::PodNotFound {
             server: server(),
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
         })),
-        429 | 500..=599 => Err(Failure::Transient(format!(
+        429 | 500..=599 => Err(FetchAttemptError::Transient(format!(
             "HTTP {status}: {}",
             status_message(&body)
         ))),
-        _ => Err(Failure::Final(K8sError::Status {
+        _ => Err(FetchAttemptError::Final(K8sError::Status {
             server: server(),
             pod: pod.to_string(),
             status,
@@ -160,25 +162,25 @@ fn attempt(
 
 /// Connection failures and timeouts are transient; TLS failures (a certificate that does not
 /// verify, a refused client certificate) are not, and neither is anything else ureq reports.
-fn transport(config: &Kubeconfig, error: ureq::Error, timeout: Duration) -> Failure {
+fn transport(config: &Kubeconfig, error: ureq::Error, timeout: Duration) -> FetchAttemptError {
     use ureq::Error as E;
     let tls = |problem: String| {
-        Failure::Final(K8sError::Tls {
+        FetchAttemptError::Final(K8sError::Tls {
             server: config.server.clone(),
             kubeconfig: config.path.clone(),
             problem,
         })
     };
     match error {
-        E::Timeout(_) => Failure::Transient(format!("no answer within {timeout:?}")),
+        E::Timeout(_) => FetchAttemptError::Transient(format!("no answer within {timeout:?}")),
         E::HostNotFound | E::ConnectionFailed | E::Protocol(_) => {
-            Failure::Transient(error.to_string())
+            FetchAttemptError::Transient(error.to_string())
         }
         // rustls reports handshake failures through the stream as InvalidData.
         E::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData => tls(error.to_string()),
-        E::Io(_) => Failure::Transient(error.to_string()),
+        E::Io(_) => FetchAttemptError::Transient(error.to_string()),
         E::Tls(_) | E::Rustls(_) | E::Pem(_) => tls(error.to_string()),
-        _ => Failure::Final(K8sError::Request {
+        _ => FetchAttemptError::Final(K8sError::Request {
             server: config.server.clone(),
             problem: error.to_string(),
         }),
