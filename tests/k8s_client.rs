@@ -146,11 +146,11 @@ fn unavailable_then_ok_is_retried_to_success() {
 fn lasting_503_ends_in_try_again_later() {
     let server = serving_test_pod(Fault::Status(503));
     let err = fetch_with(&server, CaForm::Data, Credential::Token, &quick()).unwrap_err();
-    assert!(
-        matches!(&err, K8sError::Unavailable { last, .. } if last == "HTTP 503: injected fault"),
-        "{err:?}"
-    );
-    assert!(server.requests() > 1);
+    // The last attempt may also be cut short by the budget on a loaded machine; what matters is
+    // that 503 answers were retried and ended in "try again later".
+    assert!(matches!(&err, K8sError::Unavailable { .. }), "{err:?}");
+    assert_eq!(err.cni_code(), 11);
+    assert!(server.requests() > 1, "a 503 is retried: {err}");
 }
 
 #[test]
