@@ -289,6 +289,24 @@ impl Inputs {
     }
 }
 
+/// The validated configuration of an installer command line (`args` with the program name
+/// first), for the binary's edge: on bad input the error is printed as the installer prints it
+/// and the exit status returned (clap's own errors, `--help` included, exit as clap does).
+pub fn config_or_exit<I, T>(
+    args: I,
+    env: Vec<(String, String)>,
+) -> Result<crate::config::Config, std::process::ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let inputs = Inputs::parse_from(args, env).unwrap_or_else(|e| e.exit());
+    crate::config::Config::from_inputs(&inputs, &crate::config::SystemHost).map_err(|e| {
+        eprintln!("meshcap: {e}");
+        std::process::ExitCode::from(e.exit_code() as u8)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,7 @@
 use crate::backend::iptables::IptablesBackend;
 use crate::backend::nftables::NftablesBackend;
 use crate::backend::{BackendError, Firewall, Ruleset};
-use crate::cli::Inputs;
-use crate::config::{BackendKind, Config, IptablesVariant, SystemHost};
+use crate::config::{BackendKind, Config, IptablesVariant};
 use crate::plan::explain::{Explanation, Flow, Listeners, Rules, explain};
 use crate::plan::{Family, FamilyPlan, Plan};
 use anyhow::Context;
@@ -104,16 +103,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         }
     }
     let installer = std::iter::once(OsString::from("meshcap")).chain(args.installer);
-    let inputs = match Inputs::parse_from(installer, std::env::vars().collect()) {
-        Ok(inputs) => inputs,
-        Err(e) => e.exit(),
-    };
-    let config = match Config::from_inputs(&inputs, &SystemHost) {
+    let config = match crate::cli::config_or_exit(installer, std::env::vars().collect()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("meshcap: {e}");
-            return ExitCode::from(e.exit_code() as u8);
-        }
+        Err(code) => return code,
     };
     match run(&config, &flows, args.kernel, args.json) {
         Ok(()) => ExitCode::SUCCESS,

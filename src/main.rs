@@ -3,8 +3,7 @@
 
 use anyhow::Context;
 use meshcap::backend::{self, Applied};
-use meshcap::cli::Inputs;
-use meshcap::config::{Config, SystemHost};
+use meshcap::config::Config;
 use meshcap::validation;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -56,16 +55,9 @@ fn main() -> ExitCode {
         _ => Mode::Install,
     };
 
-    let inputs = match Inputs::parse_from(args, std::env::vars().collect()) {
-        Ok(inputs) => inputs,
-        Err(e) => e.exit(),
-    };
-    let config = match Config::from_inputs(&inputs, &SystemHost) {
+    let config = match meshcap::cli::config_or_exit(args, std::env::vars().collect()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("meshcap: {e}");
-            return ExitCode::from(e.exit_code() as u8);
-        }
+        Err(code) => return code,
     };
     match run(&config, mode) {
         Ok(code) => code,
