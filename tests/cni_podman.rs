@@ -119,16 +119,7 @@ impl Proxy {
             s.read_to_string(&mut answer).unwrap();
             answer
         });
-        let value = |direction: &str| -> u64 {
-            let key = format!("meshcap_connections_total{{direction=\"{direction}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(key.as_str()))
-                .unwrap_or_else(|| panic!("no {key} in the metrics:\n{text}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        (value("inbound"), value("outbound"))
+        common::proxy_connections(&text)
     }
 }
 

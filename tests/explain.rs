@@ -500,35 +500,21 @@ fn readme_example_is_real_output() {
         .expect("code block")
         .trim_end();
     let (command, shown) = block.split_once("\nrules: ").expect("command, then output");
-    let args: Vec<String> = [
-        "explain",
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--ipv6",
-        "off",
-        "--flow",
-        "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
-        "--flow",
-        "dir=in dst=192.0.2.1:15020 iif=eth0",
-        "--flow",
-        "dir=out dst=198.51.100.10:80 uid=1337 gid=1337",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut args = vec!["explain".to_owned()];
+    args.extend(netns_test_harness::ISTIO_DEFAULT_ARGS.map(str::to_owned));
+    args.extend(
+        [
+            "--ipv6",
+            "off",
+            "--flow",
+            "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
+            "--flow",
+            "dir=in dst=192.0.2.1:15020 iif=eth0",
+            "--flow",
+            "dir=out dst=198.51.100.10:80 uid=1337 gid=1337",
+        ]
+        .map(str::to_owned),
+    );
     for a in &args[1..] {
         assert!(command.contains(a.as_str()), "README command lacks {a:?}");
     }

@@ -331,16 +331,7 @@ impl Pod {
         let text = self
             .get(15090, "/stats/prometheus")
             .unwrap_or_else(|e| panic!("metrics: {e}"));
-        let value = |direction: &str| -> u64 {
-            let key = format!("meshcap_connections_total{{direction=\"{direction}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(key.as_str()))
-                .unwrap_or_else(|| panic!("no {key} in the metrics:\n{text}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        (value("inbound"), value("outbound"))
+        common::proxy_connections(&text)
     }
 
     /// Inbound TCP from outside the pod to the app goes through the proxy: its inbound counter

@@ -279,3 +279,18 @@ pub fn first_difference(want: &[String], got: &[String]) -> String {
     }
     "identical".into()
 }
+
+/// The connections `meshcap proxy` counted (inbound, outbound), from its Prometheus metrics.
+pub fn proxy_connections(metrics: &str) -> (u64, u64) {
+    let value = |direction: &str| -> u64 {
+        let key = format!("meshcap_connections_total{{direction=\"{direction}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("no {key} in the metrics:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (value("inbound"), value("outbound"))
+}
