@@ -43,27 +43,6 @@ fn app_image(podman: &Podman, text: &str) -> String {
     )
 }
 
-/// A plain HTTP/1.0 GET of `/`; the body of a 200 answer.
-fn http_get(addr: SocketAddr) -> Result<String, String> {
-    let err = |e: std::io::Error| format!("GET {addr}: {e}");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(err)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(err)?;
-    write!(stream, "GET / HTTP/1.0\r\n\r\n").map_err(err)?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(err)?;
-    body(&answer).ok_or_else(|| format!("GET {addr}: {answer:?}"))
-}
-
-fn body(answer: &str) -> Option<String> {
-    if !answer.starts_with("HTTP/1.0 200") && !answer.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let (_, body) = answer.split_once("\r\n\r\n")?;
-    Some(body.trim().to_owned())
-}
-
 /// Runs `f` on a thread inside the network namespace at `netns`.
 fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
     let file = std::fs::File::open(netns).expect("open the container's namespace");
@@ -198,7 +177,7 @@ fn podman_run_is_captured_both_ways_and_rm_removes_the_rules() {
         let addr = SocketAddr::new(ip.into(), APP_PORT);
         let deadline = Instant::now() + Duration::from_secs(20);
         let got = loop {
-            match podman.host().run(move || http_get(addr)) {
+            match podman.host().run(move || common::http_get(addr, "/")) {
                 Ok(body) => break body,
                 Err(e) => assert!(Instant::now() < deadline, "{backend}: inbound: {e}"),
             }
@@ -218,7 +197,7 @@ fn podman_run_is_captured_both_ways_and_rm_removes_the_rules() {
         let before = Proxy::counters(&netns);
         let out = podman.ok(&["exec", &name, "/bin/busybox", "sh", "-c", &script]);
         assert_eq!(
-            body(&out).as_deref(),
+            common::http_body("GET upstream", &out).ok().as_deref(),
             Some("upstream"),
             "{backend}: {out:?}"
         );

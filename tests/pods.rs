@@ -13,8 +13,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -293,7 +292,9 @@ impl Pod {
     fn get(&self, port: u16, path: &str) -> Result<String, String> {
         let addr = SocketAddr::new(self.ip.into(), port);
         let path = path.to_owned();
-        self.podman.host().run(move || http_get(addr, &path))
+        self.podman
+            .host()
+            .run(move || common::http_get(addr, &path))
     }
 
     /// `GET path` on `host:port` from inside the app container (busybox nc), as its own user
@@ -323,7 +324,7 @@ impl Pod {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        http_body(&what, &String::from_utf8_lossy(&out.stdout))
+        common::http_body(&what, &String::from_utf8_lossy(&out.stdout))
     }
 
     /// The proxy's connection counters (inbound, outbound), from its metrics on :15090.
@@ -433,38 +434,6 @@ impl Pod {
         assert_eq!(starts, 1, "init container events: {events:?}");
         assert!(events.iter().any(|e| e == "died"), "{events:?}");
     }
-}
-
-/// A plain HTTP/1.0 GET; the body of a 200 answer, trimmed.
-fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let err = |e: std::io::Error| format!("GET {addr}{path}: {e}");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(err)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .map_err(err)?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(err)?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(err)?;
-    http_body(&format!("GET {addr}{path}"), &answer)
-}
-
-/// The body of a 200 answer, trimmed, with an IPv4-mapped address (`[::ffff:a.b.c.d]`, how
-/// busybox httpd on a dual-stack socket reports IPv4 peers) shortened to `a.b.c.d`; an error
-/// naming `what` otherwise. (The CGI script's header ends with a bare `\n\n`.)
-fn http_body(what: &str, answer: &str) -> Result<String, String> {
-    if !answer.starts_with("HTTP/1.0 200") && !answer.starts_with("HTTP/1.1 200") {
-        return Err(format!("{what}: {answer:?}"));
-    }
-    let body = answer
-        .split_once("\r\n\r\n")
-        .or_else(|| answer.split_once("\n\n"))
-        .map(|(_, body)| body.trim())
-        .ok_or_else(|| format!("{what}: no HTTP body: {answer:?}"))?;
-    let unbracketed = body.trim_start_matches('[').trim_end_matches(']');
-    Ok(unbracketed
-        .strip_prefix("::ffff:")
-        .unwrap_or(body)
-        .to_owned())
 }
 
 fn sidecar_pod_is_captured(test: &str, variant: Variant, proxy_user: &str) {

@@ -294,3 +294,37 @@ pub fn proxy_connections(metrics: &str) -> (u64, u64) {
     };
     (value("inbound"), value("outbound"))
 }
+
+/// A plain HTTP/1.0 GET; the body of a 200 answer, trimmed.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let err = |e: std::io::Error| format!("GET {addr}{path}: {e}");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .map_err(err)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(err)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(err)?;
+    http_body(&format!("GET {addr}{path}"), &answer)
+}
+
+/// The body of a 200 answer, trimmed, with an IPv4-mapped address (`[::ffff:a.b.c.d]`, how
+/// busybox httpd on a dual-stack socket reports IPv4 peers) shortened to `a.b.c.d`; an error
+/// naming `what` otherwise. (The CGI script's header ends with a bare `\n\n`.)
+pub fn http_body(what: &str, answer: &str) -> Result<String, String> {
+    if !answer.starts_with("HTTP/1.0 200") && !answer.starts_with("HTTP/1.1 200") {
+        return Err(format!("{what}: {answer:?}"));
+    }
+    let body = answer
+        .split_once("\r\n\r\n")
+        .or_else(|| answer.split_once("\n\n"))
+        .map(|(_, body)| body.trim())
+        .ok_or_else(|| format!("{what}: no HTTP body: {answer:?}"))?;
+    let unbracketed = body.trim_start_matches('[').trim_end_matches(']');
+    Ok(unbracketed
+        .strip_prefix("::ffff:")
+        .unwrap_or(body)
+        .to_owned())
+}
