@@ -1,11 +1,11 @@
 //! Raw flag and environment text → typed values. Every failure names its flag or variable.
 
+use super::GroupRef;
 use super::{
     BackendKind, CaptureConfig, Config, DnsCapture, DnsServerV6, InboundPorts, InterceptMode,
     IptablesVariant, OutboundCidrs, OwnerGroups, RunConfig,
 };
 use crate::inputs::{Inputs, Opt, Origin, Raw};
-use crate::plan::GroupRef;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;

@@ -5,21 +5,7 @@ use super::{iptables, nftables};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The two hooks meshcap's rules use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Prerouting,
-    Output,
-}
-
-impl Hook {
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Prerouting => "prerouting",
-            Hook::Output => "output",
-        }
-    }
-}
+pub use crate::plan::Hook;
 
 /// What a matching rule does to the walk.
 #[derive(Clone, Debug, PartialEq, Eq)]
