@@ -29,7 +29,8 @@ fn assert_in_sync(node: &CniNode, pod: &Netns, extra: &[&str]) {
     );
 }
 
-/// The lock file meshcap keeps for a namespace (named after its device and inode).
+/// The lock file meshcap kept for a namespace before its lock became an abstract socket (named
+/// after the namespace's device and inode): it must never appear again.
 fn lock_file(pod: &Netns) -> std::path::PathBuf {
     use std::os::unix::fs::MetadataExt;
     let ns = std::fs::metadata(pod.path()).expect("namespace file");
@@ -103,14 +104,14 @@ fn add_check_del_chained_after_bridge_with_each_backend() {
 
         let lock = lock_file(&pod);
         assert!(
-            lock.exists(),
-            "{backend}: ADD took the lock {}",
+            !lock.exists(),
+            "{backend}: ADD left a lock file {}",
             lock.display()
         );
         let del = node.del_chain("1.0.0", Some(&pod.path()), "ctr1", &meshcap);
         assert!(
             !lock.exists(),
-            "{backend}: DEL removes the lock file in the node's /run"
+            "{backend}: DEL left a lock file in the node's /run"
         );
         assert!(
             del.status.success(),
