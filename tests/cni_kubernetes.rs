@@ -756,3 +756,175 @@ fn check_with_the_lookup_passes_and_del_cleans_even_when_the_pod_is_gone() {
         );
     }
 }
+
+/// What a pod's namespace holds that DEL must put back: every rule and user chain of both
+/// iptables variants and families, the nftables tables (iptables-nft's own tables, which an
+/// iptables-nft run leaves empty, are covered by their rules above), the policy routing rules
+/// and the routes of every table.
+fn netfilter_and_routing(pod: &Netns) -> String {
+    let builtin = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+    let mut state = String::new();
+    for program in [
+        "iptables-legacy-save",
+        "ip6tables-legacy-save",
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+    ] {
+        let saved = pod.exec_ok(&[program]);
+        for line in saved.lines() {
+            let user_chain = line
+                .strip_prefix(':')
+                .and_then(|l| l.split_whitespace().next())
+                .is_some_and(|chain| !builtin.contains(&chain));
+            if line.starts_with("-A ") || user_chain {
+                state.push_str(&format!("{program}: {line}\n"));
+            }
+        }
+    }
+    let iptables_nft_table = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        matches!(
+            words.as_slice(),
+            [
+                "table",
+                "ip" | "ip6",
+                "nat" | "mangle" | "raw" | "filter" | "security"
+            ]
+        )
+    };
+    for line in pod.exec_ok(&["nft", "list", "tables"]).lines() {
+        if !iptables_nft_table(line) {
+            state.push_str(&format!("nft: {line}\n"));
+        }
+    }
+    for argv in [
+        &["ip", "-4", "rule"][..],
+        &["ip", "-6", "rule"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+    ] {
+        for line in pod.exec_ok(argv).lines() {
+            state.push_str(&format!("{}: {line}\n", argv.join(" ")));
+        }
+    }
+    state
+}
+
+#[test]
+fn del_with_the_api_server_down_leaves_the_namespace_as_before_the_add() {
+    if !require_root("del_with_the_api_server_down_leaves_the_namespace_as_before_the_add") {
+        return;
+    }
+    // A proxy uid other than the stanza's (1337) too: the owner MARK rules of TPROXY name it.
+    let tproxy_other_uid = {
+        let mut pod = injected_pod(
+            POD_NAMESPACE,
+            json!({"sidecar.istio.io/interceptionMode": "TPROXY"}),
+        );
+        pod["spec"]["containers"][1]["securityContext"]["runAsUser"] = json!(1400);
+        pod
+    };
+    let pods = [
+        (
+            "TPROXY",
+            injected_pod(
+                POD_NAMESPACE,
+                json!({"sidecar.istio.io/interceptionMode": "TPROXY"}),
+            ),
+        ),
+        ("TPROXY, proxy uid 1400", tproxy_other_uid),
+        (
+            "excludeInterfaces",
+            injected_pod(
+                POD_NAMESPACE,
+                json!({"traffic.sidecar.istio.io/excludeInterfaces": "eth7,eth8,net1"}),
+            ),
+        ),
+    ];
+    for backend in ["iptables", "nftables"] {
+        for (what, served) in &pods {
+            let mut node = CniNode::new("k8sdown");
+            node.cni_args = Some(kubelet_args(POD_NAMESPACE));
+            let server = ApiServer::start_in(&node.host, Fault::None);
+            server.serve_pod(served);
+            // The kubeconfig outlives the server: the DEL finds it, and nobody at its address.
+            let kubeconfig = node.dir.join("kubeconfig");
+            std::fs::copy(
+                server.kubeconfig(CaForm::Data, Credential::Token),
+                &kubeconfig,
+            )
+            .expect("keep the kubeconfig");
+            let meshcap = stanza(backend, &kubeconfig);
+            let pod = Netns::new("k8sdownpod");
+            let before = netfilter_and_routing(&pod);
+
+            let (_, out) = node.add_chain("1.0.0", &pod, "down", &meshcap);
+            assert!(
+                out.status.success(),
+                "{backend} {what}: ADD: {}",
+                text(&out)
+            );
+            let installed = netfilter_and_routing(&pod);
+            assert_ne!(installed, before, "{backend} {what}: ADD installed rules");
+
+            drop(server);
+            let del = node.del_chain("1.0.0", Some(&pod.path()), "down", &meshcap);
+            assert!(
+                del.status.success(),
+                "{backend} {what}: DEL: {}",
+                text(&del)
+            );
+            assert!(
+                text(&del).contains("unavailable"),
+                "{backend} {what}: the lookup failed: {}",
+                text(&del)
+            );
+            let after = netfilter_and_routing(&pod);
+            assert_eq!(
+                after, before,
+                "{backend} {what}: DEL without the pod's settings left this behind\n\
+                 (installed was:\n{installed})"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_pod_lookup_runs_in_the_plugins_namespace() {
+    if !require_root("the_pod_lookup_runs_in_the_plugins_namespace") {
+        return;
+    }
+    // The API server listens on the node namespace's loopback only. The pod's namespace has a
+    // loopback of its own, up, where nothing listens: a lookup made from inside the pod's
+    // namespace would be refused and end in code 11.
+    let mut node = CniNode::new("k8swhere");
+    node.cni_args = Some(kubelet_args(POD_NAMESPACE));
+    let server = ApiServer::start_in(&node.host, Fault::None);
+    server.serve_pod(&injected_pod(POD_NAMESPACE, json!({})));
+    let meshcap = stanza(
+        "nftables",
+        &server.kubeconfig(CaForm::Data, Credential::Token),
+    );
+    let pod = Netns::new("k8swherepod");
+    pod.ip_batch(&["link set lo up".to_owned()]);
+    let (bridge, out) = node.add_chain("1.0.0", &pod, "where", &meshcap);
+    assert!(out.status.success(), "ADD: {}", text(&out));
+    let check = node.invoke(
+        "meshcap-cni",
+        &node.vars("CHECK", "where", Some(&pod.path())),
+        &CniNode::config("1.0.0", &meshcap, Some(&bridge)),
+    );
+    assert!(check.status.success(), "CHECK: {}", text(&check));
+    let del = node.del_chain("1.0.0", Some(&pod.path()), "where", &meshcap);
+    assert!(del.status.success(), "DEL: {}", text(&del));
+    assert!(
+        !text(&del).contains("unavailable"),
+        "DEL found the pod: {}",
+        text(&del)
+    );
+    assert_eq!(
+        server.requests(),
+        3,
+        "ADD, CHECK and DEL each looked the pod up"
+    );
+}

@@ -606,3 +606,50 @@ pub fn legacy_istio_chain() -> Option<(String, String)> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::istio_shaped;
+
+    #[test]
+    fn istio_shapes_are_recognised_whatever_their_values() {
+        let ours = [
+            ("nat", "-A PREROUTING -i net1 -j RETURN"),
+            ("mangle", "-A OUTPUT -o eth7 -j RETURN"),
+            (
+                "mangle",
+                "-A PREROUTING -p tcp -m mark --mark 0x63 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+            ),
+            (
+                "mangle",
+                "-A OUTPUT -p tcp -m connmark --mark 0x63 -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+            ),
+            (
+                "mangle",
+                "-A OUTPUT -o lo -p tcp -m mark --mark 0x63 -j RETURN",
+            ),
+            (
+                "mangle",
+                "-A OUTPUT ! -d ::1/128 -o lo -p tcp -m owner --uid-owner 1400 -j MARK --set-xmark 0x64/0xffffffff",
+            ),
+        ];
+        for (table, rule) in ours {
+            let chain = rule.split_whitespace().nth(1).unwrap();
+            assert!(istio_shaped(table, chain, rule), "{table}: {rule}");
+        }
+        let theirs = [
+            ("filter", "-A INPUT -i eth0 -j RETURN"),
+            ("nat", "-A PREROUTING -i eth0 -p tcp -j RETURN"),
+            ("nat", "-A OUTPUT -p tcp -j DNAT --to-destination 192.0.2.1"),
+            ("mangle", "-A PREROUTING -p udp -j CONNMARK --save-mark"),
+            (
+                "mangle",
+                "-A OUTPUT -p tcp -j MARK --set-xmark 0x1/0xffffffff",
+            ),
+        ];
+        for (table, rule) in theirs {
+            let chain = rule.split_whitespace().nth(1).unwrap();
+            assert!(!istio_shaped(table, chain, rule), "{table}: {rule}");
+        }
+    }
+}
