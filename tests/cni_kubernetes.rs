@@ -928,3 +928,73 @@ fn the_pod_lookup_runs_in_the_plugins_namespace() {
         "ADD, CHECK and DEL each looked the pod up"
     );
 }
+
+#[test]
+fn hostile_values_are_not_echoed_whole() {
+    if !require_root("hostile_values_are_not_echoed_whole") {
+        return;
+    }
+    const MB: usize = 1 << 20;
+    let huge = |unit: &str| unit.repeat(MB / unit.len());
+    let mut node = CniNode::new("k8shuge");
+    node.cni_args = Some(kubelet_args(POD_NAMESPACE));
+    let server = ApiServer::start_in(&node.host, Fault::None);
+    let kubeconfig = server.kubeconfig(CaForm::Data, Credential::Token);
+    let pod = Netns::new("k8shugepod");
+    for (key, value) in [
+        ("sidecar.istio.io/interceptionMode", huge("X")),
+        ("traffic.sidecar.istio.io/excludeInboundPorts", huge("1")),
+        (
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            huge("9"),
+        ),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            huge("10.0.0.0/8;"),
+        ),
+        ("traffic.sidecar.istio.io/excludeInterfaces", huge("e")),
+        ("traffic.sidecar.istio.io/kubevirtInterfaces", huge("e")),
+    ] {
+        server.serve_pod(&injected_pod(POD_NAMESPACE, json!({ key: value })));
+        let (_, out) = node.add_chain("1.0.0", &pod, "huge", &stanza("nftables", &kubeconfig));
+        assert!(!out.status.success(), "{key}: refused");
+        let err = stdout_json(&out);
+        assert_eq!(err["code"], 7, "{key}: {err}");
+        // The error names the annotation and shows the start of the value and its length.
+        let msg = err["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains(key), "{key}: {msg}");
+        assert!(msg.contains("bytes)"), "{key}: {msg}");
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                bytes.len() < 4096,
+                "{key}: {} bytes on {stream}: {}",
+                bytes.len(),
+                String::from_utf8_lossy(&bytes[..bytes.len().min(600)])
+            );
+        }
+        let bridge_del = node.del_chain(
+            "1.0.0",
+            Some(&pod.path()),
+            "huge",
+            &stanza("nftables", &kubeconfig),
+        );
+        assert!(
+            bridge_del.status.success(),
+            "{key}: DEL: {}",
+            text(&bridge_del)
+        );
+    }
+    // A huge pod name in CNI_ARGS (as large as one environment string may be: 128 KiB).
+    node.cni_args = Some(format!(
+        "K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={}",
+        "a".repeat(120_000)
+    ));
+    let vars = node.vars("ADD", "huge", Some(&pod.path()));
+    let out = node.invoke(
+        "meshcap-cni",
+        &vars,
+        &CniNode::config("1.0.0", &stanza("nftables", &kubeconfig), None),
+    );
+    assert_eq!(stdout_json(&out)["code"], 4, "{}", text(&out));
+    assert!(out.stdout.len() < 4096 && out.stderr.len() < 4096);
+}

@@ -131,14 +131,25 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // The configuration is decided inside (IPv6 `auto`); TPROXY's routing is the stanza's
     // (mark and table), whichever mode the pod that is gone had.
     let decided = ns.run(|| {
-        let config = configure(&inputs)?;
+        let (config, settings, inputs) = match configure(&inputs) {
+            Ok(config) => (config, settings, inputs),
+            // The pod's settings do not validate (an annotation edited after the ADD): the ADD
+            // did not use these. Remove whatever is there, as when they are unknown, rather
+            // than fail every DEL of the pod.
+            Err(e) if settings == Settings::Known && conf.kubernetes.is_some() => {
+                tracing::warn!(container = %env.container_id, "{}: removing the rules of any settings", e.msg);
+                let stanza = capture::inputs(&conf.capture)?;
+                (configure(&stanza)?, Settings::StanzaOnly, stanza)
+            }
+            Err(e) => return Err(e),
+        };
         let routing = match settings {
             Settings::Known => Vec::new(),
             Settings::StanzaOnly => tproxy_routing(&inputs),
         };
-        Ok::<_, CniError>((config, routing))
+        Ok::<_, CniError>((config, settings, routing))
     });
-    let (config, tproxy) = match decided {
+    let (config, settings, tproxy) = match decided {
         Ok(decided) => decided?,
         // A namespace file whose bind mount is gone is an empty file: nothing left to clean.
         Err(e) => {

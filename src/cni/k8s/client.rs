@@ -4,6 +4,7 @@
 use super::kubeconfig::Kubeconfig;
 use super::pod::Pod;
 use super::{K8sError, PodRef};
+use crate::inputs::shortened;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use ureq::tls::{RootCerts, TlsConfig};
@@ -217,14 +218,9 @@ fn status_message(body: &[u8]) -> String {
         message: String,
     }
     if let Ok(status) = serde_json::from_slice::<Status>(body) {
-        return status.message;
+        return shortened(&status.message).to_string();
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    shortened(String::from_utf8_lossy(body).trim()).to_string()
 }
 
 fn decode(config: &Kubeconfig, pod: &PodRef, body: &[u8]) -> Result<Pod, K8sError> {
