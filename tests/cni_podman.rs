@@ -108,7 +108,6 @@ impl Drop for Proxy {
     }
 }
 
-
 #[test]
 fn podman_run_is_captured_both_ways_and_rm_removes_the_rules() {
     for backend in ["iptables", "nftables"] {
