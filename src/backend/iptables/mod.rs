@@ -411,10 +411,14 @@ impl IptablesBackend {
         if let Err(e) = result {
             // Another meshcap (or istio-init) wrote between our read and our restore: its
             // rules are complete, so re-plan from what is there instead of undoing anything.
-            let raced = scripts.iter().any(|(family, _, before)| {
-                run(&program(*family, variant, "save"), &[], None).is_ok_and(|now| now != *before)
-                    && !done.iter().any(|(f, _)| f == family)
-            });
+            // A lock that stayed held is not a race: planning again would wait again, past the
+            // caller's bound.
+            let raced = !matches!(e, BackendError::Busy { .. })
+                && scripts.iter().any(|(family, _, before)| {
+                    run(&program(*family, variant, "save"), &[], None)
+                        .is_ok_and(|now| now != *before)
+                        && !done.iter().any(|(f, _)| f == family)
+                });
             if raced {
                 return Err(ApplyAttemptError::Raced(e));
             }
