@@ -964,6 +964,12 @@ fn hostile_values_are_not_echoed_whole() {
         let msg = err["msg"].as_str().unwrap_or_default();
         assert!(msg.contains(key), "{key}: {msg}");
         assert!(msg.contains("bytes)"), "{key}: {msg}");
+        println!(
+            "{key}: {} bytes of value, {} on stdout, {} on stderr",
+            value.len(),
+            out.stdout.len(),
+            out.stderr.len()
+        );
         for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             assert!(
                 bytes.len() < 4096,

@@ -131,6 +131,7 @@ fn add_with_the_xtables_lock_held_ends_with_try_again_later() {
         msg.contains("xtables lock"),
         "names the xtables lock: {err}"
     );
+    println!("ADD with the xtables lock held ended after {elapsed:?}");
     // The documented bound of a whole ADD (README, "In Kubernetes"): 30 s.
     assert!(
         elapsed < Duration::from_secs(30),
@@ -178,6 +179,7 @@ fn add_while_another_meshcap_holds_the_pod_ends_with_try_again_later() {
             .contains("meshcap's lock"),
         "names meshcap's lock: {err}"
     );
+    println!("ADD with meshcap's lock held ended after {elapsed:?}");
     assert!(elapsed < Duration::from_secs(30), "ADD took {elapsed:?}");
     assert_eq!(interception_state(&pod), "");
     // Released: the next ADD goes through.
