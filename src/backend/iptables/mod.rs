@@ -162,6 +162,14 @@ impl SavedTables {
         &mut self.chains.last_mut().expect("pushed").1
     }
 
+    /// The first chain of Istio's (or meshcap's) the text declares.
+    pub fn first_istio_chain(&self) -> Option<&str> {
+        self.chains
+            .iter()
+            .map(|((_, chain), _)| chain.as_str())
+            .find(|chain| is_istio_chain(chain))
+    }
+
     /// Whether any chain of Istio's (or meshcap's) exists.
     pub fn has_istio_chains(&self) -> bool {
         self.chains
@@ -604,8 +612,8 @@ pub fn legacy_istio_chain() -> Option<(String, String)> {
                 continue;
             }
         };
-        if let Some(((_, chain), _)) = saved.chains.iter().find(|((_, c), _)| is_istio_chain(c)) {
-            return Some((program, chain.clone()));
+        if let Some(chain) = saved.first_istio_chain() {
+            return Some((program, chain.to_owned()));
         }
     }
     None
@@ -613,7 +621,19 @@ pub fn legacy_istio_chain() -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::istio_shaped;
+    use super::{SavedTables, istio_shaped};
+
+    #[test]
+    fn finds_istio_chains_only() {
+        let saved =
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n-A PREROUTING -j X\nCOMMIT\n";
+        assert_eq!(
+            SavedTables::parse(saved).first_istio_chain(),
+            Some("ISTIO_INBOUND")
+        );
+        let plain = SavedTables::parse("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+        assert_eq!(plain.first_istio_chain(), None);
+    }
 
     #[test]
     fn istio_shapes_are_recognised_whatever_their_values() {
