@@ -325,9 +325,14 @@ fn install_into_a_conf_turns_it_into_a_conflist() {
     .unwrap();
     assert_success(&node.install(&[]));
 
+    // The original kept aside (a name no runtime loads) for uninstall to put back.
     assert_eq!(
         node.conf_names(),
-        ["10-bridge.conflist", "meshcap-cni.kubeconfig"]
+        [
+            ".10-bridge.conf.meshcap-converted",
+            "10-bridge.conflist",
+            "meshcap-cni.kubeconfig"
+        ]
     );
     let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
     assert_eq!(
@@ -407,18 +412,205 @@ fn uninstall_restores_the_node() {
 }
 
 #[test]
-fn uninstall_leaves_a_converted_conf_as_its_one_plugin_list() {
+fn uninstall_restores_a_converted_conf_as_it_was() {
     let node = Node::new("restore-conf");
     node.write("10-bridge.conf", BRIDGE_CONF);
+    std::fs::set_permissions(
+        node.conf.join("10-bridge.conf"),
+        PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
     assert_success(&node.install(&[]));
+    let output = node.uninstall();
+    assert_success(&output);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("restored"),
+        "{output:?}"
+    );
+    assert_eq!(node.conf_names(), ["10-bridge.conf"]);
+    assert_eq!(node.read("10-bridge.conf"), BRIDGE_CONF);
+    assert_eq!(mode(&node.conf.join("10-bridge.conf")), 0o640);
+}
+
+#[test]
+fn uninstall_keeps_a_converted_list_that_something_else_joined() {
+    let node = Node::new("converted-joined");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    assert_success(&node.install(&[]));
+    let mut joined = node.json("10-bridge.conflist");
+    joined["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, json!({"type": "bandwidth"}));
+    node.replace(
+        "10-bridge.conflist",
+        &serde_json::to_string(&joined).unwrap(),
+    );
     assert_success(&node.uninstall());
-    // As Istio's install-cni: the .conflist stays, holding the original configuration.
     let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
     assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
     assert_eq!(
         node.json("10-bridge.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "bridge-net", "plugins": [conf]})
+        json!({"cniVersion": "1.0.0", "name": "bridge-net",
+            "plugins": [conf, {"type": "bandwidth"}]})
     );
+}
+
+#[test]
+fn converting_never_overwrites_an_existing_conflist() {
+    let node = Node::new("convert-occupied");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    node.write("10-bridge.conflist", CALICO);
+    let stderr = failure(node.install(&[]), 1);
+    assert!(
+        stderr.contains("10-bridge.conflist") && stderr.contains("exists already"),
+        "{stderr}"
+    );
+    assert_eq!(node.read("10-bridge.conf"), BRIDGE_CONF);
+    assert_eq!(node.read("10-bridge.conflist"), CALICO);
+    assert_eq!(node.conf_names(), ["10-bridge.conf", "10-bridge.conflist"]);
+    assert!(names(&node.bin).is_empty());
+}
+
+#[test]
+fn a_conf_rewritten_after_its_conversion_is_converted_again() {
+    let node = Node::new("reconvert");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    assert_success(&node.install(&[]));
+    // The owner writes its .conf again (an upgrade): it is the primary network once more.
+    let newer = BRIDGE_CONF.replace("cni0", "cni1");
+    node.replace("10-bridge.conf", &newer);
+    assert_success(&node.install(&[]));
+    let conf: Value = serde_json::from_str(&newer).unwrap();
+    assert_eq!(
+        node.json("10-bridge.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "bridge-net", "plugins": [conf, stanza()]})
+    );
+    assert_success(&node.uninstall());
+    assert_eq!(node.conf_names(), ["10-bridge.conf"]);
+    assert_eq!(node.read("10-bridge.conf"), newer);
+}
+
+#[test]
+fn uninstall_drops_a_list_that_held_only_the_stanza() {
+    let node = Node::new("only-stanza");
+    node.write("10-calico.conflist", CALICO);
+    assert_success(&node.install(&[]));
+    node.write(
+        "20-meshcap-only.conflist",
+        &serde_json::to_string(&json!({"name": "m", "cniVersion": "1.0.0", "plugins": [stanza()]}))
+            .unwrap(),
+    );
+    let output = node.uninstall();
+    assert_success(&output);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("held nothing but"),
+        "{output:?}"
+    );
+    assert_eq!(node.conf_names(), ["10-calico.conflist"]);
+    assert_eq!(node.read("10-calico.conflist"), CALICO);
+}
+
+#[test]
+fn an_existing_stanza_moves_to_the_end() {
+    let node = Node::new("move-last");
+    let mut document: Value = serde_json::from_str(CALICO).unwrap();
+    document["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, stanza());
+    node.write(
+        "10-calico.conflist",
+        &serde_json::to_string(&document).unwrap(),
+    );
+    assert_success(&node.install(&[]));
+    let installed = node.json("10-calico.conflist");
+    let plugins = installed["plugins"].as_array().unwrap();
+    let types: Vec<_> = plugins.iter().map(|p| p["type"].clone()).collect();
+    assert_eq!(types, ["calico", "portmap", "meshcap-cni"]);
+    assert_eq!(plugins[2], stanza());
+}
+
+#[test]
+fn stale_temporary_files_are_removed_at_start() {
+    let node = Node::new("stale");
+    node.write("10-calico.conflist", CALICO);
+    // What an installer killed in the middle of copying the binary leaves.
+    let stale = [
+        node.bin.join(".meshcap-cni.1-0-5f.meshcap-tmp"),
+        node.conf.join(".10-calico.conflist.1-1-60.meshcap-tmp"),
+    ];
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for path in &stale {
+        std::fs::write(path, vec![0u8; 1 << 20]).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    assert_success(&node.install(&[]));
+    assert_eq!(names(&node.bin), ["meshcap-cni"]);
+    assert_eq!(
+        node.conf_names(),
+        ["10-calico.conflist", "meshcap-cni.kubeconfig"]
+    );
+}
+
+#[test]
+fn a_symlinked_conflist_is_edited_through_the_link() {
+    let node = Node::new("symlink");
+    // The owner keeps its list elsewhere and links it, as some CNIs' config maps do.
+    let owner = node.root.join("owner");
+    std::fs::create_dir(&owner).unwrap();
+    let real = owner.join("calico.conflist");
+    std::fs::write(&real, CALICO).unwrap();
+    let link = node.conf.join("10-calico.conflist");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let is_link = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    };
+
+    assert_success(&node.install(&[]));
+    assert!(is_link(&link));
+    assert_eq!(meshcap_stanzas(&node.json("10-calico.conflist")), 1);
+    assert_eq!(names(&owner), ["calico.conflist"]);
+
+    // The watcher follows the owner rewriting the target.
+    let watcher = node.watch(&[]);
+    let newer = CALICO.replace("1440", "1450");
+    let temp = owner.join(".calico.tmp");
+    std::fs::write(&temp, &newer).unwrap();
+    std::fs::rename(&temp, &real).unwrap();
+    let repaired = wait_for("the stanza back in the link's target", || {
+        node.with_stanza("10-calico.conflist")
+            .filter(|d| d["plugins"][0]["mtu"] == 1450)
+    });
+    assert_eq!(repaired["plugins"][2], stanza());
+    assert!(is_link(&link));
+
+    let (status, stderr) = watcher.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(is_link(&link));
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), newer);
+    assert_eq!(node.conf_names(), ["10-calico.conflist"]);
+    assert_eq!(names(&owner), ["calico.conflist"]);
+}
+
+#[test]
+fn a_symlinked_single_conf_is_refused_not_replaced() {
+    let node = Node::new("symlink-conf");
+    let real = node.root.join("bridge.conf");
+    std::fs::write(&real, BRIDGE_CONF).unwrap();
+    std::os::unix::fs::symlink(&real, node.conf.join("10-bridge.conf")).unwrap();
+    let stderr = failure(node.install(&[]), 1);
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(node.conf_names(), ["10-bridge.conf"]);
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), BRIDGE_CONF);
 }
 
 #[test]
@@ -673,10 +865,14 @@ fn watch_waits_for_a_primary_network_and_can_keep_it_on_exit() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.contains("--keep-on-exit"), "{stderr}");
     assert!(node.plugin().exists() && node.kubeconfig().exists());
-    // uninstall then takes the stanza out of both files.
+    // uninstall then takes the stanza out of both files (and restores the converted .conf).
     assert_success(&node.uninstall());
     assert_eq!(node.read("05-calico.conflist"), CALICO);
-    assert_eq!(meshcap_stanzas(&node.json("10-bridge.conflist")), 0);
+    assert_eq!(
+        node.conf_names(),
+        ["05-calico.conflist", "10-bridge.conf", "README"]
+    );
+    assert_eq!(node.read("10-bridge.conf"), BRIDGE_CONF);
 }
 
 #[test]

@@ -6,10 +6,12 @@
 
 mod atomic;
 mod binary;
+mod claim;
 mod cli;
 mod confdir;
 mod conflist;
 mod error;
+mod guarded;
 mod kubeconfig;
 mod node;
 mod watch;
@@ -72,8 +74,10 @@ fn install(args: &InstallArgs) -> anyhow::Result<()> {
 }
 
 fn uninstall(args: &NodePaths) -> anyhow::Result<()> {
-    let removed = node::uninstall(&paths(args)?).context("uninstalling meshcap-cni")?;
+    let paths = paths(args)?;
+    let removed = node::uninstall(&paths).context("uninstalling meshcap-cni")?;
     log_removed(&removed);
+    claim::remove(&paths.conf_dir);
     Ok(())
 }
 
@@ -105,8 +109,21 @@ fn log_changes(changes: &Changes) {
 }
 
 fn log_removed(removed: &Removed) {
-    for path in &removed.networks {
-        tracing::info!("removed meshcap's stanza from {}", path.display());
+    for (path, how) in &removed.networks {
+        match how {
+            confdir::Removal::Edited => {
+                tracing::info!("removed meshcap's stanza from {}", path.display())
+            }
+            confdir::Removal::Dropped => tracing::info!(
+                "removed {}: it held nothing but meshcap's stanza",
+                path.display()
+            ),
+            confdir::Removal::Restored(conf) => tracing::info!(
+                "restored {} and removed {}, which meshcap had made of it",
+                conf.display(),
+                path.display()
+            ),
+        }
     }
     if removed.kubeconfig {
         tracing::info!("removed the plugin's kubeconfig");
