@@ -167,17 +167,23 @@ impl Node {
         self.bin.join("meshcap-cni")
     }
 
-    /// Starts `install --watch`; the child is killed if the test ends early.
+    /// Starts `install --watch`, its log going to a file; the child is killed if the test ends
+    /// early.
     fn watch(&self, extra: &[&str]) -> Watcher {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let log = self.root.join(format!(
+            "watcher-{}.log",
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = self
             .command("install")
             .args(["--watch", "--resync-seconds", "3600"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Watcher(child)
+        Watcher { child, log }
     }
 }
 
@@ -187,33 +193,40 @@ impl Drop for Node {
     }
 }
 
-struct Watcher(Child);
+struct Watcher {
+    child: Child,
+    log: PathBuf,
+}
 
 impl Watcher {
-    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and stderr.
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and the log.
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
         let status = wait_for("the watcher to exit after SIGTERM", || {
-            self.0.try_wait().unwrap()
+            self.child.try_wait().unwrap()
         });
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
+        (status, self.log())
+    }
+
+    /// What it has logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn assert_running(&mut self) {
         assert!(
-            self.0.try_wait().unwrap().is_none(),
-            "the watcher exited early"
+            self.child.try_wait().unwrap().is_none(),
+            "the watcher exited early: {}",
+            self.log()
         );
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -887,4 +900,147 @@ fn watch_on_a_missing_directory_fails_clearly() {
         .unwrap();
     let stderr = failure(output, 1);
     assert!(stderr.contains(&*node.conf.to_string_lossy()), "{stderr}");
+}
+
+/// CALICO with the first plugin's MTU set to `mtu`: one distinct version of the owner's file.
+fn calico_version(mtu: u32) -> String {
+    CALICO.replace("\"mtu\": 1440", &format!("\"mtu\": {mtu}"))
+}
+
+/// The file's document once it holds the stanza and is the owner's version `mtu`.
+fn version_with_stanza(node: &Node, name: &str, mtu: u32) -> Option<Value> {
+    node.with_stanza(name)
+        .filter(|d| d["plugins"][0]["mtu"] == mtu)
+}
+
+#[test]
+fn a_rewrite_1ms_after_another_is_never_reverted() {
+    let node = Node::new("race-1ms");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let mut watcher = node.watch(&[]);
+    wait_for("the first install", || node.with_stanza(name));
+    for trial in 0..100 {
+        // The owner writes twice in a row, the watcher wakes up on the first write and may be
+        // editing it when the second lands.
+        let (first, second) = (10_000 + trial, 20_000 + trial);
+        node.replace(name, &calico_version(first));
+        std::thread::sleep(Duration::from_millis(1));
+        node.replace(name, &calico_version(second));
+        // A reverted second write would leave the first one with the stanza for good.
+        let settled = wait_for("the second write with the stanza", || {
+            version_with_stanza(&node, name, second)
+        });
+        assert_eq!(settled["plugins"][2], stanza(), "trial {trial}");
+    }
+    watcher.assert_running();
+    let (status, log) = watcher.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), calico_version(20_099));
+    assert_eq!(node.conf_names(), [name]);
+}
+
+#[test]
+fn a_writer_renaming_in_a_tight_loop_keeps_its_last_version() {
+    let node = Node::new("race-loop");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let mut watcher = node.watch(&[]);
+    wait_for("the first install", || node.with_stanza(name));
+    // Another writer (the primary CNI's installer) rewrites its file as fast as it can,
+    // each version by a rename, while the watcher keeps putting the stanza back.
+    const VERSIONS: u32 = 3000;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for mtu in 1..=VERSIONS {
+                node.replace(name, &calico_version(mtu));
+            }
+        });
+    });
+    let last = wait_for("the writer's last version with the stanza", || {
+        version_with_stanza(&node, name, VERSIONS)
+    });
+    assert_eq!(last["plugins"].as_array().unwrap().len(), 3);
+    watcher.assert_running();
+    let (status, log) = watcher.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), calico_version(VERSIONS));
+    assert_eq!(node.conf_names(), [name]);
+}
+
+#[test]
+fn two_watchers_with_different_stanzas_converge_on_the_newer() {
+    let node = Node::new("two-watchers");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let backend = |node: &Node, backend: &'static str| {
+        node.with_stanza(name)
+            .filter(|d| d["plugins"][2]["capture"]["backend"] == backend)
+    };
+    let mut older = node.watch(&["--capture", r#"{"backend": "iptables"}"#]);
+    wait_for("the older watcher's stanza", || backend(&node, "iptables"));
+    let mut newer = node.watch(&["--capture", r#"{"backend": "nftables"}"#]);
+    wait_for("the newer watcher's stanza", || backend(&node, "nftables"));
+    wait_for("the older watcher to yield", || {
+        older.log().contains("keeps the node").then_some(())
+    });
+
+    // Neither rewrites the file any more: same inode and bytes after a while.
+    let identity = |node: &Node| {
+        let path = node.conf.join(name);
+        (std::fs::metadata(&path).unwrap().ino(), node.read(name))
+    };
+    let settled = identity(&node);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        identity(&node),
+        settled,
+        "the file is still being rewritten"
+    );
+    older.assert_running();
+    newer.assert_running();
+
+    // The owner's rewrite is repaired, by the newer one only.
+    node.replace(name, CALICO);
+    wait_for("the newer stanza back", || backend(&node, "nftables"));
+
+    // The newer one leaves (uninstalling): the older one takes the node over.
+    let (status, log) = newer.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    wait_for("the older watcher's stanza again", || {
+        backend(&node, "iptables")
+    });
+    assert!(older.log().contains("claiming the node"), "{}", older.log());
+    let (status, log) = older.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), CALICO);
+    assert_eq!(node.conf_names(), [name]);
+    assert!(names(&node.bin).is_empty());
+}
+
+#[test]
+fn an_older_watcher_leaves_the_node_installed_on_sigterm() {
+    // A DaemonSet rollout with surge: the new pod starts, then the old one is terminated.
+    let node = Node::new("rollout");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let old = node.watch(&[]);
+    wait_for("the old pod's install", || node.with_stanza(name));
+    let new = node.watch(&["--exclude-namespaces", "kube-system,istio-system"]);
+    wait_for("the new pod's stanza", || {
+        node.with_stanza(name)
+            .filter(|d| d["plugins"][2]["kubernetes"]["exclude_namespaces"][1] == "istio-system")
+    });
+    wait_for("the old pod to yield", || {
+        old.log().contains("keeps the node").then_some(())
+    });
+    let installed = node.read(name);
+    let (status, log) = old.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("not uninstalling"), "{log}");
+    assert_eq!(node.read(name), installed);
+    assert!(node.plugin().exists() && node.kubeconfig().exists());
+    let (status, log) = new.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), CALICO);
 }
