@@ -120,37 +120,46 @@ pub fn is_symlink(path: &Path) -> bool {
 
 /// Rewrites `path` with what `edit` makes of its current bytes (`None`: fine as it is), never
 /// losing a version another writer puts there meanwhile: `edit` is then run again on that
-/// version. Returns whether the file was written.
+/// version, and a version `edit` leaves alone or fails on goes back as it is (the same file).
+/// Returns whether the file was edited.
 pub fn edit(path: &Path, mut edit: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>) -> Result<bool> {
     let target = resolve(path)?;
     let io_err = |action| InstallError::io(action, &target);
     // The newest version of the other writers known here.
     let mut basis = Snapshot::read(&target).map_err(io_err("reading"))?;
-    // When `basis` was swapped out of the target: where it lies, and meshcap's own version
-    // that took its place.
-    let mut held: Option<(PathBuf, Snapshot)> = None;
+    // Set when `basis` was swapped out of the target.
+    let mut held: Option<Held> = None;
     for round in 0.. {
-        let desired = match (edit(&basis.bytes)?, &held) {
-            (Some(bytes), _) => bytes,
-            (None, None) => return Ok(false),
-            // The newer version needs no edit: it goes back as it was.
-            (None, Some(_)) => basis.bytes.clone(),
+        let expected = held.as_ref().map_or(&basis, |held| &held.at_target).clone();
+        // What goes into the target this round, what it is, and an error to return once
+        // another writer's version held here is back in place.
+        let (source, swapped_in, failed) = match (edit(&basis.bytes), held.take()) {
+            (Ok(None), None) => return Ok(false),
+            (Err(e), None) => return Err(e),
+            (Ok(None), Some(older)) => (Source::Held(older.into_path()), basis.clone(), None),
+            (Err(e), Some(older)) => (Source::Held(older.into_path()), basis.clone(), Some(e)),
+            (Ok(Some(bytes)), older) => {
+                if round >= ROUNDS && older.is_none() {
+                    return Err(InstallError::KeepsChanging(path.to_owned()));
+                }
+                match write_temp(&target, &basis, bytes) {
+                    Ok((temp, ours)) => {
+                        // Removed once the edit of it is in place.
+                        held = older;
+                        (Source::Temp(temp), ours, None)
+                    }
+                    Err(e) => match older {
+                        None => return Err(e),
+                        Some(older) => (Source::Held(older.into_path()), basis.clone(), Some(e)),
+                    },
+                }
+            }
         };
-        if round >= ROUNDS && held.is_none() {
-            return Err(InstallError::KeepsChanging(path.to_owned()));
-        }
-        let temp = write_temp(&target, &basis, &desired)?;
-        let ours = Snapshot {
-            version: Version::of(&temp.file().metadata().map_err(io_err("writing"))?),
-            bytes: desired,
-            ..basis.clone()
-        };
-        let expected = held.as_ref().map_or(&basis, |(_, ours)| ours);
         let now = Snapshot::read_opt(&target).map_err(io_err("reading"))?;
-        if !now.as_ref().is_some_and(|now| now.same(expected)) {
-            // Rewritten since it was read: the newer version supersedes anything held.
-            drop(temp);
-            discard(held.take());
+        if !now.as_ref().is_some_and(|now| now.same(&expected)) {
+            // Rewritten since it was read: the newer version supersedes everything held.
+            source.discard();
+            held = None;
             basis = now.ok_or_else(|| {
                 io_err("editing")(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -161,39 +170,44 @@ pub fn edit(path: &Path, mut edit: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>)
         }
         #[cfg(test)]
         tests::before_swap(&target);
+        let swapped = source.path().to_owned();
+        let put_back = matches!(source, Source::Held(_));
         match renameat2(
             AT_FDCWD,
-            &temp.path,
+            &swapped,
             AT_FDCWD,
             &target,
             RenameFlags::RENAME_EXCHANGE,
         ) {
-            Ok(()) => {}
+            Ok(()) => source.forget(),
             Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                std::fs::rename(&temp.path, &target).map_err(io_err("writing"))?;
-                temp.forget();
-                discard(held.take());
+                // No exchange on this filesystem: a rename right after the check.
+                std::fs::rename(&swapped, &target).map_err(io_err("writing"))?;
+                source.forget();
                 atomic::sync_dir(&target)?;
-                return Ok(true);
+                return failed.map_or(Ok(true), Err);
             }
             Err(e) => return Err(io_err("writing")(e.into())),
         }
-        // The temporary name now holds what the target held at the swap.
-        let swapped = temp.path.clone();
-        temp.forget();
-        let displaced = Snapshot::read(&swapped).map_err(io_err("reading back"))?;
-        if displaced.same(expected) {
-            let _ = std::fs::remove_file(&swapped);
-            discard(held.take());
+        // The swapped name now holds what the target held at the swap.
+        let displaced = Held {
+            path: swapped,
+            at_target: swapped_in,
+        };
+        let read_back = Snapshot::read(&displaced.path).map_err(io_err("reading back"))?;
+        if read_back.same(&expected) {
+            drop(displaced);
+            drop(held);
             atomic::sync_dir(&target)?;
-            return Ok(true);
+            return failed.map_or(Ok(!put_back), Err);
         }
         tracing::debug!(
             "{} was rewritten while meshcap edited it: editing the newer version",
             path.display()
         );
-        discard(held.replace((swapped, ours)));
-        basis = displaced;
+        // Anything held before is older than the displaced version: removed.
+        held = Some(displaced);
+        basis = read_back;
     }
     unreachable!("the loop only returns")
 }
@@ -240,19 +254,75 @@ pub fn take(path: &Path, to: &Path) -> Result<Snapshot> {
     Snapshot::read(to).map_err(InstallError::io("reading", to))
 }
 
-/// A temporary file beside `target` holding `bytes`, with the mode and owner of `like`.
-fn write_temp(target: &Path, like: &Snapshot, bytes: &[u8]) -> Result<Temp> {
+/// A temporary file beside `target` holding `bytes`, with the mode and owner of `like`, and
+/// its snapshot.
+fn write_temp(target: &Path, like: &Snapshot, bytes: Vec<u8>) -> Result<(Temp, Snapshot)> {
     let mut temp = Temp::create(target, like.mode)?;
-    temp.fill(|file| io::Write::write_all(file, bytes))?;
+    temp.fill(|file| io::Write::write_all(file, &bytes))?;
     // Keeps the owner's file owned as it was (a no-op when root writes a root's file; fails
     // harmlessly without the privilege).
     let _ = std::os::unix::fs::fchown(temp.file(), Some(like.uid), Some(like.gid));
-    Ok(temp)
+    let meta = temp
+        .file()
+        .metadata()
+        .map_err(InstallError::io("writing", &temp.path))?;
+    let snapshot = Snapshot {
+        version: Version::of(&meta),
+        bytes,
+        ..like.clone()
+    };
+    Ok((temp, snapshot))
 }
 
-fn discard(held: Option<(PathBuf, Snapshot)>) {
-    if let Some((path, _)) = held {
-        let _ = std::fs::remove_file(path);
+/// What a round swaps into the target: a new temporary file, or a version of another writer's
+/// held here, going back as it is.
+enum Source {
+    Temp(Temp),
+    Held(PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &Path {
+        match self {
+            Source::Temp(temp) => &temp.path,
+            Source::Held(path) => path,
+        }
+    }
+
+    /// Not swapped in after all: removed.
+    fn discard(self) {
+        if let Source::Held(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Swapped or renamed away: nothing to remove under its name.
+    fn forget(self) {
+        if let Source::Temp(temp) = self {
+            temp.forget();
+        }
+    }
+}
+
+/// A file swapped out of the target (removed on drop: by then it is either edited and back in
+/// place, or superseded by a newer version), and what was swapped in for it.
+struct Held {
+    path: PathBuf,
+    at_target: Snapshot,
+}
+
+impl Held {
+    /// Takes the file over from the guard (it is about to be swapped back in).
+    fn into_path(mut self) -> PathBuf {
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -260,7 +330,8 @@ fn discard(held: Option<(PathBuf, Snapshot)>) {
 mod tests {
     use super::super::atomic::tests::names;
     use super::*;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
 
     /// Another writer, run in the window before a swap.
     type Writer = Box<dyn FnOnce(&Path)>;
@@ -350,14 +421,41 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "v2\n+stanza\n");
         assert_eq!(names(&dir), ["10-a.conflist"]);
 
-        // Twice in a row, and the last version needing no edit: it goes back as written.
+        // Twice in a row, and the last version needing no edit: that very file goes back.
         std::fs::write(&file, "v3\n").unwrap();
+        let v5 = Rc::new(Cell::new(0));
+        let inode = v5.clone();
         race(vec![
             Box::new(|target| replace(target, "v4\n")),
-            Box::new(|target| replace(target, "v5\n+stanza\n")),
+            Box::new(move |target| {
+                replace(target, "v5\n+stanza\n");
+                inode.set(std::fs::metadata(target).unwrap().ino());
+            }),
         ]);
-        assert!(edit(&file, append).unwrap());
+        assert!(!edit(&file, append).unwrap());
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "v5\n+stanza\n");
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), v5.get());
+        assert_eq!(names(&dir), ["10-a.conflist"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_version_the_edit_fails_on_goes_back_as_it_is() {
+        let dir = dir("edit-fails");
+        let file = dir.join("10-a.conflist");
+        std::fs::write(&file, "v1\n").unwrap();
+        // Half a file, as an owner writing in place may leave it for a moment.
+        race(vec![Box::new(|target| replace(target, "{\"plug"))]);
+        let strict = |bytes: &[u8]| match bytes.starts_with(b"v") {
+            true => append(bytes),
+            false => Err(InstallError::NotANetwork {
+                path: PathBuf::from("10-a.conflist"),
+                reason: "half written".into(),
+            }),
+        };
+        let err = edit(&file, strict).unwrap_err();
+        assert!(err.to_string().contains("half written"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "{\"plug");
         assert_eq!(names(&dir), ["10-a.conflist"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
