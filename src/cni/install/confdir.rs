@@ -111,7 +111,7 @@ pub fn add_stanza(path: &Path, stanza: &Value) -> Result<Option<PathBuf>> {
     let insert = |bytes: &[u8]| edit_document(path, bytes, |d| conflist::insert(d, stanza));
     match file.shape {
         Shape::List => Ok(guarded::edit(path, insert)?.then(|| path.to_owned())),
-        Shape::Single => convert(&file, insert).map(Some),
+        Shape::Single => convert(&file, insert),
     }
 }
 
@@ -121,11 +121,14 @@ pub fn add_stanza(path: &Path, stanza: &Value) -> Result<Option<PathBuf>> {
 fn convert(
     conf: &NetworkFile,
     mut insert: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
-) -> Result<PathBuf> {
+) -> Result<Option<PathBuf>> {
     let list = conf.list_path();
     let record = record_path(&conf.path);
     let read = Snapshot::read(&conf.path).map_err(InstallError::io("reading", &conf.path))?;
-    let desired = insert(&read.bytes)?.expect("a single plugin always changes");
+    let Some(desired) = insert(&read.bytes)? else {
+        // Rewritten since as a list holding the stanza already: nothing to convert.
+        return Ok(None);
+    };
     if std::fs::symlink_metadata(&list).is_ok() {
         put(&list, desired)?;
     } else {
@@ -149,7 +152,7 @@ fn convert(
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    Ok(list)
+    Ok(Some(list))
 }
 
 /// Makes `list` hold exactly `desired` (it is meshcap's own conversion).

@@ -11,7 +11,9 @@
 //!    whatever the target held at that instant under the temporary name;
 //! 4. checks that displaced file once more. It is what was read, and is removed; or a writer got
 //!    in between 2 and 3, and then the displaced file is that writer's newer version: the edit
-//!    is made again onto it and swapped in, now expecting meshcap's own file at the target.
+//!    is made again onto it and swapped in, now expecting meshcap's own file at the target. A
+//!    newer version that needs no edit, or that the edit fails on (half written), is swapped
+//!    back in itself, the same file.
 //!
 //! So at every instant the newest version of every other writer is either at the target or
 //! held under a temporary name to be edited and put back; nothing is lost whichever instant
@@ -185,7 +187,7 @@ pub fn edit(path: &Path, mut edit: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>)
                 std::fs::rename(&swapped, &target).map_err(io_err("writing"))?;
                 source.forget();
                 atomic::sync_dir(&target)?;
-                return failed.map_or(Ok(true), Err);
+                return failed.map_or(Ok(!put_back), Err);
             }
             Err(e) => return Err(io_err("writing")(e.into())),
         }
@@ -194,7 +196,14 @@ pub fn edit(path: &Path, mut edit: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>)
             path: swapped,
             at_target: swapped_in,
         };
-        let read_back = Snapshot::read(&displaced.path).map_err(io_err("reading back"))?;
+        let read_back = match Snapshot::read(&displaced.path) {
+            Ok(read_back) => read_back,
+            Err(e) => {
+                // Left where it is (unread, it may be another writer's newest version).
+                let _ = displaced.into_path();
+                return Err(io_err("reading back")(e));
+            }
+        };
         if read_back.same(&expected) {
             drop(displaced);
             drop(held);
