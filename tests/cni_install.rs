@@ -208,6 +208,12 @@ impl Watcher {
         (status, self.log())
     }
 
+    /// SIGKILL: no cleanup at all, as the OOM killer ends it.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// What it has logged so far.
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -1044,4 +1050,32 @@ fn an_older_watcher_leaves_the_node_installed_on_sigterm() {
     let (status, log) = new.terminate();
     assert!(status.success(), "{status:?}: {log}");
     assert_eq!(node.read(name), CALICO);
+}
+
+#[test]
+fn a_killed_newer_watcher_is_taken_over() {
+    let node = Node::new("killed-watcher");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let older = node.watch(&[]);
+    wait_for("the older watcher's install", || node.with_stanza(name));
+    let newer = node.watch(&["--capture", r#"{"backend": "nftables"}"#]);
+    wait_for("the older watcher to yield", || {
+        older.log().contains("keeps the node").then_some(())
+    });
+    newer.kill();
+    // The owner rewrites its file: only the older watcher is left to repair it, once it sees
+    // the newer one's claim is a dead installer's (on this change, or at the latest at the
+    // periodic re-check).
+    node.replace(name, CALICO);
+    let repaired = wait_for("the older watcher's stanza", || {
+        node.with_stanza(name)
+            .filter(|d| d["plugins"][2].get("capture").is_none())
+    });
+    assert_eq!(repaired["plugins"][2], stanza());
+    assert!(older.log().contains("is gone"), "{}", older.log());
+    let (status, log) = older.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), CALICO);
+    assert_eq!(node.conf_names(), [name]);
 }

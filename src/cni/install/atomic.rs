@@ -88,6 +88,15 @@ impl Temp {
         self.file.as_ref().expect("open until dropped")
     }
 
+    /// Renames the file to `to` and keeps holding its lock: for as long as the lock lives,
+    /// others can tell that its writer is alive.
+    pub fn rename_locked(mut self, to: &Path) -> Result<Flock<File>> {
+        std::fs::rename(&self.path, to).map_err(InstallError::io("writing", to))?;
+        self.path = PathBuf::new();
+        sync_dir(to)?;
+        Ok(self.file.take().expect("open until dropped"))
+    }
+
     /// The file was renamed or swapped away: nothing to remove under its name.
     pub fn forget(mut self) {
         self.file.take();

@@ -3,13 +3,16 @@
 //! `.meshcap-cni.installer` in the configuration directory when it starts; the last one written
 //! is the node's installer. One that finds another's claim stops writing anything and, on
 //! SIGTERM, leaves the node installed for the other. When the claim disappears (its installer
-//! uninstalled on exit, or `meshcap cni uninstall` ran), the remaining ones claim the node again
-//! and the last of them keeps it. So two installers with different stanzas never take turns
-//! rewriting the network configuration.
+//! uninstalled on exit, or `meshcap cni uninstall` ran) or its installer is gone (killed: the
+//! advisory lock it holds on its claim file from the moment it wrote it is free), the remaining
+//! ones claim the node again and the last of them keeps it. So two installers with different
+//! stanzas never take turns rewriting the network configuration.
 
-use super::atomic;
+use super::atomic::Temp;
 use super::guarded::{self, Snapshot};
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// A hidden name no runtime loads.
@@ -20,6 +23,8 @@ pub const FILE: &str = ".meshcap-cni.installer";
 pub struct Claim {
     path: PathBuf,
     record: Record,
+    /// Held on the claim file written last, for as long as this installer runs.
+    lock: Option<Flock<File>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +41,8 @@ pub enum Holder {
     This,
     /// Another installer, as it describes itself.
     Other(String),
+    /// Another installer that is gone without removing its claim (killed).
+    Gone(String),
     /// No claim (or an unreadable one).
     Nobody,
 }
@@ -58,13 +65,18 @@ impl Claim {
                     started.as_secs()
                 ),
             },
+            lock: None,
         }
     }
 
     /// Makes this installer the node's installer.
-    pub fn assert(&self) -> super::error::Result<()> {
+    pub fn assert(&mut self) -> super::error::Result<()> {
         let text = serde_json::to_string(&self.record).expect("strings serialize") + "\n";
-        atomic::write(&self.path, 0o644, text.as_bytes())
+        // Locked from its creation on, so nobody takes it for a dead installer's.
+        let mut temp = Temp::create(&self.path, 0o644)?;
+        temp.fill(|file| std::io::Write::write_all(file, text.as_bytes()))?;
+        self.lock = Some(temp.rename_locked(&self.path)?);
+        Ok(())
     }
 
     pub fn holder(&self) -> Holder {
@@ -73,7 +85,8 @@ impl Claim {
         };
         match serde_json::from_slice::<Record>(&text) {
             Ok(record) if record.id == self.record.id => Holder::This,
-            Ok(record) => Holder::Other(record.installer),
+            Ok(record) if is_locked(&self.path) => Holder::Other(record.installer),
+            Ok(record) => Holder::Gone(record.installer),
             Err(_) => Holder::Nobody,
         }
     }
@@ -92,6 +105,15 @@ impl Claim {
     }
 }
 
+/// Whether a live installer holds the lock on the claim file at `path` (gone: free, or
+/// replaced in between, which the next look sees).
+fn is_locked(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return true;
+    };
+    Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
+}
+
 /// Removes whatever claim there is (`meshcap cni uninstall`).
 pub fn remove(conf_dir: &Path) {
     if let Err(e) = super::remove_if_present(&conf_dir.join(FILE)) {
@@ -108,7 +130,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("meshcap-claim-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (first, second) = (Claim::new(&dir), Claim::new(&dir));
+        let (mut first, mut second) = (Claim::new(&dir), Claim::new(&dir));
         assert_eq!(first.holder(), Holder::Nobody);
         first.assert().unwrap();
         assert_eq!(first.holder(), Holder::This);
@@ -121,6 +143,11 @@ mod tests {
             other.contains(&format!("pid {}", std::process::id())),
             "{other}"
         );
+        // The second one dies without removing its claim: its lock goes with it.
+        let lock = second.lock.take();
+        drop(lock);
+        assert!(matches!(first.holder(), Holder::Gone(_)));
+        second.assert().unwrap();
         // Releasing someone else's claim does nothing.
         first.release();
         assert_eq!(second.holder(), Holder::This);

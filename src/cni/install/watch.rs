@@ -54,7 +54,7 @@ pub fn run(install: &Install, resync: Duration, keep_on_exit: bool) -> anyhow::R
             .with_context(|| format!("watching {}", dir.display()))?;
     }
     let timeout = PollTimeout::try_from(resync).unwrap_or(PollTimeout::MAX);
-    let claim = Claim::new(&install.paths.conf_dir);
+    let mut claim = Claim::new(&install.paths.conf_dir);
     claim.assert().context("claiming the node")?;
     let mut yielded_to: Option<String> = None;
 
@@ -70,6 +70,16 @@ pub fn run(install: &Install, resync: Duration, keep_on_exit: bool) -> anyhow::R
                     );
                 }
                 yielded_to = Some(other);
+            }
+            Holder::Gone(other) => {
+                tracing::info!(
+                    "the installer this one yielded to ({other}) is gone without uninstalling: \
+                     claiming the node"
+                );
+                yielded_to = None;
+                if let Err(e) = claim.assert() {
+                    tracing::warn!("claiming the node: {e}");
+                }
             }
             Holder::Nobody => {
                 if let Some(other) = yielded_to.take() {
