@@ -87,8 +87,8 @@ pub struct Removed {
 /// Removes what [`Install::run`] added: the stanza from every network file holding it (the
 /// primary network may have changed since), the kubeconfig and the binary. A list that held
 /// nothing but the stanza is removed; a single plugin's `.conf` that install turned into a
-/// `.conflist` comes back as it was, unless something else joined the list meanwhile. Unreadable files are left alone: they cannot hold a stanza this installer
-/// wrote.
+/// `.conflist` comes back as it was, unless something else joined the list meanwhile.
+/// Unreadable files are left alone: they cannot hold a stanza this installer wrote.
 pub fn uninstall(paths: &Paths) -> Result<Removed> {
     paths.remove_stale();
     let mut removed = Removed::default();

@@ -59,40 +59,7 @@ pub fn run(install: &Install, resync: Duration, keep_on_exit: bool) -> anyhow::R
     let mut yielded_to: Option<String> = None;
 
     loop {
-        match claim.holder() {
-            Holder::This => {}
-            Holder::Other(other) => {
-                if yielded_to.as_ref() != Some(&other) {
-                    tracing::warn!(
-                        "another meshcap-cni installer ({other}) started on this node after this \
-                         one: it keeps the node; this one stops writing and leaves everything \
-                         installed on exit"
-                    );
-                }
-                yielded_to = Some(other);
-            }
-            Holder::Gone(other) => {
-                tracing::info!(
-                    "the installer this one yielded to ({other}) is gone without uninstalling: \
-                     claiming the node"
-                );
-                yielded_to = None;
-                if let Err(e) = claim.assert() {
-                    tracing::warn!("claiming the node: {e}");
-                }
-            }
-            Holder::Nobody => {
-                if let Some(other) = yielded_to.take() {
-                    tracing::info!(
-                        "the installer this one yielded to ({other}) has left: claiming the node"
-                    );
-                }
-                if let Err(e) = claim.assert() {
-                    tracing::warn!("claiming the node: {e}");
-                }
-            }
-        }
-        if yielded_to.is_none() {
+        if keeps_node(&mut claim, &mut yielded_to) {
             reconcile(install);
             watch_link_target(&inotify, install, changes);
         }
@@ -133,6 +100,37 @@ pub fn run(install: &Install, resync: Duration, keep_on_exit: bool) -> anyhow::R
     // Last: another installer waiting for the node takes it over once this claim is gone.
     claim.release();
     Ok(())
+}
+
+/// Whether this installer keeps the node: it holds the claim, or claims the node again when
+/// the installer it yielded to has left. `yielded_to` says whom it yields to, for the logs.
+fn keeps_node(claim: &mut Claim, yielded_to: &mut Option<String>) -> bool {
+    let left = match claim.holder() {
+        Holder::This => return true,
+        Holder::Other(other) => {
+            if yielded_to.as_ref() != Some(&other) {
+                tracing::warn!(
+                    "another meshcap-cni installer ({other}) started on this node after this one: \
+                     it keeps the node; this one stops writing and leaves everything installed on \
+                     exit"
+                );
+            }
+            *yielded_to = Some(other);
+            return false;
+        }
+        Holder::Gone(other) => Some(format!("({other}) is gone without uninstalling")),
+        Holder::Nobody => yielded_to
+            .as_ref()
+            .map(|other| format!("({other}) has left")),
+    };
+    if let Some(left) = left {
+        tracing::info!("the installer this one yielded to {left}: claiming the node");
+    }
+    *yielded_to = None;
+    if let Err(e) = claim.assert() {
+        tracing::warn!("claiming the node: {e}");
+    }
+    true
 }
 
 /// One install pass; failures are logged and retried on the next change, since what they wait
