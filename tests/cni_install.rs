@@ -511,6 +511,39 @@ fn a_conf_rewritten_after_its_conversion_is_converted_again() {
 }
 
 #[test]
+fn a_reconverted_list_keeps_plugins_others_chained_into_it() {
+    let node = Node::new("reconvert-joined");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    assert_success(&node.install(&[]));
+    // Another installer chains its plugin into meshcap's list, then the owner rewrites its .conf.
+    let mut joined = node.json("10-bridge.conflist");
+    joined["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, json!({"type": "bandwidth"}));
+    node.replace(
+        "10-bridge.conflist",
+        &serde_json::to_string(&joined).unwrap(),
+    );
+    let newer = BRIDGE_CONF.replace("cni0", "cni1");
+    node.replace("10-bridge.conf", &newer);
+    assert_success(&node.install(&[]));
+    let conf: Value = serde_json::from_str(&newer).unwrap();
+    assert_eq!(
+        node.json("10-bridge.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "bridge-net",
+            "plugins": [conf.clone(), {"type": "bandwidth"}, stanza()]})
+    );
+    assert_success(&node.uninstall());
+    assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
+    assert_eq!(
+        node.json("10-bridge.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "bridge-net",
+            "plugins": [conf, {"type": "bandwidth"}]})
+    );
+}
+
+#[test]
 fn uninstall_drops_a_list_that_held_only_the_stanza() {
     let node = Node::new("only-stanza");
     node.write("10-calico.conflist", CALICO);
@@ -559,18 +592,15 @@ fn stale_temporary_files_are_removed_at_start() {
         node.bin.join(".meshcap-cni.1-0-5f.meshcap-tmp"),
         node.conf.join(".10-calico.conflist.1-1-60.meshcap-tmp"),
     ];
-    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
     for path in &stale {
         std::fs::write(path, vec![0u8; 1 << 20]).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(hour_ago)
-            .unwrap();
     }
-    assert_success(&node.install(&[]));
-    assert_eq!(names(&node.bin), ["meshcap-cni"]);
+    // Left alone while they may still be a live writer's (changed within the last 2 s), removed
+    // by the first pass after that.
+    wait_for("the stale files removed by an install", || {
+        assert_success(&node.install(&[]));
+        (names(&node.bin) == ["meshcap-cni"]).then_some(())
+    });
     assert_eq!(
         node.conf_names(),
         ["10-calico.conflist", "meshcap-cni.kubeconfig"]
@@ -1077,5 +1107,10 @@ fn a_killed_newer_watcher_is_taken_over() {
     let (status, log) = older.terminate();
     assert!(status.success(), "{status:?}: {log}");
     assert_eq!(node.read(name), CALICO);
-    assert_eq!(node.conf_names(), [name]);
+    // The killed one may have died in the middle of a write: its temporary file goes with the
+    // first pass that sees it unlocked and a few seconds old.
+    wait_for("the killed watcher's leftovers removed", || {
+        assert_success(&node.uninstall());
+        (node.conf_names() == [name]).then_some(())
+    });
 }

@@ -13,16 +13,18 @@ use super::error::{InstallError, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 const TEMP_SUFFIX: &str = ".meshcap-tmp";
 
-/// Younger temporary files are left alone by [`remove_stale`] even when unlocked: the instant
-/// between a writer creating its file and locking it.
-const STALE_AFTER: Duration = Duration::from_secs(5);
+/// Temporary files changed more recently (ctime: written, created, renamed or swapped) are left
+/// alone by [`remove_stale`] even when unlocked: the instant between a writer creating its file
+/// and locking it, and another writer's version an edit holds for a moment after swapping it
+/// out of the target ([`super::guarded`]).
+const STALE_AFTER: Duration = Duration::from_secs(2);
 
 /// Replaces `path` with `bytes`, file mode `mode`.
 pub fn write(path: &Path, mode: u32, bytes: &[u8]) -> Result<()> {
@@ -116,6 +118,11 @@ impl Drop for Temp {
 /// Removes the temporary files in `dir` that no live writer holds: left by an installer killed
 /// midway. Returns how many it removed; failures are only logged (a cleanup never fails a pass).
 pub fn remove_stale(dir: &Path) -> usize {
+    remove_unlocked(dir, STALE_AFTER)
+}
+
+/// Removes the unlocked temporary files in `dir` whose last change is older than `age`.
+fn remove_unlocked(dir: &Path, age: Duration) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -127,9 +134,15 @@ pub fn remove_stale(dir: &Path) -> usize {
             continue;
         }
         let path = entry.path();
-        let old = std::fs::symlink_metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE_AFTER);
+        let changed = std::fs::symlink_metadata(&path).map(|m| {
+            SystemTime::UNIX_EPOCH
+                + Duration::new(
+                    m.ctime().max(0) as u64,
+                    m.ctime_nsec().clamp(0, 999_999_999) as u32,
+                )
+        });
+        let old =
+            changed.is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= age);
         if !old {
             continue;
         }
@@ -242,33 +255,21 @@ pub(super) mod tests {
     #[test]
     fn only_old_unlocked_temporary_files_are_stale() {
         let (dir, _) = dir_with("stale", "meshcap-cni");
-        let old = SystemTime::now() - Duration::from_secs(3600);
-        let backdate = |path: &Path| {
-            File::options()
-                .write(true)
-                .open(path)
-                .unwrap()
-                .set_modified(old)
-                .unwrap()
-        };
-        // Killed midway: old and unlocked.
+        // Killed midway: unlocked.
         let dead = dir.join(".meshcap-cni.1-0-0.meshcap-tmp");
         std::fs::write(&dead, vec![0u8; 4096]).unwrap();
-        backdate(&dead);
-        // Being written right now by a live writer (locked), though old.
+        // Being written right now by a live writer: locked.
         let live = Temp::create(&dir.join("meshcap-cni"), 0o755).unwrap();
-        backdate(&live.path);
-        // Just created: possibly not locked yet.
-        let fresh = dir.join(".meshcap-cni.2-0-0.meshcap-tmp");
-        std::fs::write(&fresh, "").unwrap();
         // Not ours at all.
         let foreign = dir.join(".cache");
         std::fs::write(&foreign, "").unwrap();
-        backdate(&foreign);
+        // Just changed: possibly not locked yet, left alone.
+        assert_eq!(remove_stale(&dir), 0);
+        assert!(dead.exists());
 
-        assert_eq!(remove_stale(&dir), 1);
+        assert_eq!(remove_unlocked(&dir, Duration::ZERO), 1);
         assert!(!dead.exists());
-        assert!(live.path.exists() && fresh.exists() && foreign.exists());
+        assert!(live.path.exists() && foreign.exists());
         drop(live);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -108,31 +108,36 @@ impl NetworkFile {
 pub fn add_stanza(path: &Path, stanza: &Value) -> Result<Option<PathBuf>> {
     let file = NetworkFile::read(path)?;
     file.check_add(stanza)?;
-    let insert = |bytes: &[u8]| edit_document(path, bytes, |d| conflist::insert(d, stanza));
     match file.shape {
-        Shape::List => Ok(guarded::edit(path, insert)?.then(|| path.to_owned())),
-        Shape::Single => convert(&file, insert),
+        Shape::List => {
+            let insert = |bytes: &[u8]| edit_document(path, bytes, |d| conflist::insert(d, stanza));
+            Ok(guarded::edit(path, insert)?.then(|| path.to_owned()))
+        }
+        Shape::Single => convert(&file, stanza),
     }
 }
 
 /// `X.conf` to `X.conflist`: the list is written first (the directory never lacks the
 /// network), then `X.conf` is moved aside as the record of the conversion. Should its owner
-/// have rewritten it in between, the list is made again from the version moved.
-fn convert(
-    conf: &NetworkFile,
-    mut insert: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
-) -> Result<Option<PathBuf>> {
+/// have rewritten it in between, the list follows the version moved.
+fn convert(conf: &NetworkFile, stanza: &Value) -> Result<Option<PathBuf>> {
     let list = conf.list_path();
     let record = record_path(&conf.path);
     let read = Snapshot::read(&conf.path).map_err(InstallError::io("reading", &conf.path))?;
-    let Some(desired) = insert(&read.bytes)? else {
-        // Rewritten since as a list holding the stanza already: nothing to convert.
+    let Some(single) = single_plugin(&conf.path, &read.bytes)? else {
+        // Rewritten as a list since it was checked: the next pass sees it as such.
         return Ok(None);
     };
     if std::fs::symlink_metadata(&list).is_ok() {
-        put(&list, desired)?;
+        follow(&list, &single, stanza)?;
     } else {
-        match guarded::create(&list, read.mode, &desired) {
+        let edited =
+            conflist::insert(single, stanza).map_err(|reason| InstallError::NotANetwork {
+                path: conf.path.clone(),
+                reason,
+            })?;
+        let text = conflist::render(&edited.document);
+        match guarded::create(&list, read.mode, text.as_bytes()) {
             Err(InstallError::Io { error, .. })
                 if error.kind() == std::io::ErrorKind::AlreadyExists =>
             {
@@ -146,8 +151,8 @@ fn convert(
     }
     let taken = guarded::take(&conf.path, &record)?;
     if taken.bytes != read.bytes {
-        match insert(&taken.bytes) {
-            Ok(Some(desired)) => drop(put(&list, desired)?),
+        match single_plugin(&conf.path, &taken.bytes) {
+            Ok(Some(single)) => drop(follow(&list, &single, stanza)?),
             Ok(None) => {}
             Err(e) => tracing::warn!("{e}"),
         }
@@ -155,12 +160,37 @@ fn convert(
     Ok(Some(list))
 }
 
-/// Makes `list` hold exactly `desired` (it is meshcap's own conversion).
-fn put(list: &Path, desired: Vec<u8>) -> Result<bool> {
-    guarded::edit(
-        list,
-        |bytes| Ok((bytes != desired).then(|| desired.clone())),
-    )
+/// The single plugin's configuration in `bytes`; `None` when it is a list.
+fn single_plugin(path: &Path, bytes: &[u8]) -> Result<Option<Value>> {
+    let document = parse(path, bytes)?;
+    match conflist::shape(&document) {
+        Ok(Shape::Single) => Ok(Some(document)),
+        Ok(Shape::List) => Ok(None),
+        Err(reason) => Err(InstallError::NotANetwork {
+            path: path.to_owned(),
+            reason,
+        }),
+    }
+}
+
+/// Makes meshcap's conversion `list` follow a new version of the single plugin it was made
+/// from: that plugin first, plugins someone else chained into the list kept, the stanza last.
+fn follow(list: &Path, single: &Value, stanza: &Value) -> Result<bool> {
+    guarded::edit(list, |bytes| {
+        let merged = match serde_json::from_slice::<Value>(bytes) {
+            Ok(current) if conflist::shape(&current) == Ok(Shape::List) => {
+                conflist::with_first(current, single.clone())
+            }
+            _ => conflist::as_list(single.clone()),
+        };
+        let edited =
+            conflist::insert(merged, stanza).map_err(|reason| InstallError::NotANetwork {
+                path: list.to_owned(),
+                reason,
+            })?;
+        let text = conflist::render(&edited.document).into_bytes();
+        Ok((text != bytes).then_some(text))
+    })
 }
 
 /// What taking the stanza out did to a file.

@@ -110,6 +110,20 @@ pub fn as_list(conf: Value) -> Value {
     Value::Object(list)
 }
 
+/// `list` (a list) with `conf` (a single plugin's configuration) as its first plugin and the
+/// list's `cniVersion` and `name` taken from it, as [`as_list`] makes them.
+pub fn with_first(list: Value, conf: Value) -> Value {
+    let mut list = list;
+    for key in ["cniVersion", "name"] {
+        if let (Some(value), Some(object)) = (conf.get(key), list.as_object_mut()) {
+            object.insert(key.into(), value.clone());
+        }
+    }
+    let plugins = plugins_mut(&mut list);
+    plugins[0] = conf;
+    list
+}
+
 /// Whether a list holds no plugin at all (what removing a lone stanza leaves).
 pub fn is_empty_list(document: &Value) -> bool {
     document
@@ -263,6 +277,19 @@ mod tests {
         assert_eq!(
             edited.document["plugins"],
             json!([{"type": "calico"}, {"type": "bandwidth"}, meshcap()])
+        );
+    }
+
+    #[test]
+    fn a_new_first_plugin_keeps_the_rest_of_the_list() {
+        let list = json!({"cniVersion": "0.4.0", "name": "old", "plugins": [
+            {"type": "bridge", "bridge": "cni0"}, {"type": "bandwidth"}, meshcap()]});
+        let conf =
+            json!({"cniVersion": "1.0.0", "name": "new", "type": "bridge", "bridge": "cni1"});
+        assert_eq!(
+            with_first(list, conf.clone()),
+            json!({"cniVersion": "1.0.0", "name": "new", "plugins": [
+                conf, {"type": "bandwidth"}, meshcap()]})
         );
     }
 
