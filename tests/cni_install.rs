@@ -451,20 +451,22 @@ fn uninstall_restores_a_converted_conf_as_it_was() {
     assert_eq!(mode(&node.conf.join("10-bridge.conf")), 0o640);
 }
 
+/// Another installer chains its plugin into the list `name`, second.
+fn chain_bandwidth(node: &Node, name: &str) {
+    let mut joined = node.json(name);
+    joined["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, json!({"type": "bandwidth"}));
+    node.replace(name, &serde_json::to_string(&joined).unwrap());
+}
+
 #[test]
 fn uninstall_keeps_a_converted_list_that_something_else_joined() {
     let node = Node::new("converted-joined");
     node.write("10-bridge.conf", BRIDGE_CONF);
     assert_success(&node.install(&[]));
-    let mut joined = node.json("10-bridge.conflist");
-    joined["plugins"]
-        .as_array_mut()
-        .unwrap()
-        .insert(1, json!({"type": "bandwidth"}));
-    node.replace(
-        "10-bridge.conflist",
-        &serde_json::to_string(&joined).unwrap(),
-    );
+    chain_bandwidth(&node, "10-bridge.conflist");
     assert_success(&node.uninstall());
     let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
     assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
@@ -516,15 +518,7 @@ fn a_reconverted_list_keeps_plugins_others_chained_into_it() {
     node.write("10-bridge.conf", BRIDGE_CONF);
     assert_success(&node.install(&[]));
     // Another installer chains its plugin into meshcap's list, then the owner rewrites its .conf.
-    let mut joined = node.json("10-bridge.conflist");
-    joined["plugins"]
-        .as_array_mut()
-        .unwrap()
-        .insert(1, json!({"type": "bandwidth"}));
-    node.replace(
-        "10-bridge.conflist",
-        &serde_json::to_string(&joined).unwrap(),
-    );
+    chain_bandwidth(&node, "10-bridge.conflist");
     let newer = BRIDGE_CONF.replace("cni0", "cni1");
     node.replace("10-bridge.conf", &newer);
     assert_success(&node.install(&[]));
