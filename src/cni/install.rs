@@ -3,7 +3,7 @@
 //! from the pod's service account, meshcap's stanza in the primary network configuration) and
 //! takes it off again. With `--watch` it keeps that state against other CNIs rewriting their
 //! configuration and against token rotation, never reverting another writer's version of a file
-//! ([`guarded`]), and yields to a newer installer on the same node ([`claim`]).
+//! (`guarded`), and yields to a newer installer on the same node (`claim`).
 
 mod atomic;
 mod binary;
