@@ -7,7 +7,7 @@
 
 pub use crate::inputs::{Inputs, Opt, Origin, Raw};
 use clap::parser::ValueSource;
-use clap::{Command, CommandFactory, Parser};
+use clap::{Command, CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;
 
 const INBOUND: &str = "Inbound";
@@ -15,6 +15,7 @@ const OUTBOUND: &str = "Outbound";
 const DNS: &str = "DNS";
 const TPROXY: &str = "TPROXY";
 const RUN: &str = "Run control";
+const LOGGING: &str = "Logging (Istio's flags)";
 
 /// Installs the netfilter rules that send a pod's TCP traffic through its sidecar proxy:
 /// a drop-in for Istio's istio-iptables (istio-init), with an iptables-restore backend and a
@@ -185,6 +186,76 @@ pub struct Cli {
     /// Apply even when the rules seem to be in place already.
     #[arg(long, env = "FORCE_APPLY", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", help_heading = RUN)]
     pub force_apply: String,
+
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+/// Istio's logging flags, which pilot-agent accepts on every subcommand and Istio's injector
+/// passes to the init container; see [`crate::logging`] for what each does here.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFlags {
+    /// SCOPE:LEVEL pairs, comma-separated (levels none, error, warn, info, debug): the default
+    /// scope's level is meshcap's; other scopes are accepted [default: default:info].
+    #[arg(long = "log_output_level", value_name = "SCOPE:LEVEL,...", value_parser = crate::logging::OutputLevels::parse, help_heading = LOGGING)]
+    pub log_output_level: Option<crate::logging::OutputLevels>,
+
+    /// Log one JSON object per line (time, level, msg).
+    #[arg(long = "log_as_json", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, help_heading = LOGGING)]
+    pub log_as_json: Option<bool>,
+
+    /// Scopes whose lines name their source file and line (any scope: all of meshcap's).
+    #[arg(long = "log_caller", value_name = "SCOPES", help_heading = LOGGING)]
+    pub log_caller: Option<String>,
+
+    /// Where log lines go: stdout, stderr or a file [default: stderr].
+    #[arg(long = "log_target", value_name = "TARGET", action = clap::ArgAction::Append, help_heading = LOGGING)]
+    pub log_target: Vec<String>,
+
+    /// Accepted for Istio; meshcap logs no stack traces.
+    #[arg(long = "log_stacktrace_level", value_name = "SCOPE:LEVEL,...", value_parser = crate::logging::OutputLevels::parse, help_heading = LOGGING)]
+    pub log_stacktrace_level: Option<crate::logging::OutputLevels>,
+
+    /// Accepted for Istio; meshcap does not rotate its log.
+    #[arg(long = "log_rotate", value_name = "PATH", help_heading = LOGGING)]
+    pub log_rotate: Option<String>,
+
+    /// Accepted for Istio (days); meshcap does not rotate its log.
+    #[arg(long = "log_rotate_max_age", value_name = "DAYS", help_heading = LOGGING)]
+    pub log_rotate_max_age: Option<i64>,
+
+    /// Accepted for Istio (megabytes); meshcap does not rotate its log.
+    #[arg(long = "log_rotate_max_size", value_name = "MB", help_heading = LOGGING)]
+    pub log_rotate_max_size: Option<i64>,
+
+    /// Accepted for Istio; meshcap does not rotate its log.
+    #[arg(long = "log_rotate_max_backups", value_name = "N", help_heading = LOGGING)]
+    pub log_rotate_max_backups: Option<i64>,
+}
+
+/// A boolean as Go's flag package spells it (`--log_as_json=false`).
+fn go_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{text:?} is not a boolean")),
+    }
+}
+
+impl LogFlags {
+    /// What these flags make of meshcap's logging.
+    pub fn settings(&self) -> crate::logging::Settings {
+        let mut settings = crate::logging::Settings::default();
+        if let Some(level) = self.log_output_level.and_then(|l| l.own) {
+            settings.level = level;
+        }
+        settings.json = self.log_as_json.unwrap_or(false);
+        settings.caller = self.log_caller.as_deref().is_some_and(|s| !s.is_empty());
+        if let Some(target) = self.log_target.first() {
+            settings.target = crate::logging::Target::parse(target);
+        }
+        settings
+    }
 }
 
 /// Old environment variable names Istio still accepts for some flags; the current name wins.
@@ -250,6 +321,24 @@ impl Inputs {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
+        Invocation::parse_from(args, env).map(|invocation| invocation.inputs)
+    }
+}
+
+/// An installer command line: the installer's inputs and Istio's logging flags.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub inputs: Inputs,
+    pub log: LogFlags,
+}
+
+impl Invocation {
+    /// See [`Inputs::parse_from`].
+    pub fn parse_from<I, T>(args: I, env: Vec<(String, String)>) -> Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         // Matching through `&mut` keeps the command for the spec lookups without cloning it.
         let mut command = Cli::command().mut_args(|a| a.env(None));
@@ -285,7 +374,8 @@ impl Inputs {
                 inputs.set(spec.opt, default, Origin::Default(spec.flag));
             }
         }
-        Ok(inputs)
+        let log = LogFlags::from_arg_matches(&matches)?;
+        Ok(Invocation { inputs, log })
     }
 }
 
@@ -300,11 +390,25 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let inputs = Inputs::parse_from(args, env).unwrap_or_else(|e| e.exit());
-    crate::config::Config::from_inputs(&inputs, &crate::config::SystemHost).map_err(|e| {
-        eprintln!("meshcap: {e}");
-        std::process::ExitCode::from(e.exit_code() as u8)
-    })
+    installer_or_exit(args, env).map(|(config, _)| config)
+}
+
+/// As [`config_or_exit`], with Istio's logging flags of the command line.
+pub fn installer_or_exit<I, T>(
+    args: I,
+    env: Vec<(String, String)>,
+) -> Result<(crate::config::Config, LogFlags), std::process::ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let invocation = Invocation::parse_from(args, env).unwrap_or_else(|e| e.exit());
+    crate::config::Config::from_inputs(&invocation.inputs, &crate::config::SystemHost)
+        .map(|config| (config, invocation.log))
+        .map_err(|e| {
+            eprintln!("meshcap: {e}");
+            std::process::ExitCode::from(e.exit_code() as u8)
+        })
 }
 
 #[cfg(test)]
@@ -317,7 +421,7 @@ mod tests {
         let ids: Vec<&str> = command
             .get_arguments()
             .map(|a| a.get_id().as_str())
-            .filter(|id| *id != "help" && *id != "version")
+            .filter(|id| *id != "help" && *id != "version" && !id.starts_with("log_"))
             .collect();
         assert_eq!(ids.len(), Opt::ALL.len());
         for opt in Opt::ALL {
