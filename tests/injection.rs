@@ -7,7 +7,7 @@
 //!   without pilot-agent's subcommand word and Istio's `--log_*` flags);
 //! * `istio-init`: run in a fresh pod namespace as uid 0 with only `NET_ADMIN` and `NET_RAW` and
 //!   no new privileges, it installs the rules; `meshcap diff` with the installer flags then finds
-//!   no drift;
+//!   no drift, and the same args after `istio-clean-iptables` remove them;
 //! * `istio-validation`: after the rules are installed, it passes as the container's uid and gid,
 //!   with no capability, no new privileges and `/`, `/run`, `/tmp` read-only (a private mount
 //!   namespace); in a namespace without rules it fails with 126.
@@ -295,19 +295,14 @@ fn istio_init_installs_with_only_net_admin_and_net_raw_and_diff_finds_no_drift()
         let ns = Netns::new("inject");
         let out = run_as_container(&ns, case, &case.args);
         assert!(out.status.success(), "{}: {}", case.name, text(&out));
-        let mut diff = vec![MESHCAP.to_owned(), "diff".to_owned()];
+        let mut diff = vec![
+            "nsenter".to_owned(),
+            format!("--net={}", ns.path().display()),
+            MESHCAP.to_owned(),
+            "diff".to_owned(),
+        ];
         diff.extend(case.installer_flags());
-        let out = run(
-            &[
-                vec![
-                    "nsenter".to_owned(),
-                    format!("--net={}", ns.path().display()),
-                ],
-                diff,
-            ]
-            .concat(),
-            &case.env,
-        );
+        let out = run(&diff, &case.env);
         assert_eq!(out.status.code(), Some(0), "{}: {}", case.name, text(&out));
         assert!(
             text(&out).contains("in sync"),
@@ -315,6 +310,13 @@ fn istio_init_installs_with_only_net_admin_and_net_raw_and_diff_finds_no_drift()
             case.name,
             text(&out)
         );
+        // pilot-agent's istio-clean-iptables, with the same args, removes them again.
+        let mut clean = case.args.clone();
+        clean[0] = "istio-clean-iptables".into();
+        let out = run_as_container(&ns, case, &clean);
+        assert!(out.status.success(), "{}: {}", case.name, text(&out));
+        let out = run(&diff, &case.env);
+        assert_eq!(out.status.code(), Some(3), "{}: {}", case.name, text(&out));
     }
 }
 
