@@ -21,6 +21,11 @@ const LOGGING: &str = "Logging (Istio's flags)";
 /// a drop-in for Istio's istio-iptables (istio-init), with an iptables-restore backend and a
 /// native nftables (netlink) backend.
 ///
+/// The arguments Istio's injector writes run as they are: `meshcap istio-iptables -p 15001 -z
+/// 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020
+/// --log_output_level=default:info`. The leading word istio-iptables is optional;
+/// istio-clean-iptables instead means --cleanup-only.
+///
 /// Every flag can also be set by the environment variable shown; a flag beats its variable.
 /// Lists are comma-separated; empty elements are ignored. Environment-only inputs:
 /// ISTIO_OUTBOUND_OWNER_GROUPS (default '*'), ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE,
@@ -30,7 +35,8 @@ const LOGGING: &str = "Logging (Istio's flags)";
     name = "meshcap",
     version,
     args_override_self = true,
-    max_term_width = 100
+    max_term_width = 100,
+    override_usage = "meshcap [istio-iptables | istio-clean-iptables | diff] [OPTIONS]"
 )]
 pub struct Cli {
     // --- Inbound -------------------------------------------------------------------------

@@ -439,19 +439,36 @@ impl Podman {
     /// The events Podman logged for the container `name` (e.g. `["init", "start", "died", …]`),
     /// also after it was removed. From the fixture's private events log.
     pub fn events(&self, name: &str) -> Vec<String> {
-        let filter = format!("container={name}");
-        self.ok(&[
-            "events",
-            "--stream=false",
-            "--filter",
-            &filter,
-            "--format",
-            "{{.Status}}",
-        ])
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
+        self.event_fields(name, None, "{{.Status}}")
+    }
+
+    /// The exit codes of the container `name`'s runs (its `died` events), also after it was
+    /// removed.
+    pub fn exit_codes(&self, name: &str) -> Vec<i64> {
+        self.event_fields(name, Some("died"), "{{.ContainerExitCode}}")
+            .iter()
+            .map(|code| code.parse().expect("an exit code"))
+            .collect()
+    }
+
+    /// `format` of each event of the container `name` (only `event` events with `Some`).
+    fn event_fields(&self, name: &str, event: Option<&str>, format: &str) -> Vec<String> {
+        let mut args = vec![
+            "events".to_owned(),
+            "--stream=false".to_owned(),
+            "--filter".to_owned(),
+            format!("container={name}"),
+        ];
+        if let Some(event) = event {
+            args.extend(["--filter".to_owned(), format!("event={event}")]);
+        }
+        args.extend(["--format".to_owned(), format.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&args)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     /// Ids of the pods and containers attached to one of the fixture's networks.
@@ -470,6 +487,159 @@ impl Podman {
             containers.extend(ids(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]));
         }
         (pods, containers)
+    }
+}
+
+/// The app of the pod tests: a file tree serving `/cgi-bin/peer` (the address the connection
+/// came from, as busybox httpd tells its CGI scripts) under `/www`.
+pub fn stage_www(root: &Path) {
+    let cgi = root.join("www/cgi-bin");
+    std::fs::create_dir_all(&cgi).unwrap();
+    let script = cgi.join("peer");
+    std::fs::write(
+        &script,
+        "#!/bin/busybox sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The `meshcap-cni` stanzas of deploy/meshcap-cni.conflist (exactly one).
+pub fn deploy_cni_stanzas() -> Vec<Value> {
+    let text = std::fs::read_to_string(super::repo().join("deploy/meshcap-cni.conflist")).unwrap();
+    let conflist: Value = serde_json::from_str(&text).expect("conflist JSON");
+    let stanzas: Vec<Value> = conflist["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter(|p| p["type"] == "meshcap-cni")
+        .cloned()
+        .collect();
+    assert_eq!(stanzas.len(), 1, "{text}");
+    stanzas
+}
+
+impl Podman {
+    /// A fixture whose network chains meshcap-cni with the stanza of
+    /// deploy/meshcap-cni.conflist, the test binary under the plugin's name in the plugin
+    /// directory. `None`: skipped.
+    pub fn with_meshcap_cni(test: &str) -> Option<Podman> {
+        let podman = Podman::new(test, &deploy_cni_stanzas())?;
+        std::os::unix::fs::symlink(super::MESHCAP, podman.plugin_dir().join("meshcap-cni"))
+            .unwrap();
+        Some(podman)
+    }
+
+    /// The app image of the pod tests: busybox httpd serving [`stage_www`]'s tree on `port`.
+    /// Returns its tag and the staged root (whose `www` an upstream server may serve too).
+    pub fn app_image(&self, port: u16) -> (String, PathBuf) {
+        let root = self.busybox_root("app");
+        stage_www(&root);
+        let port = port.to_string();
+        let tag = self.build_image(
+            "app",
+            &root,
+            &["/bin/busybox", "httpd", "-f", "-p", &port, "-h", "/www"],
+        );
+        (tag, root)
+    }
+
+    /// meshcap's image, built from the test binary by deploy/build-image.sh (what `make image`
+    /// runs), the nftables-only one with `nftables_only`; returns its tag.
+    pub fn meshcap_image(&self, nftables_only: bool) -> String {
+        let tag = self.image_tag("meshcap");
+        let mut build = Command::new(super::repo().join("deploy/build-image.sh"));
+        if nftables_only {
+            build.arg("--nftables-only");
+        }
+        let out = build.arg(&tag).arg(super::MESHCAP).output().unwrap();
+        assert!(
+            out.status.success(),
+            "deploy/build-image.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tag
+    }
+
+    /// The name of the one pod whose name contains `name` (a Deployment's pod is named after it).
+    pub fn pod_named(&self, name: &str) -> String {
+        let pod = self
+            .ok(&[
+                "pod",
+                "ps",
+                "--format",
+                "{{.Name}}",
+                "--filter",
+                &format!("name={name}"),
+            ])
+            .trim()
+            .to_owned();
+        assert!(!pod.is_empty(), "no pod for {name}");
+        pod
+    }
+
+    /// The path of the network namespace of `pod` (its infra container's sandbox).
+    pub fn pod_netns(&self, pod: &str) -> String {
+        let infra = self.ok(&["pod", "inspect", "--format", "{{.InfraContainerID}}", pod]);
+        self.ok(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+            infra.trim(),
+        ])
+        .trim()
+        .to_owned()
+    }
+
+    /// `GET path` on `addr` from the host namespace (outside every pod): the body.
+    pub fn get_from_host(&self, addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+        let path = path.to_owned();
+        self.host().run(move || super::http_get(addr, &path))
+    }
+
+    /// `GET path` on `host:port` from inside `container` (busybox nc), as its own user or as
+    /// `user`: the body. (Debian's static busybox `wget` crashes.)
+    pub fn exec_get(
+        &self,
+        container: &str,
+        user: Option<&str>,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<String, String> {
+        let script = format!(
+            "printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 10 {host} {port}"
+        );
+        let mut args = vec!["exec"];
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        args.extend([container, "/bin/busybox", "sh", "-c", &script]);
+        let out = self.run(&args);
+        let what = format!("GET {host}:{port}{path} in {container} as {user:?}");
+        if !out.status.success() {
+            return Err(format!(
+                "{what}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        super::http_body(&what, &String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The logs of the containers `names` and the pod listing, for failure messages.
+    pub fn logs(&self, names: &[String]) -> String {
+        let mut text = self.ok(&["ps", "-a", "--pod"]);
+        for name in names {
+            let out = self.run(&["logs", name]);
+            text.push_str(&format!(
+                "--- {name}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        text
     }
 }
 
