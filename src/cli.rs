@@ -342,7 +342,14 @@ where
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let mut command = P::command().mut_args(|a| a.env(None).default_value(None));
+    // A switch without a value (`--kernel`) keeps its default: false when not given.
+    let mut command = P::command().mut_args(|a| {
+        let a = a.env(None);
+        match a.get_action().takes_values() {
+            true => a.default_value(None),
+            false => a,
+        }
+    });
     match command.try_get_matches_from_mut(&args) {
         Ok(matches) => P::from_arg_matches(&matches),
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Err(P::command()
@@ -383,21 +390,18 @@ impl Invocation {
     }
 }
 
-/// The validated configuration of an installer command line (`args` with the program name
-/// first), for the binary's edge: on bad input the error is printed as the installer prints it
-/// and the exit status returned (clap's own errors, `--help` included, exit as clap does).
-pub fn config_or_exit<I, T>(
-    args: I,
-    env: Vec<(String, String)>,
-) -> Result<crate::config::Config, std::process::ExitCode>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    installer_or_exit(args, env).map(|(config, _)| config)
+/// The validated configuration of `inputs`, for the binary's edge: on bad input the error is
+/// printed as the installer prints it and its exit status returned.
+pub fn config_or_exit(inputs: &Inputs) -> Result<crate::config::Config, std::process::ExitCode> {
+    crate::config::Config::from_inputs(inputs, &crate::config::SystemHost).map_err(|e| {
+        eprintln!("meshcap: {e}");
+        std::process::ExitCode::from(e.exit_code() as u8)
+    })
 }
 
-/// As [`config_or_exit`], with Istio's logging flags of the command line.
+/// An installer command line (`args` with the program name first) parsed and validated, with
+/// Istio's logging flags: clap's own errors (`--help` included) exit as clap does, a bad value
+/// as [`config_or_exit`] says.
 pub fn installer_or_exit<I, T>(
     args: I,
     env: Vec<(String, String)>,
@@ -407,12 +411,7 @@ where
     T: Into<OsString> + Clone,
 {
     let invocation = Invocation::parse_from(args, env).unwrap_or_else(|e| e.exit());
-    crate::config::Config::from_inputs(&invocation.inputs, &crate::config::SystemHost)
-        .map(|config| (config, invocation.log))
-        .map_err(|e| {
-            eprintln!("meshcap: {e}");
-            std::process::ExitCode::from(e.exit_code() as u8)
-        })
+    config_or_exit(&invocation.inputs).map(|config| (config, invocation.log))
 }
 
 #[cfg(test)]

@@ -35,13 +35,7 @@ fn main() -> ExitCode {
             default_logging();
             return meshcap::cni::install::main(args[1..].to_vec());
         }
-        Some(validation::DIAL_SUBCOMMAND) if args.len() == 4 => {
-            let (local, probe) = (args[2].to_string_lossy(), args[3].to_string_lossy());
-            return match validation::dial(&local, &probe) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_) => ExitCode::FAILURE,
-            };
-        }
+        Some(validation::DIAL_SUBCOMMAND) => return validation::dial_main(args[1..].to_vec()),
         // `meshcap diff FLAGS…`: the installer's flags, compared instead of applied.
         Some("diff") => {
             args.remove(1);

@@ -137,7 +137,7 @@ pub fn run(v: &Validation) -> Result<(), ValidationError> {
 /// else, from this process as it is (see the module documentation).
 fn dial_as(uid: u32, gid: u32, local: IpAddr, probe: SocketAddr) {
     if !nix::unistd::geteuid().is_root() {
-        let result = dial(&local.to_string(), &probe.to_string());
+        let result = dial(local, probe);
         tracing::debug!(?result, %probe, "validation dial as ourselves");
         return;
     }
@@ -155,11 +155,27 @@ fn dial_as(uid: u32, gid: u32, local: IpAddr, probe: SocketAddr) {
     tracing::debug!(?status, %probe, "validation dial");
 }
 
-/// The child's side: connect from `local` to `probe`, then close.
-pub fn dial(local: &str, probe: &str) -> io::Result<()> {
-    let invalid = |e: std::net::AddrParseError| io::Error::new(io::ErrorKind::InvalidInput, e);
-    let local: IpAddr = local.parse().map_err(invalid)?;
-    let probe: SocketAddr = probe.parse().map_err(invalid)?;
+/// The hidden subcommand's command line: `__validation-dial LOCAL PROBE`.
+#[derive(Debug, clap::Parser)]
+#[command(name = DIAL_SUBCOMMAND)]
+struct DialArgs {
+    /// The loopback address to dial from.
+    local: IpAddr,
+    /// The probe address to dial.
+    probe: SocketAddr,
+}
+
+/// The child's side (`args[0]` is the subcommand): one dial; exit 0 when it connected.
+pub fn dial_main(args: Vec<std::ffi::OsString>) -> std::process::ExitCode {
+    use clap::Parser;
+    match DialArgs::try_parse_from(args).map(|a| dial(a.local, a.probe)) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// Connects from `local` to `probe`, then closes.
+fn dial(local: IpAddr, probe: SocketAddr) -> io::Result<()> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(probe),
         socket2::Type::STREAM,
