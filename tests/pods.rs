@@ -38,6 +38,8 @@ use netns_test_harness::Process;
 
 /// productpage's port.
 const APP_PORT: u16 = 9080;
+/// The app image deploy/productpage.yaml names.
+const PRODUCTPAGE_IMAGE: &str = "docker.io/istio/examples-bookinfo-productpage-v1:1.20.2";
 /// The port of the injected workloads' app (`hello`).
 const INJECTED_APP_PORT: u16 = 80;
 /// A server outside the pod (in the host namespace) that the app calls.
@@ -58,6 +60,9 @@ enum Variant {
     Cni,
     /// One of Istio's injected workloads (see the module documentation).
     Injected(Injection),
+    /// deploy/README.md's own `make image` + `podman kube play` commands, run as written, with
+    /// Podman's own pause image.
+    Readme,
 }
 
 /// Istio's injected workloads, by the file of `../shared/conformance/istio-injection/pods/`.
@@ -102,7 +107,7 @@ impl Variant {
     /// The pod's (init container, sidecar, app) names.
     fn containers(self) -> (Option<&'static str>, &'static str, &'static str) {
         match self {
-            Variant::Sidecar | Variant::Nftables | Variant::Tproxy => {
+            Variant::Sidecar | Variant::Nftables | Variant::Tproxy | Variant::Readme => {
                 (Some("meshcap-init"), "meshcap-proxy", "productpage")
             }
             Variant::NoInit | Variant::Cni => (None, "meshcap-proxy", "productpage"),
@@ -151,7 +156,7 @@ fn manifest(variant: Variant, name: &str, meshcap: &str, app: &str) -> String {
     let mut text = replace(&text, "image: meshcap:dev", &format!("image: {meshcap}"), 2);
     text = replace(
         &text,
-        "image: docker.io/istio/examples-bookinfo-productpage-v1:1.20.2",
+        &format!("image: {PRODUCTPAGE_IMAGE}"),
         &format!("image: {app}"),
         1,
     );
@@ -188,7 +193,7 @@ fn manifest(variant: Variant, name: &str, meshcap: &str, app: &str) -> String {
                     .expect("resources after the securityContext");
             text.replace_range(start..end, &readme_tproxy_security_context());
         }
-        Variant::Injected(_) => unreachable!("injected_manifest"),
+        Variant::Injected(_) | Variant::Readme => unreachable!("played otherwise"),
         Variant::NoInit | Variant::Cni => {
             let start = text
                 .find("      initContainers:\n")
@@ -263,6 +268,83 @@ fn injected_manifest(
     d
 }
 
+/// The pod Podman makes of deploy/productpage.yaml's Deployment.
+const README_POD: &str = "productpage-v1-pod-0";
+
+/// deploy/README.md's commands for playing productpage.yaml with Podman (its last `sh` block:
+/// `make image`, then the manifest piped into `podman kube play -`), run exactly as written in
+/// the repository, with a user's Podman defaults ([`Podman::with_user_defaults`]) and the app
+/// image the manifest names being the local `app` image under that name. The names these
+/// commands use are the machine's (the pod, `localhost/meshcap:dev`): one such play at a time on
+/// the machine, and none over a user's own pod or productpage image. What they made is removed
+/// with the fixture (meshcap's images unless they were there before).
+fn play_readme(podman: &Podman, app: &str) -> MachineLock {
+    let readme = std::fs::read_to_string(common::repo().join("deploy/README.md")).unwrap();
+    let start = readme
+        .rfind("```sh\n")
+        .expect("deploy/README.md has a sh block")
+        + 6;
+    let len = readme[start..].find("```").expect("closed sh block");
+    let script = &readme[start..start + len];
+    assert!(
+        script.starts_with("make image\n") && script.contains("| podman kube play -"),
+        "deploy/README.md's commands changed:\n{script}"
+    );
+    let lock = MachineLock::take("meshcap-pods-readme-play");
+    assert!(
+        podman.pods_named(README_POD).is_empty(),
+        "a pod {README_POD} exists (not this test's): remove it to run this test"
+    );
+    assert!(
+        podman
+            .run(&["image", "exists", PRODUCTPAGE_IMAGE])
+            .status
+            .code()
+            == Some(1),
+        "{PRODUCTPAGE_IMAGE} exists (not this test's): remove it to run this test"
+    );
+    podman.ok(&["tag", app, PRODUCTPAGE_IMAGE]);
+    podman.track_image(PRODUCTPAGE_IMAGE);
+    let before = podman.image_tags("localhost/meshcap");
+    let out = podman.shell(script, &common::repo());
+    for tag in ["localhost/meshcap:dev", "localhost/meshcap:dev-nft"] {
+        if !before.iter().any(|t| t == tag) {
+            podman.track_image(tag);
+        }
+    }
+    for pod in podman.pods_named(README_POD) {
+        podman.track_pod(&pod);
+    }
+    assert!(
+        out.status.success(),
+        "deploy/README.md's commands failed ({}):\n{script}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lock
+}
+
+/// A lock held across the machine's test processes while it lives: an abstract unix socket
+/// of the machine's network namespace, so it leaves no file and dies with its holder.
+struct MachineLock(#[allow(dead_code)] std::os::unix::net::UnixListener);
+
+impl MachineLock {
+    fn take(name: &str) -> MachineLock {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        loop {
+            match std::os::unix::net::UnixListener::bind_addr(&addr) {
+                Ok(listener) => return MachineLock(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("lock {name}: {e}"),
+            }
+        }
+    }
+}
+
 /// A running pod of one variant, with the upstream server the app calls.
 struct Pod {
     variant: Variant,
@@ -271,6 +353,8 @@ struct Pod {
     // Dropped before the fixture (fields drop in order).
     _upstream: Process,
     podman: Podman,
+    /// Held until the fixture has removed what a play under the machine's names made.
+    _machine_lock: Option<MachineLock>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -286,31 +370,40 @@ impl Pod {
             netns_test_harness::skip::skip(test, netns_test_harness::skip::Need::Shared, &reason);
             return None;
         }
-        let podman = if variant.cni() {
-            Podman::with_meshcap_cni(test)?
-        } else {
-            Podman::new(test, &[])?
+        let podman = match variant {
+            _ if variant.cni() => Podman::with_meshcap_cni(test)?,
+            Variant::Readme => Podman::with_user_defaults(test)?,
+            _ => Podman::new(test, &[])?,
         };
         let serial = ONE_POD_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (app, root) = podman.app_image(variant.app_port());
-        let meshcap = podman.meshcap_image(variant == Variant::Nftables);
-
-        let name = format!(
-            "{}-{}",
-            variant.containers().2,
-            podman.network().trim_start_matches("meshcap-test-")
-        );
-        let yaml = match variant {
-            Variant::Injected(injection) => {
-                let deployment = injected_deployment(injection).expect("checked before");
-                let manifest = injected_manifest(&deployment, &name, &meshcap, &app);
-                serde_json::to_string_pretty(&manifest).unwrap()
+        let mut machine_lock = None;
+        let name = match variant {
+            Variant::Readme => {
+                machine_lock = Some(play_readme(&podman, &app));
+                "productpage-v1".to_owned()
             }
-            _ => manifest(variant, &name, &meshcap, &app),
+            _ => {
+                let name = format!(
+                    "{}-{}",
+                    variant.containers().2,
+                    podman.network().trim_start_matches("meshcap-test-")
+                );
+                let meshcap = podman.meshcap_image(variant == Variant::Nftables);
+                let yaml = match variant {
+                    Variant::Injected(injection) => {
+                        let deployment = injected_deployment(injection).expect("checked before");
+                        let manifest = injected_manifest(&deployment, &name, &meshcap, &app);
+                        serde_json::to_string_pretty(&manifest).unwrap()
+                    }
+                    _ => manifest(variant, &name, &meshcap, &app),
+                };
+                podman.kube_play_ok("pod.yaml", &yaml);
+                name
+            }
         };
-        podman.kube_play_ok("pod.yaml", &yaml);
         let pod = podman.pod_named(&name);
         let ip = podman.pod_ip(&pod);
         // The bridge has its address once the first pod is on it.
@@ -332,6 +425,7 @@ impl Pod {
             ip,
             _upstream: upstream,
             podman,
+            _machine_lock: machine_lock,
             _serial: serial,
         };
         pod.wait_until_ready();
@@ -526,6 +620,13 @@ fn tproxy_pod_as_istio_runs_it_app_sees_the_peer() {
 #[test]
 fn cni_pod_without_init_container_or_net_admin_is_captured() {
     sidecar_pod_is_captured("pods_cni", Variant::Cni, "1337:1337");
+}
+
+/// What deploy/README.md tells a user to run, run as written (on a machine set up by
+/// scripts/setup.sh: Podman builds its own pause image from catatonit), gives a captured pod.
+#[test]
+fn deploy_readmes_make_image_and_kube_play_commands_work_as_written() {
+    sidecar_pod_is_captured("pods_readme", Variant::Readme, "1337:1337");
 }
 
 #[test]
