@@ -456,6 +456,49 @@ mod tests {
     }
 
     #[test]
+    fn istios_logging_flags_map_onto_meshcaps_logging() {
+        use crate::logging::{Settings, Target};
+        use tracing::level_filters::LevelFilter;
+        let parse = |args: &[&str]| {
+            let argv = std::iter::once("meshcap").chain(args.iter().copied());
+            Invocation::parse_from(argv, Vec::new()).map(|i| i.log.settings())
+        };
+        assert_eq!(parse(&[]).unwrap(), Settings::default());
+        let settings = parse(&[
+            "--log_output_level=ads:debug,default:warn",
+            "--log_as_json",
+            "--log_caller=default",
+            "--log_target",
+            "stdout",
+            "--log_target=/dev/null",
+            "--log_stacktrace_level=default:none",
+            "--log_rotate=/var/log/x",
+            "--log_rotate_max_age=30",
+            "--log_rotate_max_size=104857600",
+            "--log_rotate_max_backups=1000",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings,
+            Settings {
+                level: LevelFilter::WARN,
+                json: true,
+                caller: true,
+                target: Target::Stdout,
+            }
+        );
+        assert!(!parse(&["--log_as_json=false"]).unwrap().json);
+        for bad in [
+            "--log_output_level=default:loud",
+            "--log_as_json=maybe",
+            "--log_rotate_max_age=soon",
+        ] {
+            let err = parse(&[bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
     fn a_field_is_set_only_by_its_flag() {
         let cli = Cli::try_parse_given(["meshcap", "-b", "443", "--dry-run"]).unwrap();
         assert_eq!(cli.istio_inbound_ports.as_deref(), Some("443"));
