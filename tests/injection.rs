@@ -7,7 +7,8 @@
 //!   without pilot-agent's subcommand word and Istio's `--log_*` flags);
 //! * `istio-init`: run in a fresh pod namespace as uid 0 with only `NET_ADMIN` and `NET_RAW` and
 //!   no new privileges, it installs the rules; `meshcap diff` with the installer flags then finds
-//!   no drift, and the same args after `istio-clean-iptables` remove them;
+//!   no drift, and the same args after `istio-clean-iptables` remove them (and without
+//!   `NET_ADMIN` it fails: the capability sets are in force);
 //! * `istio-validation`: after the rules are installed, it passes as the container's uid and gid,
 //!   with no capability, no new privileges and `/`, `/run`, `/tmp` read-only (a private mount
 //!   namespace); in a namespace without rules it fails with 126.
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// One init container as Istio's injector writes it.
+#[derive(Clone)]
 struct Injected {
     name: String,
     container: String,
@@ -284,6 +286,15 @@ fn istio_init_installs_with_only_net_admin_and_net_raw_and_diff_finds_no_drift()
         .filter(|c| c.container == "istio-init")
         .collect();
     assert_eq!(inits.len(), 10);
+    // The capability sets are in force: without NET_ADMIN the same container cannot install.
+    let without_net_admin = Injected {
+        added_caps: vec!["NET_RAW".into()],
+        ..inits[0].clone()
+    };
+    let ns = Netns::new("noadmin");
+    let out = run_as_container(&ns, &without_net_admin, &without_net_admin.args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    drop(ns);
     for case in inits {
         assert_eq!(
             (case.uid, case.gid, case.read_only_root),
