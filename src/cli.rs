@@ -393,10 +393,42 @@ impl Invocation {
 /// The validated configuration of `inputs`, for the binary's edge: on bad input the error is
 /// printed as the installer prints it and its exit status returned.
 pub fn config_or_exit(inputs: &Inputs) -> Result<crate::config::Config, std::process::ExitCode> {
-    crate::config::Config::from_inputs(inputs, &crate::config::SystemHost).map_err(|e| {
+    crate::config::Config::from_inputs(inputs, &InstallerHost).map_err(|e| {
         eprintln!("meshcap: {e}");
         std::process::ExitCode::from(e.exit_code() as u8)
     })
+}
+
+/// The host as the installer sees it: the machine's files, and with `--network-namespace` the
+/// pod's addresses read inside that namespace (Istio's `--ipv6 auto` looks at the pod, not at
+/// whoever runs the installer).
+struct InstallerHost;
+
+impl crate::config::HostFacts for InstallerHost {
+    fn pod_is_ipv6(&self, dual_stack: bool) -> Result<Option<bool>, String> {
+        crate::config::SystemHost.pod_is_ipv6(dual_stack)
+    }
+
+    fn pod_is_ipv6_in(
+        &self,
+        dual_stack: bool,
+        network_namespace: Option<&std::path::Path>,
+    ) -> Result<Option<bool>, String> {
+        let Some(path) = network_namespace else {
+            return self.pod_is_ipv6(dual_stack);
+        };
+        let ns = crate::backend::session::Namespace::open(path).map_err(|e| e.to_string())?;
+        ns.run(|| self.pod_is_ipv6(dual_stack))
+            .map_err(|e| e.to_string())?
+    }
+
+    fn resolv_conf_nameservers(&self) -> Result<Vec<String>, String> {
+        crate::config::SystemHost.resolv_conf_nameservers()
+    }
+
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        crate::config::SystemHost.uid_of(user)
+    }
 }
 
 /// An installer command line (`args` with the program name first) parsed and validated, with
