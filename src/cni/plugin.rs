@@ -136,6 +136,16 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         tracing::info!(container = %env.container_id, "{e}: nothing to remove");
         return Ok(());
     }
+    let (inputs, settings) = match (configure(&inputs), settings) {
+        (Ok(_), _) | (Err(_), Settings::StanzaOnly) => (inputs, settings),
+        // The pod's settings are invalid (an ADD that failed on them installed nothing, or an
+        // annotation was edited since): a DEL that failed on them would keep the sandbox from
+        // ever being removed. Clean as for a pod that is gone.
+        (Err(e), Settings::Known) => {
+            tracing::warn!(container = %env.container_id, "{e}: removing the rules of the stanza's settings, and any TPROXY routing");
+            (capture::inputs(&conf.capture)?, Settings::StanzaOnly)
+        }
+    };
     let config = configure(&inputs)?;
     let plan = crate::plan::build(&config.capture);
     clean(&*backend::select(&config.run), &plan)?;
