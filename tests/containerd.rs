@@ -648,12 +648,119 @@ fn twenty_pods_at_once_keep_their_rules_across_a_containerd_restart() {
         })
         .unwrap_or_default();
     assert_eq!(cached, Vec::<String>::new(), "CNI cache entries left");
-    let dir_text = dir.display().to_string();
-    let mentioning: Vec<String> = std::fs::read_dir("/proc")
+    assert_eq!(
+        processes_mentioning(&format!("{}/", dir.display())),
+        Vec::<String>::new(),
+        "processes left"
+    );
+}
+
+/// Set in the child process of the test below: it starts a node with a running pod and exits
+/// without any teardown, as a test process killed mid-run.
+const ABANDON: &str = "MESHCAP_TEST_ABANDON_NODE";
+
+#[test]
+fn a_node_left_by_a_killed_test_process_is_swept_by_the_next() {
+    let test = "a_node_left_by_a_killed_test_process_is_swept_by_the_next";
+    if std::env::var_os(ABANDON).is_some() {
+        let node = Node::start(test).expect("the parent checked");
+        node.import_busybox_image(
+            APP_IMAGE,
+            &[("/www/index.html", "app")],
+            &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+        );
+        let pod = node
+            .run_pod(&PodSpec::new("default", "abandoned"))
+            .expect("RunPodSandbox");
+        node.start_container(
+            &pod,
+            &ContainerSpec {
+                name: "app".into(),
+                image: APP_IMAGE.into(),
+                command: vec![],
+                args: vec![],
+                user: Some((1000, 1000)),
+            },
+        )
+        .expect("the app");
+        println!("NODE={}", node.dir().display());
+        println!("CGROUP={}", node.cgroup_parent());
+        println!("SANDBOX={}", pod.id);
+        // No destructor runs: containerd, its shims and the pod stay, as after a SIGKILL.
+        std::process::exit(0);
+    }
+    if !common::containerd::available(test) {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(ABANDON, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the abandoning child");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let value = |key: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.split_once(&format!("{key}=")).map(|(_, v)| v))
+            .unwrap_or_else(|| panic!("no {key} from the child: {}", common::text(&out)))
+            .to_owned()
+    };
+    let (dir, cgroup, sandbox) = (
+        PathBuf::from(value("NODE")),
+        value("CGROUP"),
+        value("SANDBOX"),
+    );
+    let dir_text = format!("{}/", dir.display());
+    let shim_sockets: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("state/io.containerd.runtime.v2.task/k8s.io"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("address")).ok())
+            .map(|a| PathBuf::from(a.trim().trim_start_matches("unix://")))
+            .collect();
+    assert!(!shim_sockets.is_empty() && shim_sockets.iter().all(|s| s.exists()));
+    assert!(
+        !processes_mentioning(&dir_text).is_empty(),
+        "containerd runs on"
+    );
+    assert!(Node::cgroups_left(&cgroup));
+
+    // What the next node's start does first.
+    common::containerd::remove_stale();
+    netns_test_harness::remove_stale();
+    assert!(!dir.exists(), "{dir_text} is gone");
+    assert_eq!(processes_mentioning(&dir_text), Vec::<String>::new());
+    assert!(!Node::cgroups_left(&cgroup), "cgroups left under {cgroup}");
+    let left: Vec<&PathBuf> = shim_sockets.iter().filter(|s| s.exists()).collect();
+    assert!(left.is_empty(), "shim sockets left: {left:?}");
+    let cached: Vec<String> = std::fs::read_dir("/var/lib/cni/results")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(&sandbox))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(cached, Vec::<String>::new(), "CNI cache entries left");
+    // The cgroup parent is /meshcap-node-<pid>-<n>.
+    let child_pid = cgroup.split('-').nth(2).unwrap().to_owned();
+    let namespaces: Vec<String> = netns_test_harness::list_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with("meshcap-node-") && n.split('-').nth(2) == Some(&child_pid))
+        .collect();
+    assert_eq!(
+        namespaces,
+        Vec::<String>::new(),
+        "the node's namespace is gone"
+    );
+}
+
+/// Command lines of the processes that mention `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&dir_text))
-        .collect();
-    assert_eq!(mentioning, Vec::<String>::new(), "processes left");
+        .filter(|c| c.contains(needle) && !c.contains(ABANDON))
+        .collect()
 }

@@ -901,9 +901,10 @@ fn stop_process(mut child: Child) {
 /// its containerd and shims and what runs in its pods, unmounts, removes cgroups, the shims'
 /// sockets, the CNI cache entries and the directory. Best effort, never panics.
 fn teardown(dir: &Path, cgroup: &str) {
-    let dir_text = dir.display().to_string();
-    // containerd (if still running) and its shims: their command lines name the directory
-    // (containerd's config, the shims' `-address`).
+    // containerd (if still running) and its shims: their command lines name a file in the
+    // directory (containerd's config, the shims' `-address`). The slash keeps node 1 from
+    // matching node 10.
+    let dir_text = format!("{}/", dir.display());
     for pid in processes_mentioning(&dir_text) {
         kill9(pid);
     }
