@@ -231,6 +231,30 @@ impl Cluster {
         id
     }
 
+    /// Istio's validation init container, from the meshcap image: `meshcap --run-validation
+    /// --skip-rule-apply` with Istio's CNI flags, as uid 1337, in `pod`; its exit code and log.
+    fn validate(&self, pod: &Pod, name: &str) -> (i32, String) {
+        let mut args = vec![
+            "--run-validation".to_owned(),
+            "--skip-rule-apply".to_owned(),
+        ];
+        args.extend(ISTIO_CNI_FLAGS.iter().map(|s| s.to_string()));
+        let id = self
+            .node
+            .start_container(
+                pod,
+                &ContainerSpec {
+                    name: name.into(),
+                    image: MESHCAP_IMAGE.into(),
+                    command: vec![],
+                    args,
+                    user: Some((1337, 1337)),
+                },
+            )
+            .unwrap_or_else(|e| panic!("validation container: {e}"));
+        self.node.wait_container(&id)
+    }
+
     /// GET / of the app from the node (as a kubelet probe or a peer would).
     fn inbound(&self, pod: &Pod) -> String {
         let addr = SocketAddr::new(pod.ip.into(), APP_PORT);
@@ -405,6 +429,9 @@ fn the_installer_puts_meshcap_cni_in_place_and_pods_created_after_it_are_capture
     let spec = c.serve_injected("default", "web", json!({}));
     let pod = c.run_pod(&spec);
     c.diff(&pod, &[]).unwrap();
+    // Istio's validation init container passes there, before the proxy starts.
+    let (code, log) = c.validate(&pod, "istio-validation");
+    assert_eq!(code, 0, "validation in a captured pod: {log}");
     let app = c.start_app(&pod);
     c.start_proxy(&pod);
 
@@ -427,8 +454,11 @@ fn the_installer_puts_meshcap_cni_in_place_and_pods_created_after_it_are_capture
     );
 
     // The pod created before the plugin was in place stays uncaptured (documented in the
-    // README: the node's race, as with Istio's CNI).
+    // README: the node's race, as with Istio's CNI), and a validation init container in it
+    // fails, as Istio's does, so such a pod does not start unprotected.
     assert_eq!(interception_state(&early), "");
+    let (code, log) = c.validate(&early, "istio-validation");
+    assert_eq!(code, 126, "validation in an uncaptured pod: {log}");
 
     // Deleting the pod: StopPodSandbox (DEL with the namespace and the cached result), then
     // RemovePodSandbox (DEL with an empty CNI_NETNS and no prevResult) both succeed, and

@@ -673,6 +673,29 @@ impl Node {
         Ok(id)
     }
 
+    /// Waits until container `id` has exited (as an init container does); its exit code and the
+    /// log it wrote.
+    pub fn wait_container(&self, id: &str) -> (i32, String) {
+        let deadline = Instant::now() + DAEMON_DEADLINE;
+        loop {
+            let request = cri::ContainerStatusRequest {
+                container_id: id.to_owned(),
+                verbose: false,
+            };
+            let status = self
+                .call(|mut c| async move { c.container_status(request).await })
+                .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+                .status
+                .expect("a container status");
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                let log = std::fs::read_to_string(&status.log_path).unwrap_or_default();
+                return (status.exit_code, log);
+            }
+            assert!(Instant::now() < deadline, "container {id} did not exit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// ExecSync in a container: its exit code, stdout and stderr.
     pub fn exec(&self, container: &str, cmd: &[&str]) -> (i32, String, String) {
         let request = cri::ExecSyncRequest {
