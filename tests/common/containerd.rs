@@ -985,10 +985,13 @@ fn teardown(dir: &Path, cgroup: &str) {
             let _ = std::fs::remove_file(&entry);
         }
     }
-    // The shims' socket directory, when it was made for this node's shims and is now empty
-    // (remove_dir fails on a directory that holds anything).
-    let _ = std::fs::remove_dir(SHIM_SOCKET_DIR);
-    let _ = std::fs::remove_dir(Path::new(SHIM_SOCKET_DIR).parent().expect("parent"));
+    // The shims' socket directory and libcni's cache, when they were made for this node and are
+    // now empty (remove_dir fails on a directory that holds anything; both are made again on
+    // demand).
+    for made in [SHIM_SOCKET_DIR, CNI_RESULTS_DIR] {
+        let _ = std::fs::remove_dir(made);
+        let _ = std::fs::remove_dir(Path::new(made).parent().expect("parent"));
+    }
     if mounts_under(dir).is_empty() {
         let _ = std::fs::remove_dir_all(dir);
     }
