@@ -157,10 +157,13 @@ impl Cluster {
 
     /// RunPodSandbox, panicking with containerd's log on failure.
     fn run_pod(&mut self, spec: &PodSpec) -> Pod {
-        let pod = self
-            .node
-            .run_pod(spec)
-            .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}", spec.name));
+        let pod = self.node.run_pod(spec).unwrap_or_else(|e| {
+            panic!(
+                "RunPodSandbox {}: {e}\ncontainerd's log:\n{}",
+                spec.name,
+                self.node.log_errors()
+            )
+        });
         self.ensure_upstream();
         pod
     }

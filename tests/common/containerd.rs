@@ -309,6 +309,16 @@ impl Node {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
+    /// The last warnings and errors of containerd's log (for failure messages).
+    pub fn log_errors(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("level=error") || l.contains("level=warning"))
+            .collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
     fn start_containerd(&self) {
         let log = std::fs::File::create(self.dir.join("containerd.log")).expect("containerd log");
         let child = Command::new("nsenter")
