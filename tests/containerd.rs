@@ -665,10 +665,28 @@ fn twenty_pods_at_once_keep_their_rules_across_a_containerd_restart() {
     assert_eq!(shim_sockets.len(), 21, "one shim per sandbox");
     assert!(shim_sockets.iter().all(|s| s.exists()));
     let ids: Vec<String> = c.node.sandboxes();
+    let locks: Vec<PathBuf> = pods
+        .iter()
+        .chain([&pod])
+        .map(|p| {
+            use std::os::unix::fs::MetadataExt;
+            let ns = std::fs::metadata(&p.netns).expect("the pod's namespace");
+            common::containerd::meshcap_lock(ns.dev(), ns.ino())
+        })
+        .collect();
+    assert!(
+        locks.iter().all(|l| l.exists()),
+        "the plugin locked each pod's namespace"
+    );
     let cgroup = c.node.cgroup_parent();
     c.node.kill_containerd();
     drop(c);
     assert!(!Node::cgroups_left(&cgroup), "cgroups left under {cgroup}");
+    let left_locks: Vec<&PathBuf> = locks.iter().filter(|l| l.exists()).collect();
+    assert!(
+        left_locks.is_empty(),
+        "meshcap's locks left: {left_locks:?}"
+    );
     assert!(!dir.exists(), "{} is gone", dir.display());
     let left: Vec<&PathBuf> = shim_sockets.iter().filter(|s| s.exists()).collect();
     assert!(left.is_empty(), "shim sockets left: {left:?}");
