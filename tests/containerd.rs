@@ -665,24 +665,36 @@ fn twenty_pods_at_once_keep_their_rules_across_a_containerd_restart() {
     assert_eq!(shim_sockets.len(), 21, "one shim per sandbox");
     assert!(shim_sockets.iter().all(|s| s.exists()));
     let ids: Vec<String> = c.node.sandboxes();
-    let locks: Vec<PathBuf> = pods
+    // Each lock file with its own inode: once a pod's namespace is gone its inode number may
+    // name another namespace, whose lock (another test's) is then a different file.
+    let file_inode = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| m.ino())
+    };
+    let locks: Vec<(PathBuf, Option<u64>)> = pods
         .iter()
         .chain([&pod])
         .map(|p| {
             use std::os::unix::fs::MetadataExt;
             let ns = std::fs::metadata(&p.netns).expect("the pod's namespace");
-            common::containerd::meshcap_lock(ns.dev(), ns.ino())
+            let lock = common::containerd::meshcap_lock(ns.dev(), ns.ino());
+            let inode = file_inode(&lock);
+            (lock, inode)
         })
         .collect();
     assert!(
-        locks.iter().all(|l| l.exists()),
+        locks.iter().all(|(_, inode)| inode.is_some()),
         "the plugin locked each pod's namespace"
     );
     let cgroup = c.node.cgroup_parent();
     c.node.kill_containerd();
     drop(c);
     assert!(!Node::cgroups_left(&cgroup), "cgroups left under {cgroup}");
-    let left_locks: Vec<&PathBuf> = locks.iter().filter(|l| l.exists()).collect();
+    let left_locks: Vec<&PathBuf> = locks
+        .iter()
+        .filter(|(lock, inode)| file_inode(lock) == *inode)
+        .map(|(lock, _)| lock)
+        .collect();
     assert!(
         left_locks.is_empty(),
         "meshcap's locks left: {left_locks:?}"
