@@ -5,12 +5,16 @@
 # and for the CNI and pod tests: podman with runc and its CNI network backend
 # (containernetworking-plugins: bridge, host-local), buildah (images from a directory, no
 # registry), busybox-static (the test pods' app) and catatonit (the init process of Podman's own
-# pause image, which `podman kube play` builds for a pod; not pulled in without recommends).
+# pause image, which `podman kube play` builds for a pod, and of the containerd tests' sandbox
+# image; not pulled in without recommends); for the Kubernetes node tests: containerd (its CRI
+# plugin, started by the tests themselves, never as a service) and protobuf-compiler (the CRI
+# client's bindings are generated at build time).
 # Runs apt-get only when something is missing; needs root then (sudo is used if present).
 set -euo pipefail
 
 packages=(iptables nftables libnftnl-dev libmnl-dev pkg-config iproute2 util-linux socat gcc
-          podman runc containernetworking-plugins buildah busybox-static catatonit)
+          podman runc containernetworking-plugins buildah busybox-static catatonit
+          containerd protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

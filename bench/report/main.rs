@@ -3,7 +3,8 @@
 //! Runs, on this machine and in fresh network namespaces: apply time against list length
 //! (meshcap's backends against `nft -f`, one iptables call per rule and the `ip netns exec`
 //! floor), the data path's cost per new connection against list length, CNI mode's ADD against
-//! the bridge plugin's, and the footprint
+//! the bridge plugin's, a pod's start through containerd's CRI with and without meshcap-cni, and
+//! the footprint
 //! (binary size, peak memory, runtime image); folds in the proxy benchmark's numbers (saved by
 //! scripts/bench.sh, see `MESHCAP_PROXY_BENCH`); writes docs/BENCHMARKS.md and docs/*.svg.
 //! Needs root. A bench target with `harness = false`: `cargo test` never runs it;
@@ -20,6 +21,21 @@
 
 mod apply;
 mod cni;
+mod podstart;
+// The tests' containerd node and API server (the pod start row runs on them); they name the
+// binary and the repository through their parent module, this crate's root here.
+#[allow(dead_code)]
+#[path = "../../tests/common/apiserver.rs"]
+mod apiserver;
+#[allow(dead_code)]
+#[path = "../../tests/common/containerd.rs"]
+mod containerd;
+#[allow(dead_code)]
+const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
+#[allow(dead_code)]
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
 mod datapath;
 mod footprint;
 mod page;
@@ -64,6 +80,7 @@ fn main() {
     // rendering on sample measurements instead.
     if !std::env::args().any(|a| a == "--bench") {
         sample::check();
+        podstart::check();
         return;
     }
     if !nix::unistd::geteuid().is_root() {
@@ -108,6 +125,12 @@ fn main() {
     let t = Instant::now();
     let cni = cni::run(&settings);
     let cni_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let podstart = podstart::run(&settings);
+    eprintln!(
+        "report: pod start measured in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
     let footprint = footprint::run(&settings);
     let proxy = proxy::load();
     if let Err(e) = &proxy {
@@ -137,6 +160,8 @@ fn main() {
     let mut text = report.render(&figures);
     text.push('\n');
     text.push_str(&cni::section(&cni));
+    text.push('\n');
+    text.push_str(&podstart::section(&podstart));
     let path = settings.out.join("BENCHMARKS.md");
     std::fs::write(&path, text).expect("write BENCHMARKS.md");
     eprintln!(
