@@ -30,8 +30,6 @@
 //!   plugin of 1.6 has no setting for it): teardown removes the entries of the node's sandboxes;
 //! * mounts (rootfs overlays, /dev/shm, the pods' namespaces) under the directory, and the pods'
 //!   cgroups under the parent: teardown unmounts and removes them;
-//! * meshcap's lock file of each pod namespace the plugin worked in, which DEL removes: teardown
-//!   removes those of pods whose DEL never ran.
 //!
 //! Teardown ([`Drop`], also while a test panics): every sandbox is stopped and removed through
 //! CRI (the plugins' DEL runs), containerd gets SIGTERM (SIGKILL after a grace), the shims and
@@ -954,15 +952,6 @@ fn teardown(dir: &Path, cgroup: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // meshcap's per-namespace lock files of the node's pods (named by the namespace's device
-    // and inode, /run/meshcap/netns-DEV-INO.lock): a pod whose DEL never ran (containerd killed)
-    // keeps its lock. The mounted namespaces are still the pods' here, so the names are theirs.
-    for netns in read_dir_paths(&dir.join("state/io.containerd.grpc.v1.cri/netns")) {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(ns) = std::fs::metadata(&netns) {
-            let _ = std::fs::remove_file(meshcap_lock(ns.dev(), ns.ino()));
-        }
-    }
     for _ in 0..3 {
         let mut mounts = mounts_under(dir);
         if mounts.is_empty() {
@@ -1016,11 +1005,6 @@ fn teardown(dir: &Path, cgroup: &str) {
     if mounts_under(dir).is_empty() {
         let _ = std::fs::remove_dir_all(dir);
     }
-}
-
-/// The lock file meshcap keeps for the network namespace with this device and inode.
-pub fn meshcap_lock(dev: u64, ino: u64) -> PathBuf {
-    PathBuf::from(format!("/run/meshcap/netns-{dev}-{ino}.lock"))
 }
 
 /// Undoes the nodes of test processes that are gone (killed before their drop ran).
