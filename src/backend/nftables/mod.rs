@@ -7,11 +7,13 @@
 //! - [`ir`]: the one description of tables, chains, sets and rules; [`lower`] builds it from
 //!   the plan, with [`prefix`]'s address arithmetic; [`script`] spells it as the `--dry-run`
 //!   script (`nft -f` syntax);
-//! - [`batch`]: the netlink batch that installs it, its expressions from [`encode`] and
-//!   [`expr`] (those nftnl's safe API lacks);
+//! - [`codec`]: the nf_tables messages, typed, with their encoder and decoder (safe Rust, no
+//!   C library);
+//! - [`batch`]: the batch of messages that installs it, each rule's expressions from
+//!   [`encode`];
 //! - [`socket`]: the netlink socket (send, receive, dumps, acknowledgements);
-//! - [`dump`] reads the tables back; [`decode`] spells a dump's or a batch's messages as the
-//!   canonical text that read-back compares; [`object`] owns the libnftnl objects both parse.
+//! - [`dump`] reads the tables back as [`Contents`], which a batch's messages also give;
+//!   read-back and drift compare those values, and [`text`] spells them for diffs.
 //!
 //! Replacing: the tables present are looked up first. A fresh namespace gets plain additions (no
 //! table deletion, which would make the kernel wait for the commit). Present tables are
@@ -19,28 +21,29 @@
 //! configuration replaces the old rules atomically, never leaving a moment without rules and
 //! never adding duplicates.
 
-mod batch;
-mod decode;
+pub mod batch;
+pub mod codec;
+pub mod contents;
 mod dump;
-mod encode;
-mod expr;
+pub mod encode;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-mod ir;
+pub mod ir;
 mod lower;
-mod names;
-mod object;
+pub mod names;
 mod prefix;
 mod script;
 pub mod socket;
+pub mod text;
 pub mod trace;
 
 use super::host::gid_of;
 use super::{Applied, BackendError, Firewall, Ruleset, routing};
 use crate::plan::Plan;
 use batch::Existing;
+pub use contents::Contents;
 use ir::Spec;
-use nftnl::nftnl_sys::libc;
+use nix::libc;
 use socket::NetlinkSocket;
 
 /// Installs the plan as nftables rules over netlink (no `nft` binary needed).
@@ -73,7 +76,25 @@ fn open() -> Result<NetlinkSocket, BackendError> {
         .map_err(|e| netlink_error("opening a netfilter netlink socket", &e))
 }
 
+/// What an install of `spec` leaves in a namespace without meshcap's tables, canonical.
+pub fn expected_contents(spec: &Spec) -> Contents {
+    Contents::from_batch(&batch::build_batch(spec, &Existing::default()).messages).canonical()
+}
+
 impl NftablesBackend {
+    /// What the current namespace holds in meshcap's (and Istio's) tables, canonical (see
+    /// [`Contents::canonical`]).
+    pub fn contents(&self) -> Result<Contents, BackendError> {
+        let mut nl = open()?;
+        let tables = dump::our_tables(&mut nl)?;
+        Ok(dump::contents(&mut nl, &tables)?.canonical())
+    }
+
+    /// What installing `plan` leaves in a namespace without meshcap's tables, canonical.
+    pub fn expected_contents(&self, plan: &Plan) -> Contents {
+        expected_contents(&self.spec(plan))
+    }
+
     /// The description of `plan`, owner group names resolved on this system.
     pub fn spec(&self, plan: &Plan) -> Spec {
         Spec::build(plan, &gid_of)
@@ -145,10 +166,8 @@ impl Firewall for NftablesBackend {
     }
 
     fn read_back(&self, _plan: &Plan) -> Result<Ruleset, BackendError> {
-        let mut nl = open()?;
-        let tables = dump::our_tables(&mut nl)?;
         Ok(Ruleset {
-            chains: dump::read_texts(&mut nl, &tables)?,
+            chains: text::chain_texts(&self.contents()?),
         })
     }
 
@@ -163,9 +182,8 @@ impl Firewall for NftablesBackend {
             );
             return ruleset;
         }
-        let built = batch::build_batch(&spec, &Existing::default());
         Ruleset {
-            chains: decode::batch_texts(&built),
+            chains: text::chain_texts(&expected_contents(&spec)),
         }
     }
 

@@ -23,7 +23,7 @@ use crate::backend::BackendError;
 use crate::trace::filter::Filter;
 use event::{Event, Kind, Packet, family_name};
 use listen::{Listener, Wake};
-use nftnl::nftnl_sys::libc;
+use nix::libc;
 use rules::RuleBook;
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -285,7 +285,7 @@ pub fn run(
                  a narrower filter helps"
             ),
             Wake::Messages(msgs) => {
-                for e in msgs.iter().filter_map(Event::parse) {
+                for e in msgs.iter().filter_map(|m| Event::parse(m)) {
                     tracing::debug!("trace message: {e:?}");
                     let mut text = |family: u32, table: &str, handle: u64| {
                         book.text(&mut nl, family, table, handle)

@@ -3,14 +3,13 @@
 //! backend's read-back spells it (iptables-nft's rules as iptables spells them, when
 //! `iptables-nft-save` can tell), looked up by (family, table, handle).
 
-use super::super::decode::rule_text;
-use super::super::dump::set_texts;
-use super::super::netlink_error;
-use super::super::object::Rule;
-use super::super::socket::{Message, NetlinkSocket};
+use super::super::batch::INET;
+use super::super::dump::{rules, set_elements};
+use super::super::socket::NetlinkSocket;
+use super::super::text::{elements_text, rule_text};
 use super::iptables_nft::{self, ChainKey};
 use crate::backend::BackendError;
-use nftnl::nftnl_sys::{self as sys, libc};
+use nix::libc;
 use std::collections::{HashMap, HashSet};
 
 /// Where a rule lives: table family, table name, handle.
@@ -24,29 +23,6 @@ pub struct RuleBook {
     missing: HashSet<Key>,
 }
 
-/// Dumps `msg_type` objects of every family.
-fn dump_all(
-    nl: &mut NetlinkSocket,
-    msg_type: i32,
-    what: &str,
-) -> Result<Vec<Message>, BackendError> {
-    let seq = nl.next_seq();
-    // A bare nfnetlink header: far below this.
-    let mut words = vec![0u32; 16];
-    let len = unsafe {
-        let hdr = sys::nftnl_nlmsg_build_hdr(
-            words.as_mut_ptr().cast(),
-            msg_type as u16,
-            libc::NFPROTO_UNSPEC as u16,
-            libc::NLM_F_DUMP as u16,
-            seq,
-        );
-        (*hdr).nlmsg_len as usize
-    };
-    nl.dump(&Message::from_words(words, len), seq)
-        .map_err(|e| netlink_error(what, &e))
-}
-
 impl RuleBook {
     /// Reads every rule the kernel holds.
     pub fn load(nl: &mut NetlinkSocket) -> Result<RuleBook, BackendError> {
@@ -56,39 +32,36 @@ impl RuleBook {
     }
 
     fn reload(&mut self, nl: &mut NetlinkSocket) -> Result<(), BackendError> {
-        let msgs = dump_all(nl, libc::NFT_MSG_GETRULE, "listing nftables rules")?;
-        let inet = libc::NFPROTO_INET as u32;
-        let mut inet_tables: Vec<String> = msgs
+        let all = rules(nl, libc::NFPROTO_UNSPEC as u8)?;
+        let mut inet_tables: Vec<String> = all
             .iter()
-            .filter_map(Rule::parse)
-            .filter(|r| r.u32(sys::NFTNL_RULE_FAMILY) == inet)
-            .map(|r| r.str(sys::NFTNL_RULE_TABLE))
+            .filter(|r| r.family == INET)
+            .map(|r| r.table.clone())
             .collect();
         inet_tables.sort();
         inet_tables.dedup();
-        let sets = set_texts(nl, &inet_tables)?;
+        let sets = set_elements(nl, &inet_tables)?;
         self.texts.clear();
         let mut ip_chains: HashMap<ChainKey, Vec<u64>> = HashMap::new();
-        for msg in &msgs {
-            let Some(rule) = Rule::parse(msg) else {
-                continue;
-            };
-            let family = rule.u32(sys::NFTNL_RULE_FAMILY);
-            let set_text = |table: &str, name: &str, _: Option<u32>| {
-                let known = (family == inet)
-                    .then(|| sets.get(&(table.to_owned(), name.to_owned())))
+        for rule in &all {
+            let family = u32::from(rule.family);
+            let handle = rule.handle.unwrap_or(0);
+            let set_text = |name: &str| {
+                let known = (rule.family == INET)
+                    .then(|| sets.get(&(rule.table.clone(), name.to_owned())))
                     .flatten();
-                known.cloned().unwrap_or_else(|| format!("@{name}"))
+                known.map_or_else(|| format!("@{name}"), |e| elements_text(e))
             };
-            if let Some((table, chain, text)) = rule_text(msg, &set_text) {
-                if family != inet {
-                    ip_chains
-                        .entry((family, table.clone(), chain))
-                        .or_default()
-                        .push(rule.handle());
-                }
-                self.texts.insert((family, table, rule.handle()), text);
+            if rule.family != INET {
+                ip_chains
+                    .entry((family, rule.table.clone(), rule.chain.clone()))
+                    .or_default()
+                    .push(handle);
             }
+            self.texts.insert(
+                (family, rule.table.clone(), handle),
+                rule_text(rule, &set_text),
+            );
         }
         // iptables-nft's rules as iptables spells them, where its save program can tell.
         self.texts.extend(iptables_nft::lines(&ip_chains));
