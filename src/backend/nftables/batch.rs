@@ -135,6 +135,8 @@ fn table(name: &str) -> Table {
     Table {
         family: INET,
         name: name.to_owned(),
+        // nft and nftnl write the (empty) flags.
+        flags: Some(0),
         ..Table::default()
     }
 }

@@ -454,8 +454,10 @@ impl Object {
                 w.str(SET_ELEM_LIST_TABLE, &s.table);
                 if !s.elements.is_empty() {
                     w.nest(SET_ELEM_LIST_ELEMENTS, |w| {
-                        for e in &s.elements {
-                            w.nest(LIST_ELEM, |w| {
+                        // libnftnl numbers the elements of a message 1, 2, … where nft's
+                        // own lists use NFTA_LIST_ELEM; the kernel reads neither.
+                        for (i, e) in s.elements.iter().enumerate() {
+                            w.nest((i + 1) as u16, |w| {
                                 if let Some(f) = e.flags {
                                     w.u32(SET_ELEM_FLAGS, f);
                                 }
