@@ -19,10 +19,10 @@
 
 mod common;
 
+use common::configs::istio_flags;
 use common::{IstioCase, NO_ENV, istio_cases, istio_conformance_part, meshcap, repo, scenarios};
 use netns_test_harness::pod::{
-    DNS_CAPTURE_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROXY_ID, Pod, map_istio,
-    standard_matrix,
+    DNS_CAPTURE_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROXY_ID, Pod, standard_matrix,
 };
 use netns_test_harness::probe::{Class, From, Outcome, Probe, Proto, parse_table};
 use netns_test_harness::{User, require_root};
@@ -50,20 +50,11 @@ fn configs(test: &str) -> Vec<Config> {
         let cases = istio_cases(&dir);
         assert_eq!(cases.len(), 19, "the conformance set has 19 cases");
         all.extend(cases.into_iter().map(|c: IstioCase| {
+            let (args, env) = istio_flags(&c);
             Config {
                 expected: repo().join(format!("rulesets/istio/{}.probes", c.name)),
-                // `-n` is Istio's dry run.
-                args: c
-                    .args
-                    .iter()
-                    .filter(|a| *a != "-n")
-                    .map(|a| map_istio(a))
-                    .collect(),
-                env: c
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), map_istio(v)))
-                    .collect(),
+                args,
+                env,
                 name: c.name,
             }
         }));
@@ -398,7 +389,7 @@ fn kernel_reports_drift_and_the_new_landing_after_tampering() {
         let owner = if name == "iptables" {
             "-m owner --uid-owner 1337 -j RETURN"
         } else {
-            "[meta load skuid => r1] [cmp eq r1 39050000] [counter] [return]"
+            "meta skuid 1337 counter packets 0 bytes 0 return"
         };
         assert!(
             drift.len() == 1 && drift[0].contains("missing: ") && drift[0].ends_with(owner),

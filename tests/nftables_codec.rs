@@ -20,86 +20,15 @@ mod common;
 mod oracle;
 
 use common::cni::ISTIO_CNI_FLAGS;
-use common::{istio_cases, istio_conformance_part, scenarios};
+use common::configs::{self, Case, plan_of, strings};
 use meshcap::backend::nftables::NftablesBackend;
 use meshcap::backend::nftables::batch::{Existing, build_batch, delete_batch};
 use meshcap::backend::nftables::codec::{Chain, Message};
 use meshcap::backend::nftables::socket::messages;
-use netns_test_harness::pod::map_istio;
 
-/// A configuration: its name, flags and environment.
-struct Case {
-    name: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-fn plan_of(case: &Case) -> meshcap::plan::Plan {
-    let mut argv = vec!["meshcap".to_owned()];
-    argv.extend(case.args.iter().cloned());
-    let inputs = meshcap::cli::Inputs::parse_from(argv, case.env.clone()).expect("flags parse");
-    let config = meshcap::config::Config::from_inputs(&inputs, &meshcap::config::SystemHost)
-        .expect("valid config");
-    meshcap::plan::build(&config.capture)
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-/// Every configuration: 9 scenarios, the 19 Istio cases (with ../shared), Istio's CNI defaults,
-/// and the long lists.
+/// Every configuration (see common::configs), and 5000 ports.
 fn cases() -> Vec<Case> {
-    let mut out: Vec<Case> = scenarios()
-        .into_iter()
-        .map(|s| Case {
-            name: format!("scenario {}", s.name),
-            args: s.args,
-            env: s.env,
-        })
-        .collect();
-    if let Some(dir) = istio_conformance_part("nftables_codec") {
-        let cases = istio_cases(&dir);
-        assert_eq!(cases.len(), 19, "the conformance set has 19 cases");
-        out.extend(cases.into_iter().map(|c| {
-            Case {
-                name: format!("istio {}", c.name),
-                args: c
-                    .args
-                    .iter()
-                    .filter(|a| *a != "-n")
-                    .map(|a| map_istio(a))
-                    .collect(),
-                env: c
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), map_istio(v)))
-                    .collect(),
-            }
-        }));
-    }
-    out.push(Case {
-        name: "Istio's CNI defaults".into(),
-        args: strings(&ISTIO_CNI_FLAGS),
-        env: Vec::new(),
-    });
-    let ports: Vec<String> = (0..1000).map(|i| (20000 + 2 * i).to_string()).collect();
-    let cidrs: Vec<String> = (0..1000)
-        .map(|i| format!("10.{}.{}.0/24", i / 200, (i % 200) + 1))
-        .chain((0..1000).map(|i| format!("2001:db8:{i:x}::/48")))
-        .collect();
-    out.push(Case {
-        name: "1000 ports + 1000 CIDRs per family".into(),
-        args: [
-            "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*",
-            "--ipv6", "on",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["-d".into(), ports.join(","), "-x".into(), cidrs.join(",")])
-        .collect(),
-        env: Vec::new(),
-    });
+    let mut out = configs::cases("nftables_codec");
     // More elements than one attribute holds: the element messages split where libnftnl's do.
     let many: Vec<String> = (0..5000).map(|i| (10000 + i).to_string()).collect();
     out.push(Case {

@@ -4,6 +4,7 @@
 //! kernel holds, and clean. Read-back and [`Firewall::expected`] use the same spelling, so that
 //! comparing them says whether the kernel holds the plan.
 
+pub mod address;
 pub mod host;
 pub mod iptables;
 pub mod nftables;

@@ -1,6 +1,7 @@
 //! The iptables backend: Istio's restore text, applied with `iptables-restore --noflush` and
 //! `ip6tables-restore --noflush` of the legacy or nft variant, read back with `iptables-save`.
 
+pub mod saved;
 pub mod spell;
 
 use super::host::gid_of;

@@ -13,7 +13,7 @@
 //!   [`encode`];
 //! - [`socket`]: the netlink socket (send, receive, dumps, acknowledgements);
 //! - [`dump`] reads the tables back as [`Contents`], which a batch's messages also give;
-//!   read-back and drift compare those values, and [`text`] spells them for diffs.
+//!   read-back and drift compare those values, and [`render`] spells them in `nft` syntax.
 //!
 //! Replacing: the tables present are looked up first. A fresh namespace gets plain additions (no
 //! table deletion, which would make the kernel wait for the commit). Present tables are
@@ -32,9 +32,9 @@ pub mod ir;
 mod lower;
 pub mod names;
 mod prefix;
+pub mod render;
 mod script;
 pub mod socket;
-pub mod text;
 pub mod trace;
 
 use super::host::gid_of;
@@ -167,7 +167,7 @@ impl Firewall for NftablesBackend {
 
     fn read_back(&self, _plan: &Plan) -> Result<Ruleset, BackendError> {
         Ok(Ruleset {
-            chains: text::chain_texts(&self.contents()?),
+            chains: render::chain_texts(&self.contents()?),
         })
     }
 
@@ -183,7 +183,7 @@ impl Firewall for NftablesBackend {
             return ruleset;
         }
         Ruleset {
-            chains: text::chain_texts(&expected_contents(&spec)),
+            chains: render::chain_texts(&expected_contents(&spec)),
         }
     }
 

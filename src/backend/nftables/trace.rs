@@ -88,19 +88,14 @@ struct Traced {
     last_seen: Instant,
 }
 
-/// Whether a rule's text redirects the packet: the backend's `redir`/`tproxy` expressions, or
-/// iptables-nft's REDIRECT/TPROXY targets (in iptables' spelling, or as expressions).
+/// Whether a rule's text redirects the packet: nft's `redirect` and `tproxy` statements, or
+/// iptables-nft's REDIRECT/TPROXY targets (in iptables' spelling, or as raw expressions).
 fn captures(text: &str) -> bool {
-    [
-        "[redir ",
-        "[tproxy ",
-        "-j REDIRECT",
-        "-j TPROXY",
-        "name REDIRECT",
-        "name TPROXY",
-    ]
-    .iter()
-    .any(|word| text.contains(word))
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.iter().any(|w| *w == "redirect" || *w == "tproxy")
+        || words
+            .windows(2)
+            .any(|w| matches!(w, ["-j" | "[target", "REDIRECT" | "TPROXY"]))
 }
 
 fn is_final(code: i32) -> bool {
@@ -341,7 +336,7 @@ mod tests {
             count,
         };
         let mut text = |_: u32, _: &str, handle: u64| match handle {
-            14 => "[immediate r1 3a99] [redir port r1 flags 2]".to_owned(),
+            14 => "meta l4proto tcp counter redirect to :15001".to_owned(),
             h => format!("[rule {h}]"),
         };
         for e in events {
@@ -405,7 +400,7 @@ mod tests {
              \x20 inet istio-proxy-nat output: policy accept\n\
              packet 1 (trace id 0x00000007), continued:\n\
              \x20 mark: 0x00000539\n\
-             \x20 inet istio-proxy-nat istio-redirect: rule 14: [immediate r1 3a99] [redir port r1 flags 2] => accept\n\
+             \x20 inet istio-proxy-nat istio-redirect: rule 14: meta l4proto tcp counter redirect to :15001 => accept\n\
              verdict packet 1: captured by inet istio-proxy-nat istio-redirect rule 14\n\
              verdict packet 2: not captured (accept by the policy of inet istio-proxy-nat output)\n"
         );

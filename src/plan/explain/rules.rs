@@ -1,50 +1,18 @@
-//! The rule model: tables, chains and rules parsed from a backend's read-back text.
+//! The rule model explain walks: tables, chains and typed rules, as the backends hand them
+//! over: the iptables backend's saved rules ([`SavedRules`]) and the nftables backend's
+//! [`Contents`] (codec rules and set elements), read back from the kernel or built from a plan
+//! (its expected rules, in the same forms), so explain of a plan and of the kernel run the
+//! same code. Each rule keeps the text a person reads: iptables-save's line, or `nft` syntax.
 
-use super::super::Family;
-use super::{iptables, nftables};
+use super::iptables;
+use super::nftables::{self, NftRule};
+use super::packet::{Hook, Packet, RuleResult};
+use crate::backend::iptables::saved::{SavedRule, SavedRules};
+use crate::backend::nftables::Contents;
+use crate::backend::nftables::codec::Expr;
+use crate::backend::nftables::render::{chain_key, expr_text, stateless_rule_text};
+use crate::plan::Family;
 use std::collections::BTreeMap;
-use std::fmt;
-
-/// The two hooks meshcap's rules use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Prerouting,
-    Output,
-}
-
-impl Hook {
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Prerouting => "prerouting",
-            Hook::Output => "output",
-        }
-    }
-}
-
-/// What a matching rule does to the walk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Next rule (a mark, a zone, a counter, or no target).
-    Continue,
-    Accept,
-    Drop,
-    Return,
-    Jump(String),
-    Goto(String),
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::Continue => Ok(()),
-            Action::Accept => f.write_str("accept"),
-            Action::Drop => f.write_str("drop"),
-            Action::Return => f.write_str("return"),
-            Action::Jump(c) => write!(f, "jump {c}"),
-            Action::Goto(c) => write!(f, "goto {c}"),
-        }
-    }
-}
 
 /// A rule as read back: its text and what it means.
 #[derive(Clone, Debug)]
@@ -55,8 +23,17 @@ pub struct Rule {
 
 #[derive(Clone, Debug)]
 pub enum Body {
-    Iptables(iptables::Rule),
-    Nftables(nftables::Rule),
+    Iptables(SavedRule),
+    Nftables(NftRule),
+}
+
+impl Rule {
+    pub(crate) fn eval(&self, p: &mut Packet) -> RuleResult {
+        match &self.body {
+            Body::Iptables(r) => iptables::eval(r, p),
+            Body::Nftables(r) => nftables::eval(r, p),
+        }
+    }
 }
 
 /// A chain attached to a hook.
@@ -86,7 +63,7 @@ pub struct Rules {
     tables: Vec<Table>,
 }
 
-/// Read-back text explain cannot use.
+/// Rules explain cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RulesError {
     #[error("read-back chain {0:?}: expected `FAMILY TABLE CHAIN`")]
@@ -121,62 +98,54 @@ fn iptables_hook(chain: &str) -> Option<Hook> {
 }
 
 impl Rules {
-    /// Parses a read-back (`Ruleset::chains`): keys `ipv4|ipv6 TABLE CHAIN` with
-    /// `iptables-save` rules, or `inet TABLE CHAIN` with the nftables backend's canonical
-    /// expressions (a base chain's first line is its `chain type … hook … priority …`).
-    pub fn parse(chains: &BTreeMap<String, Vec<String>>) -> Result<Rules, RulesError> {
-        let mut tables: Vec<Table> = Vec::new();
-        for (key, lines) in chains {
+    fn table_mut(&mut self, name: &str, family: Option<Family>) -> &mut Table {
+        let at = match self.tables.iter().position(|t| t.name == name) {
+            Some(at) => at,
+            None => {
+                self.tables.push(Table {
+                    name: name.to_owned(),
+                    family,
+                    chains: BTreeMap::new(),
+                    bases: Vec::new(),
+                });
+                self.tables.len() - 1
+            }
+        };
+        &mut self.tables[at]
+    }
+
+    /// The iptables backend's rules, per chain key `ipv4|ipv6 TABLE CHAIN`; a rule with an
+    /// option this model does not hold is refused, named by its chain and text.
+    pub fn from_iptables(saved: &SavedRules) -> Result<Rules, RulesError> {
+        let mut out = Rules::default();
+        for (key, rules) in saved {
             let mut words = key.splitn(3, ' ');
             let (Some(fam), Some(table), Some(chain)) = (words.next(), words.next(), words.next())
             else {
-                return Err(RulesError::Unusable(format!("{key}: {}", lines.join("; "))));
+                let texts: Vec<&str> = rules.iter().map(|r| r.text.as_str()).collect();
+                return Err(RulesError::Unusable(format!("{key}: {}", texts.join("; "))));
             };
             let family = match fam {
-                "ipv4" => Some(Family::V4),
-                "ipv6" => Some(Family::V6),
-                "inet" => None,
+                "ipv4" => Family::V4,
+                "ipv6" => Family::V6,
                 _ => return Err(RulesError::Key(key.clone())),
             };
-            let name = format!("{fam} {table}");
-            let at = match tables.iter().position(|t| t.name == name) {
-                Some(at) => at,
-                None => {
-                    tables.push(Table {
-                        name: name.clone(),
-                        family,
-                        chains: BTreeMap::new(),
-                        bases: Vec::new(),
+            let mut chain_rules = Vec::new();
+            for rule in rules {
+                if let Some(what) = rule.unmodelled() {
+                    return Err(RulesError::Rule {
+                        key: key.clone(),
+                        text: rule.text.clone(),
+                        reason: format!("option {what} is not modelled"),
                     });
-                    tables.len() - 1
                 }
-            };
-            let t = &mut tables[at];
-            let mut rules = Vec::new();
-            let bad = |text: &str, reason: String| RulesError::Rule {
-                key: key.clone(),
-                text: text.to_owned(),
-                reason,
-            };
-            for line in lines {
-                let body = if family.is_some() {
-                    Body::Iptables(iptables::Rule::parse(line).map_err(|e| bad(line, e))?)
-                } else if line.starts_with("chain type ") {
-                    t.bases
-                        .extend(nftables::base(chain, line).map_err(|e| bad(line, e))?);
-                    continue;
-                } else {
-                    Body::Nftables(nftables::Rule::parse(line).map_err(|e| bad(line, e))?)
-                };
-                rules.push(Rule {
-                    text: line.clone(),
-                    body,
+                chain_rules.push(Rule {
+                    text: rule.text.clone(),
+                    body: Body::Iptables(rule.clone()),
                 });
             }
-            if family.is_some()
-                && let (Some(hook), Some(priority)) =
-                    (iptables_hook(chain), iptables_priority(table))
-            {
+            let t = out.table_mut(&format!("{fam} {table}"), Some(family));
+            if let (Some(hook), Some(priority)) = (iptables_hook(chain), iptables_priority(table)) {
                 t.bases.push(Base {
                     chain: chain.to_owned(),
                     hook,
@@ -184,9 +153,68 @@ impl Rules {
                     nat: table == "nat",
                 });
             }
-            t.chains.insert(chain.to_owned(), rules);
+            t.chains.insert(chain.to_owned(), chain_rules);
         }
-        Ok(Rules { tables })
+        Ok(out)
+    }
+
+    /// The nftables backend's tables (family inet: both IP families), their base chains by
+    /// hook and priority; a rule with an expression this model does not hold is refused,
+    /// named by its chain and text.
+    pub fn from_nftables(contents: &Contents) -> Result<Rules, RulesError> {
+        let mut out = Rules::default();
+        for c in &contents.chains {
+            let t = out.table_mut(&format!("inet {}", c.table), None);
+            t.chains.entry(c.name.clone()).or_default();
+            let Some(hook) = c.hook else { continue };
+            let hook = match hook.hooknum {
+                0 => Hook::Prerouting,
+                3 => Hook::Output,
+                // Hooks explain does not walk (input, forward, postrouting).
+                _ => continue,
+            };
+            t.bases.push(Base {
+                chain: c.name.clone(),
+                hook,
+                priority: c.hook.map_or(0, |h| h.priority),
+                nat: c.chain_type.as_deref() == Some("nat"),
+            });
+        }
+        for r in &contents.rules {
+            let text = stateless_rule_text(r, &contents.sets);
+            if let Some(e) = r.exprs.iter().find(|e| matches!(e, Expr::Unknown { .. })) {
+                return Err(RulesError::Rule {
+                    key: chain_key(&r.table, &r.chain),
+                    text,
+                    reason: format!("expression {} is not modelled", expr_text(e)),
+                });
+            }
+            let sets = r
+                .exprs
+                .iter()
+                .filter_map(|e| match e {
+                    Expr::Lookup { set, .. } => Some(set.clone()),
+                    _ => None,
+                })
+                .map(|set| {
+                    let elements = contents.set(&r.table, &set).unwrap_or_default().to_vec();
+                    (set, elements)
+                })
+                .collect();
+            let rule = Rule {
+                text,
+                body: Body::Nftables(NftRule {
+                    exprs: r.exprs.clone(),
+                    sets,
+                }),
+            };
+            out.table_mut(&format!("inet {}", r.table), None)
+                .chains
+                .entry(r.chain.clone())
+                .or_default()
+                .push(rule);
+        }
+        Ok(out)
     }
 
     /// Adds another source's tables (e.g. iptables and nftables rules in one namespace).

@@ -1,12 +1,25 @@
 use super::*;
+use crate::backend::iptables::saved::{SavedRules, typed};
+use crate::backend::nftables::Contents;
+use crate::backend::nftables::codec::expr::{REG_1, REG32_01};
+use crate::backend::nftables::codec::{
+    Chain, ChainHook, CmpOp, Expr, MetaKey, PayloadBase, Rule, SetElem, Verdict as NftVerdict,
+};
 use std::collections::BTreeMap;
 
+fn saved(chains: &[(&str, &[&str])]) -> SavedRules {
+    let ruleset = crate::backend::Ruleset {
+        chains: chains
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect(),
+    };
+    typed(&ruleset)
+}
+
+/// iptables rules from `iptables-save` lines per `ipv4|ipv6 TABLE CHAIN`.
 fn rules(chains: &[(&str, &[&str])]) -> Rules {
-    let map: BTreeMap<String, Vec<String>> = chains
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
-        .collect();
-    Rules::parse(&map).unwrap_or_else(|e| panic!("{e}"))
+    Rules::from_iptables(&saved(chains)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 const LISTENERS: Listeners = Listeners {
@@ -197,42 +210,247 @@ fn marks_zones_tproxy_and_drops() {
     );
 }
 
-/// The nftables backend's read-back text of an Istio-like output chain and TPROXY chain.
+fn meta(key: MetaKey) -> Expr {
+    Expr::Meta { key, dreg: REG_1 }
+}
+
+fn cmp(op: CmpOp, data: &[u8]) -> Expr {
+    Expr::Cmp {
+        sreg: REG_1,
+        op,
+        data: data.to_vec(),
+    }
+}
+
+fn payload(base: PayloadBase, offset: u32, len: u32, dreg: u32) -> Expr {
+    Expr::Payload {
+        base,
+        offset,
+        len,
+        dreg,
+    }
+}
+
+fn imm(data: &[u8]) -> Expr {
+    Expr::Immediate {
+        dreg: REG_1,
+        data: data.to_vec(),
+    }
+}
+
+const COUNTER: Expr = Expr::Counter {
+    packets: 0,
+    bytes: 0,
+};
+
+fn verdict_expr(v: NftVerdict) -> Expr {
+    Expr::Verdict(v)
+}
+
+fn lookup(set: &str) -> Expr {
+    Expr::Lookup {
+        sreg: REG_1,
+        set: set.into(),
+        set_id: None,
+        invert: false,
+    }
+}
+
+fn chain(table: &str, name: &str, base: Option<(&str, u32, i32)>) -> Chain {
+    Chain {
+        family: 1,
+        table: table.into(),
+        name: name.into(),
+        hook: base.map(|(_, hooknum, priority)| ChainHook { hooknum, priority }),
+        chain_type: base.map(|(kind, _, _)| kind.to_owned()),
+        ..Chain::default()
+    }
+}
+
+fn rule(table: &str, chain: &str, exprs: Vec<Expr>) -> Rule {
+    Rule {
+        family: 1,
+        table: table.into(),
+        chain: chain.into(),
+        exprs,
+        ..Rule::default()
+    }
+}
+
+/// Typed nftables rules of an Istio-like output chain and TPROXY chain, as the nftables
+/// backend hands them over: a prefix through a mask, a concatenated set, an interval set.
+fn istio_nftables() -> Contents {
+    let nat = "istio-proxy-nat";
+    let mangle = "istio-proxy-mangle";
+    let uid = 1337u32.to_ne_bytes();
+    let port_key = |p: u16| {
+        let b = p.to_be_bytes();
+        SetElem {
+            key: vec![6, 0, 0, 0, b[0], b[1], 0, 0],
+            flags: Some(0),
+        }
+    };
+    let v6 = |text: &str, end: bool| SetElem {
+        key: text
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+            .to_vec(),
+        flags: Some(u32::from(end)),
+    };
+    let mut sets = BTreeMap::new();
+    sets.insert(
+        (nat.to_owned(), "__set0".to_owned()),
+        vec![port_key(15020), port_key(15021)],
+    );
+    sets.insert(
+        (nat.to_owned(), "__set1".to_owned()),
+        vec![v6("2001:db8:1::", false), v6("2001:db8:2::", true)],
+    );
+    let mut lo = b"lo".to_vec();
+    lo.resize(16, 0);
+    Contents {
+        chains: vec![
+            chain(nat, "output", Some(("nat", 3, -100))),
+            chain(nat, "istio-output", None),
+            chain(nat, "istio-redirect", None),
+            chain(mangle, "prerouting", Some(("filter", 0, -150))),
+        ],
+        rules: vec![
+            rule(
+                nat,
+                "output",
+                vec![
+                    COUNTER,
+                    verdict_expr(NftVerdict::Jump("istio-output".into())),
+                ],
+            ),
+            rule(
+                nat,
+                "istio-output",
+                vec![
+                    meta(MetaKey::OifName),
+                    cmp(CmpOp::Eq, &lo),
+                    meta(MetaKey::SkUid),
+                    cmp(CmpOp::Neq, &uid),
+                    COUNTER,
+                    verdict_expr(NftVerdict::Return),
+                ],
+            ),
+            rule(
+                nat,
+                "istio-output",
+                vec![
+                    meta(MetaKey::SkUid),
+                    cmp(CmpOp::Eq, &uid),
+                    COUNTER,
+                    verdict_expr(NftVerdict::Return),
+                ],
+            ),
+            rule(
+                nat,
+                "istio-output",
+                vec![
+                    meta(MetaKey::NfProto),
+                    cmp(CmpOp::Eq, &[2]),
+                    payload(PayloadBase::Network, 16, 4, REG_1),
+                    Expr::Bitwise {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        len: 4,
+                        mask: vec![255, 255, 255, 0],
+                        xor: vec![0; 4],
+                    },
+                    cmp(CmpOp::Eq, &[203, 0, 113, 0]),
+                    COUNTER,
+                    verdict_expr(NftVerdict::Return),
+                ],
+            ),
+            rule(
+                nat,
+                "istio-output",
+                vec![
+                    meta(MetaKey::NfProto),
+                    cmp(CmpOp::Eq, &[2]),
+                    meta(MetaKey::L4Proto),
+                    cmp(CmpOp::Eq, &[6]),
+                    meta(MetaKey::L4Proto),
+                    payload(PayloadBase::Transport, 2, 2, REG32_01),
+                    lookup("__set0"),
+                    COUNTER,
+                    verdict_expr(NftVerdict::Return),
+                ],
+            ),
+            rule(
+                nat,
+                "istio-output",
+                vec![
+                    meta(MetaKey::NfProto),
+                    cmp(CmpOp::Eq, &[10]),
+                    payload(PayloadBase::Network, 24, 16, REG_1),
+                    lookup("__set1"),
+                    COUNTER,
+                    verdict_expr(NftVerdict::Return),
+                ],
+            ),
+            rule(
+                nat,
+                "istio-output",
+                vec![
+                    COUNTER,
+                    verdict_expr(NftVerdict::Jump("istio-redirect".into())),
+                ],
+            ),
+            rule(
+                nat,
+                "istio-redirect",
+                vec![
+                    meta(MetaKey::L4Proto),
+                    cmp(CmpOp::Eq, &[6]),
+                    COUNTER,
+                    imm(&15001u16.to_be_bytes()),
+                    Expr::Redir {
+                        reg_proto_min: Some(REG_1),
+                        reg_proto_max: None,
+                        flags: Some(2),
+                    },
+                ],
+            ),
+            rule(
+                mangle,
+                "prerouting",
+                vec![
+                    meta(MetaKey::NfProto),
+                    cmp(CmpOp::Eq, &[2]),
+                    payload(PayloadBase::Network, 16, 4, REG_1),
+                    cmp(CmpOp::Neq, &[127, 0, 0, 1]),
+                    meta(MetaKey::L4Proto),
+                    cmp(CmpOp::Eq, &[6]),
+                    payload(PayloadBase::Transport, 2, 2, REG_1),
+                    cmp(CmpOp::Eq, &8080u16.to_be_bytes()),
+                    imm(&15006u16.to_be_bytes()),
+                    Expr::Tproxy {
+                        family: 2,
+                        reg_addr: None,
+                        reg_port: Some(REG_1),
+                    },
+                    imm(&0x539u32.to_ne_bytes()),
+                    Expr::MetaSet {
+                        key: MetaKey::Mark,
+                        sreg: REG_1,
+                    },
+                    COUNTER,
+                    verdict_expr(NftVerdict::Accept),
+                ],
+            ),
+        ],
+        sets,
+    }
+}
+
 #[test]
 fn nftables_expressions_run_like_the_kernel() {
-    let r = rules(&[
-        (
-            "inet istio-proxy-nat output",
-            &[
-                "chain type nat hook 3 priority -100",
-                "[counter] [jump istio-output]",
-            ],
-        ),
-        (
-            "inet istio-proxy-nat istio-output",
-            &[
-                "[meta load oifname => r1] [cmp eq r1 6c6f0000000000000000000000000000] [meta load skuid => r1] [cmp neq r1 39050000] [counter] [return]",
-                "[meta load skuid => r1] [cmp eq r1 39050000] [counter] [return]",
-                "[meta load nfproto => r1] [cmp eq r1 02] [payload load 4b @ base1 + 16 => r1] [bitwise r1 = (r1 & ffffff00) ^ 00000000] [cmp eq r1 cb007100] [counter] [return]",
-                "[meta load nfproto => r1] [cmp eq r1 02] [meta load l4proto => r1] [payload load 2b @ base2 + 2 => r9] [lookup r1 in {060000003aac0000,060000003aad0000}] [counter] [return]",
-                "[meta load nfproto => r1] [cmp eq r1 0a] [payload load 16b @ base1 + 24 => r1] [lookup r1 in {20010db8000100000000000000000000,20010db8000200000000000000000000/end}] [counter] [return]",
-                "[counter] [jump istio-redirect]",
-            ],
-        ),
-        (
-            "inet istio-proxy-nat istio-redirect",
-            &[
-                "[meta load l4proto => r1] [cmp eq r1 06] [counter] [immediate r1 3a99] [redir port r1 flags 2]",
-            ],
-        ),
-        (
-            "inet istio-proxy-mangle prerouting",
-            &[
-                "chain type filter hook 0 priority -150",
-                "[meta load nfproto => r1] [cmp eq r1 02] [payload load 4b @ base1 + 16 => r1] [cmp neq r1 7f000001] [meta load l4proto => r1] [cmp eq r1 06] [payload load 2b @ base2 + 2 => r1] [cmp eq r1 1f90] [immediate r1 3a9e] [tproxy family 2 addr  port r1] [immediate r1 39050000] [meta set mark <= r1] [counter] [accept]",
-            ],
-        ),
-    ]);
+    let r = Rules::from_nftables(&istio_nftables()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         verdict(&r, "dir=out dst=198.51.100.10:80 uid=1000"),
         "captured-outbound 15001"
@@ -270,26 +488,55 @@ fn nftables_expressions_run_like_the_kernel() {
     );
     assert_eq!(ex.verdict, Verdict::CapturedInbound(15006));
     assert_eq!(ex.steps[0].effects, ["tproxy to port 15006", "mark 0x539"]);
+    // Each rule is shown in nft syntax.
+    assert_eq!(
+        ex.steps[0].rule.as_deref(),
+        Some(
+            "ip daddr != 127.0.0.1 tcp dport 8080 tproxy ip to :15006 meta mark set 0x00000539 \
+             counter accept"
+        )
+    );
     assert_eq!(verdict(&r, "dir=in dst=192.0.2.1:9090 iif=net0"), "direct");
+    let ex = explain(
+        &r,
+        &"dir=out dst=198.51.100.10:15021 uid=1000".parse().unwrap(),
+        &LISTENERS,
+    );
+    let texts: Vec<&str> = ex.steps.iter().filter_map(|s| s.rule.as_deref()).collect();
+    assert!(
+        texts.contains(&"meta nfproto ipv4 meta l4proto . tcp dport { tcp . 15020, tcp . 15021 } counter return"),
+        "{texts:#?}"
+    );
+    assert_eq!(texts[1], "oifname \"lo\" meta skuid != 1337 counter return");
 }
 
 #[test]
-fn unknown_text_is_refused_with_its_place() {
-    let mut map = BTreeMap::new();
-    map.insert(
-        "ipv4 nat OUTPUT".to_string(),
-        vec!["-A OUTPUT -m frobnicate --level 3 -j ACCEPT".to_string()],
-    );
-    let e = Rules::parse(&map).unwrap_err().to_string();
+fn unknown_rules_are_refused_with_their_place() {
+    let e = Rules::from_iptables(&saved(&[(
+        "ipv4 nat OUTPUT",
+        &["-A OUTPUT -m frobnicate --level 3 -j ACCEPT"],
+    )]))
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("ipv4 nat OUTPUT") && e.contains("--level"),
         "{e}"
     );
-    map.clear();
-    map.insert(
-        "inet t c".to_string(),
-        vec!["[meta load l4proto => r1] [quota 5]".to_string()],
-    );
-    let e = Rules::parse(&map).unwrap_err().to_string();
-    assert!(e.contains("quota"), "{e}");
+    let contents = Contents {
+        chains: vec![chain("t", "c", None)],
+        rules: vec![rule(
+            "t",
+            "c",
+            vec![
+                meta(MetaKey::L4Proto),
+                Expr::Unknown {
+                    name: "quota".into(),
+                    data: vec![],
+                },
+            ],
+        )],
+        sets: BTreeMap::new(),
+    };
+    let e = Rules::from_nftables(&contents).unwrap_err().to_string();
+    assert!(e.contains("inet t c") && e.contains("quota"), "{e}");
 }

@@ -1,12 +1,13 @@
 //! The text of the rules a trace names by handle: every rule of every table (any family: the
 //! nftables backend's inet tables and iptables-nft's ip and ip6 tables alike), spelled as the
-//! backend's read-back spells it (iptables-nft's rules as iptables spells them, when
-//! `iptables-nft-save` can tell), looked up by (family, table, handle).
+//! backend's read-back spells it (`nft` syntax without counter values; iptables-nft's rules as
+//! iptables spells them, when `iptables-nft-save` can tell), looked up by (family, table,
+//! handle).
 
 use super::super::batch::INET;
 use super::super::dump::{rules, set_elements};
+use super::super::render::stateless_rule_text;
 use super::super::socket::NetlinkSocket;
-use super::super::text::{elements_text, rule_text};
 use super::iptables_nft::{self, ChainKey};
 use crate::backend::BackendError;
 use nix::libc;
@@ -46,12 +47,6 @@ impl RuleBook {
         for rule in &all {
             let family = u32::from(rule.family);
             let handle = rule.handle.unwrap_or(0);
-            let set_text = |name: &str| {
-                let known = (rule.family == INET)
-                    .then(|| sets.get(&(rule.table.clone(), name.to_owned())))
-                    .flatten();
-                known.map_or_else(|| format!("@{name}"), |e| elements_text(e))
-            };
             if rule.family != INET {
                 ip_chains
                     .entry((family, rule.table.clone(), rule.chain.clone()))
@@ -60,7 +55,7 @@ impl RuleBook {
             }
             self.texts.insert(
                 (family, rule.table.clone(), handle),
-                rule_text(rule, &set_text),
+                stateless_rule_text(rule, &sets),
             );
         }
         // iptables-nft's rules as iptables spells them, where its save program can tell.
