@@ -12,7 +12,7 @@
 mod build;
 pub mod explain;
 
-pub use build::build;
+pub use build::{DNS_CAPTURE_PORT, build};
 
 use ipnetwork::IpNetwork;
 use std::fmt;

@@ -2,6 +2,7 @@
 //! x_tables, outside nf_tables, so no nftables trace reaches them (legacy `-j TRACE` logs to the
 //! kernel log instead) and `meshcap trace` refuses rather than show a path that skips them.
 
+use crate::backend::iptables::{SavedTables, is_istio_chain};
 use std::process::Command;
 
 /// The legacy program that shows Istio chains, and the first such chain; `None` when no
@@ -40,14 +41,13 @@ pub fn istio_chains() -> Option<(String, String)> {
     None
 }
 
-/// The first `ISTIO_` chain a save text declares.
+/// The first `ISTIO_` chain a save text declares (read by the iptables backend's reader).
 fn first_istio_chain(saved: &str) -> Option<String> {
-    saved
-        .lines()
-        .filter_map(|l| l.strip_prefix(':'))
-        .filter_map(|l| l.split_whitespace().next())
-        .find(|c| c.starts_with("ISTIO_"))
-        .map(str::to_owned)
+    SavedTables::parse(saved)
+        .chains
+        .into_iter()
+        .map(|((_, chain), _)| chain)
+        .find(|chain| is_istio_chain(chain))
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 pub mod batch;
 pub mod codec;
 pub mod contents;
-mod dump;
+pub mod dump;
 pub mod encode;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -67,11 +67,12 @@ fn kernel_error(what: impl Into<String>, code: i32) -> BackendError {
 }
 
 /// A failed socket operation of `what`.
-fn netlink_error(what: impl Into<String>, e: &std::io::Error) -> BackendError {
+pub fn netlink_error(what: impl Into<String>, e: &std::io::Error) -> BackendError {
     kernel_error(what, e.raw_os_error().unwrap_or(0))
 }
 
-fn open() -> Result<NetlinkSocket, BackendError> {
+/// A netfilter netlink socket in the current namespace.
+pub fn open() -> Result<NetlinkSocket, BackendError> {
     NetlinkSocket::open(netlink_sys::protocols::NETLINK_NETFILTER)
         .map_err(|e| netlink_error("opening a netfilter netlink socket", &e))
 }

@@ -18,8 +18,8 @@ mod table;
 
 pub use table::TRACE_TABLE;
 
-use super::{netlink_error, open};
 use crate::backend::BackendError;
+use crate::backend::nftables::{netlink_error, open};
 use crate::trace::filter::Filter;
 use event::{Event, Kind, Packet, family_name};
 use listen::{Listener, Wake};

@@ -21,8 +21,8 @@ mod rules;
 pub use flow::{Direction, Flow, FlowError, State};
 pub use rules::{Rules, RulesError};
 
-use super::Family;
 use crate::config::CaptureConfig;
+use crate::plan::Family;
 use packet::{Action, Hook, Packet, ct};
 use std::fmt;
 
@@ -82,7 +82,7 @@ impl Listeners {
         Listeners {
             outbound: cfg.proxy_port,
             inbound: cfg.inbound_capture_port,
-            dns: super::build::DNS_CAPTURE_PORT,
+            dns: crate::plan::DNS_CAPTURE_PORT,
         }
     }
 

@@ -2,7 +2,7 @@
 //! (trace id), where it was (table, chain, rule handle), what happened (rule verdict, chain
 //! policy or return), and the packet's headers when the kernel sent them.
 
-use super::super::codec::{self, Message, Object};
+use crate::backend::nftables::codec::{self, Message, Object};
 use nix::libc;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -2,7 +2,7 @@
 //! (`NFNLGRP_NFTRACE`) and the stop signals (SIGINT, SIGTERM, SIGHUP) as a signalfd, polled
 //! together, so a signal ends the wait like any other event and the caller cleans up.
 
-use super::super::socket::messages;
+use crate::backend::nftables::socket::messages;
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};

@@ -4,12 +4,12 @@
 //! iptables spells them, when `iptables-nft-save` can tell), looked up by (family, table,
 //! handle).
 
-use super::super::batch::INET;
-use super::super::dump::{rules, set_elements};
-use super::super::render::stateless_rule_text;
-use super::super::socket::NetlinkSocket;
 use super::iptables_nft::{self, ChainKey};
 use crate::backend::BackendError;
+use crate::backend::nftables::batch::INET;
+use crate::backend::nftables::dump::{rules, set_elements};
+use crate::backend::nftables::render::stateless_rule_text;
+use crate::backend::nftables::socket::NetlinkSocket;
 use nix::libc;
 use std::collections::{HashMap, HashSet};
 

@@ -2,14 +2,14 @@
 //! ahead of every table meshcap, Istio or iptables-nft installs, whose rules set `meta nftrace`
 //! on the packets the filter names. Added and removed in a batch each.
 
-use super::super::batch::{self, Builder, Built, INET, What};
-use super::super::codec::expr::REG_1;
-use super::super::codec::{Chain, ChainHook, Expr, MetaKey};
-use super::super::dump::tables;
-use super::super::ir::{AddrField, AddrValue, Item, PortField, PortValue, RuleSpec};
-use super::super::open;
-use super::super::socket::NetlinkSocket;
 use crate::backend::BackendError;
+use crate::backend::nftables::batch::{self, Builder, Built, INET, What};
+use crate::backend::nftables::codec::expr::REG_1;
+use crate::backend::nftables::codec::{Chain, ChainHook, Expr, MetaKey};
+use crate::backend::nftables::dump::tables;
+use crate::backend::nftables::ir::{AddrField, AddrValue, Item, PortField, PortValue, RuleSpec};
+use crate::backend::nftables::open;
+use crate::backend::nftables::socket::NetlinkSocket;
 use crate::trace::filter::Filter;
 use ipnetwork::IpNetwork;
 use nix::libc;
