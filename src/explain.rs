@@ -2,8 +2,8 @@
 //! under the rules the kernel holds (`--kernel`), rule by rule. The walk itself is
 //! [`crate::plan::explain`]; this is the command's edge: arguments, the kernel read, printing.
 
-use crate::backend::iptables::{IptablesBackend, saved};
-use crate::backend::nftables::{NftablesBackend, render};
+use crate::backend::iptables::IptablesBackend;
+use crate::backend::nftables::NftablesBackend;
 use crate::backend::{BackendError, Firewall, Ruleset};
 use crate::config::{BackendKind, Config, IptablesVariant};
 use crate::plan::explain::{Explanation, Flow, Listeners, Rules, explain};
@@ -145,7 +145,8 @@ fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Res
         }
         kernel_rules(config, &plan)?
     } else {
-        let rules = plan_rules(config, &plan).context("the plan's rules")?;
+        let rules = Rules::from_typed(&configured_backend(config).expected_typed(&plan))
+            .context("the plan's rules")?;
         let what = match config.run.backend {
             BackendKind::Iptables => "plan (iptables spelling)",
             BackendKind::Nftables => "plan (nftables spelling)",
@@ -180,25 +181,20 @@ fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Res
     Ok(())
 }
 
-/// The plan's rules, typed as the configured backend would read them back after installing it.
-fn plan_rules(config: &Config, plan: &Plan) -> anyhow::Result<Rules> {
-    Ok(match config.run.backend {
-        BackendKind::Iptables => {
-            let expected = iptables(config.run.iptables_variant).expected(plan);
-            Rules::from_iptables(&saved::typed(&expected))?
-        }
-        BackendKind::Nftables => {
-            if let Some(name) = NftablesBackend.spec(plan).unresolved() {
-                anyhow::bail!("owner group {name:?} does not exist on this system");
-            }
-            Rules::from_nftables(&NftablesBackend.expected_contents(plan))?
-        }
-    })
-}
-
 /// The kernel's rules, read back with every backend that holds some, and the drift of each
 /// from what it would hold for the plan.
 fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)> {
+    let backends: [(&str, Box<dyn Firewall>); 3] = [
+        (
+            "iptables-legacy",
+            Box::new(iptables(Some(IptablesVariant::Legacy))),
+        ),
+        (
+            "iptables-nft",
+            Box::new(iptables(Some(IptablesVariant::Nft))),
+        ),
+        ("nftables", Box::new(NftablesBackend)),
+    ];
     let mut rules = Rules::default();
     let mut found = Vec::new();
     let mut drift = Vec::new();
@@ -209,44 +205,23 @@ fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)>
         family: Family::V6,
         ops: Vec::new(),
     });
-    for (name, variant) in [
-        ("iptables-legacy", IptablesVariant::Legacy),
-        ("iptables-nft", IptablesVariant::Nft),
-    ] {
-        let backend = iptables(Some(variant));
-        let read = match backend
-            .read_back(&both_families)
-            .or_else(|_| backend.read_back(plan))
+    for (name, backend) in backends {
+        let typed = match backend
+            .read_typed(&both_families)
+            .or_else(|_| backend.read_typed(plan))
         {
-            Ok(read) => read,
+            Ok(typed) => typed,
             // A node without that variant's tools holds no rules of it.
             Err(BackendError::Spawn { .. }) => continue,
             Err(e) => return Err(e).with_context(|| format!("reading the {name} rules")),
         };
+        let read = typed.ruleset();
         if read.chains.is_empty() {
             continue;
         }
         drift.extend(diff_lines(name, &read, &backend.expected(plan)));
-        rules.extend(
-            Rules::from_iptables(&saved::typed(&read))
-                .with_context(|| format!("the {name} rules"))?,
-        );
+        rules.extend(Rules::from_typed(&typed).with_context(|| format!("the {name} rules"))?);
         found.push(name);
-    }
-    let contents = NftablesBackend
-        .contents()
-        .context("reading the nftables rules")?;
-    let read = Ruleset {
-        chains: render::chain_texts(&contents),
-    };
-    if !read.chains.is_empty() {
-        drift.extend(diff_lines(
-            "nftables",
-            &read,
-            &NftablesBackend.expected(plan),
-        ));
-        rules.extend(Rules::from_nftables(&contents).context("the nftables rules")?);
-        found.push("nftables");
     }
     if found.is_empty() {
         let expected = configured_backend(config).expected(plan);

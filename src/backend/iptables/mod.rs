@@ -5,7 +5,7 @@ pub mod saved;
 pub mod spell;
 
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, routing};
+use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
 use crate::config::IptablesVariant;
 use crate::plan::{Family, FamilyPlan, Plan, Table};
 use std::io::Write;
@@ -453,6 +453,14 @@ impl Firewall for IptablesBackend {
             all.chains.extend(expected_family(family).chains);
         }
         all
+    }
+
+    fn read_typed(&self, plan: &Plan) -> Result<TypedRules, BackendError> {
+        Ok(TypedRules::Iptables(saved::typed(&self.read_back(plan)?)))
+    }
+
+    fn expected_typed(&self, plan: &Plan) -> TypedRules {
+        TypedRules::Iptables(saved::typed(&self.expected(plan)))
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {

@@ -38,7 +38,7 @@ pub mod socket;
 pub mod trace;
 
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, routing};
+use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
 use crate::plan::Plan;
 use batch::Existing;
 pub use contents::Contents;
@@ -166,10 +166,8 @@ impl Firewall for NftablesBackend {
         })
     }
 
-    fn read_back(&self, _plan: &Plan) -> Result<Ruleset, BackendError> {
-        Ok(Ruleset {
-            chains: render::chain_texts(&self.contents()?),
-        })
+    fn read_back(&self, plan: &Plan) -> Result<Ruleset, BackendError> {
+        Ok(self.read_typed(plan)?.ruleset())
     }
 
     fn expected(&self, plan: &Plan) -> Ruleset {
@@ -186,6 +184,14 @@ impl Firewall for NftablesBackend {
         Ruleset {
             chains: render::chain_texts(&expected_contents(&spec)),
         }
+    }
+
+    fn read_typed(&self, _plan: &Plan) -> Result<TypedRules, BackendError> {
+        Ok(TypedRules::Nftables(self.contents()?))
+    }
+
+    fn expected_typed(&self, plan: &Plan) -> TypedRules {
+        TypedRules::Nftables(self.expected_contents(plan))
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {

@@ -7,6 +7,7 @@
 use super::iptables;
 use super::nftables::{self, NftRule};
 use super::packet::{Hook, Packet, RuleResult};
+use crate::backend::TypedRules;
 use crate::backend::iptables::saved::{SavedRule, SavedRules};
 use crate::backend::nftables::Contents;
 use crate::backend::nftables::codec::Expr;
@@ -112,6 +113,14 @@ impl Rules {
             }
         };
         &mut self.tables[at]
+    }
+
+    /// A backend's typed rules.
+    pub fn from_typed(typed: &TypedRules) -> Result<Rules, RulesError> {
+        match typed {
+            TypedRules::Iptables(saved) => Rules::from_iptables(saved),
+            TypedRules::Nftables(contents) => Rules::from_nftables(contents),
+        }
     }
 
     /// The iptables backend's rules, per chain key `ipv4|ipv6 TABLE CHAIN`; a rule with an
