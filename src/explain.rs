@@ -2,12 +2,11 @@
 //! under the rules the kernel holds (`--kernel`), rule by rule. The walk itself is
 //! [`crate::plan::explain`]; this is the command's edge: arguments, the kernel read, printing.
 
-use crate::backend::iptables::IptablesBackend;
-use crate::backend::nftables::NftablesBackend;
-use crate::backend::{BackendError, Firewall, Ruleset};
-use crate::config::{BackendKind, Config, IptablesVariant};
+use crate::backend::Ruleset;
+use crate::backend::session::{self, Namespace, Session, Waits};
+use crate::config::{BackendKind, Config};
 use crate::plan::explain::{Explanation, Flow, Listeners, Rules, explain};
-use crate::plan::{Family, FamilyPlan, Plan};
+use crate::plan::{Family, Plan};
 use anyhow::Context;
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -116,21 +115,6 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-fn configured_backend(config: &Config) -> Box<dyn Firewall> {
-    match config.run.backend {
-        BackendKind::Iptables => Box::new(iptables(config.run.iptables_variant)),
-        BackendKind::Nftables => Box::new(NftablesBackend),
-    }
-}
-
-fn iptables(variant: Option<IptablesVariant>) -> IptablesBackend {
-    IptablesBackend {
-        variant,
-        reconcile: false,
-        force_apply: false,
-    }
-}
-
 /// What the rules were read from, and how they differ from the plan.
 struct Source {
     what: String,
@@ -140,12 +124,9 @@ struct Source {
 fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Result<()> {
     let plan = crate::plan::build(&config.capture);
     let (rules, source) = if kernel {
-        if let Some(ns) = &config.run.network_namespace {
-            enter_namespace(ns)?;
-        }
         kernel_rules(config, &plan)?
     } else {
-        let rules = Rules::from_typed(&configured_backend(config).expected_typed(&plan))
+        let rules = Rules::from_typed(&session::expected_typed(&config.run, &plan))
             .context("the plan's rules")?;
         let what = match config.run.backend {
             BackendKind::Iptables => "plan (iptables spelling)",
@@ -184,72 +165,46 @@ fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Res
 /// The kernel's rules, read back with every backend that holds some, and the drift of each
 /// from what it would hold for the plan.
 fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)> {
-    let backends: [(&str, Box<dyn Firewall>); 3] = [
-        (
-            "iptables-legacy",
-            Box::new(iptables(Some(IptablesVariant::Legacy))),
-        ),
-        (
-            "iptables-nft",
-            Box::new(iptables(Some(IptablesVariant::Nft))),
-        ),
-        ("nftables", Box::new(NftablesBackend)),
-    ];
+    let ns = match &config.run.network_namespace {
+        Some(path) => Namespace::open(path)?,
+        None => Namespace::current(),
+    };
+    let session = Session::open(ns, &config.run, plan.clone(), Waits::PLUGIN)?;
+    let readings = session
+        .read_back_every_backend()
+        .context("reading the kernel's rules")?;
     let mut rules = Rules::default();
-    let mut found = Vec::new();
     let mut drift = Vec::new();
-    // The iptables backend reads the families the plan has; IPv6 rules the kernel holds count
-    // too when the flags have IPv6 off (an empty IPv6 plan reads only meshcap's chains).
-    let mut both_families = plan.clone();
-    both_families.v6.get_or_insert(FamilyPlan {
-        family: Family::V6,
-        ops: Vec::new(),
-    });
-    for (name, backend) in backends {
-        let typed = match backend
-            .read_typed(&both_families)
-            .or_else(|_| backend.read_typed(plan))
-        {
-            Ok(typed) => typed,
-            // A node without that variant's tools holds no rules of it.
-            Err(BackendError::Spawn { .. }) => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading the {name} rules")),
-        };
-        let read = typed.ruleset();
-        if read.chains.is_empty() {
-            continue;
-        }
-        drift.extend(diff_lines(name, &read, &backend.expected(plan)));
-        rules.extend(Rules::from_typed(&typed).with_context(|| format!("the {name} rules"))?);
-        found.push(name);
+    for reading in &readings {
+        let name = reading.backend;
+        drift.extend(diff_lines(name, &reading.read, &reading.expected));
+        rules.extend(
+            Rules::from_typed(&reading.rules).with_context(|| format!("the {name} rules"))?,
+        );
     }
-    if found.is_empty() {
-        let expected = configured_backend(config).expected(plan);
+    if readings.is_empty() {
+        let expected = session::expected(&config.run, plan);
         drift.extend(diff_lines(
             "no rules installed",
             &Ruleset::default(),
             &expected,
         ));
     }
-    let what = match found.as_slice() {
+    let names: Vec<&str> = readings.iter().map(|r| r.backend).collect();
+    let what = match names.as_slice() {
         [] => "kernel (no meshcap rules in this namespace)".to_owned(),
         names => format!("kernel, installed by {}", names.join(" and ")),
     };
     Ok((rules, Source { what, drift }))
 }
 
-/// `meshcap diff`'s lines for one backend's read-back.
+/// `meshcap diff`'s lines for one backend's read-back, each prefixed with `name`.
 fn diff_lines(name: &str, have: &Ruleset, want: &Ruleset) -> Vec<String> {
-    let diff = have.diff(want);
-    let mut lines = Vec::new();
-    lines.extend(diff.missing.iter().map(|r| format!("{name}: missing: {r}")));
-    lines.extend(diff.extra.iter().map(|r| format!("{name}: extra: {r}")));
-    lines.extend(
-        diff.reordered
-            .iter()
-            .map(|c| format!("{name}: reordered: {c}")),
-    );
-    lines
+    have.diff(want)
+        .to_string()
+        .lines()
+        .map(|line| format!("{name}: {line}"))
+        .collect()
 }
 
 fn family_name(ex: &Explanation) -> &'static str {
@@ -318,12 +273,4 @@ fn to_json(ex: &Explanation, source: &Source) -> serde_json::Value {
         "class": ex.verdict.class(),
         "port": ex.verdict.port(),
     })
-}
-
-fn enter_namespace(path: &std::path::Path) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("opening network namespace {}", path.display()))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {}", path.display()))?;
-    Ok(())
 }

@@ -195,3 +195,75 @@ mod tests {
         assert_eq!(inputs.env_var("ENVOY_USER").unwrap().text, "envoy");
     }
 }
+
+/// The most of a value an error message repeats: a hostile value (a 1 MB annotation, a huge
+/// CNI_ARGS) must not come back whole on stdout and again in the logs.
+pub const QUOTE_LIMIT: usize = 200;
+
+/// `text` as an error message quotes it (Rust string syntax), cut after [`QUOTE_LIMIT`]
+/// characters with an ellipsis and the whole length. Every error that repeats a value it was
+/// given goes through this (or [`shortened`]).
+pub fn quoted(text: &str) -> Shortened<'_> {
+    Shortened { text, quote: true }
+}
+
+/// As [`quoted`], without the quotes: for text that is not one value (a server's message, a
+/// JSON value).
+pub fn shortened(text: &str) -> Shortened<'_> {
+    Shortened { text, quote: false }
+}
+
+/// A value as an error message shows it; see [`quoted`].
+pub struct Shortened<'a> {
+    text: &'a str,
+    quote: bool,
+}
+
+impl std::fmt::Display for Shortened<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (shown, cut) = match self.text.char_indices().nth(QUOTE_LIMIT) {
+            Some((at, _)) => (&self.text[..at], true),
+            None => (self.text, false),
+        };
+        match (self.quote, cut) {
+            (true, false) => write!(f, "{shown:?}"),
+            (false, false) => f.write_str(shown),
+            (true, true) => {
+                let quoted = format!("{shown:?}");
+                let open = &quoted[..quoted.len() - 1];
+                write!(f, "{open}…\" ({} bytes)", self.text.len())
+            }
+            (false, true) => write!(f, "{shown}… ({} bytes)", self.text.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod quote_tests {
+    use super::{QUOTE_LIMIT, quoted, shortened};
+
+    #[test]
+    fn short_values_are_quoted_whole() {
+        assert_eq!(quoted("eth0").to_string(), "\"eth0\"");
+        assert_eq!(quoted("a\"b").to_string(), "\"a\\\"b\"");
+        assert_eq!(shortened("HTTP 503").to_string(), "HTTP 503");
+    }
+
+    #[test]
+    fn long_values_are_cut_with_an_ellipsis_and_their_length() {
+        let huge = "x".repeat(1 << 20);
+        let shown = quoted(&huge).to_string();
+        assert_eq!(
+            shown,
+            format!("\"{}…\" ({} bytes)", "x".repeat(QUOTE_LIMIT), 1 << 20)
+        );
+        assert!(shortened(&huge).to_string().ends_with("… (1048576 bytes)"));
+        // Cut on a character boundary.
+        let wide = "é".repeat(1000);
+        assert!(
+            quoted(&wide)
+                .to_string()
+                .starts_with(&format!("\"{}", "é".repeat(QUOTE_LIMIT)))
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! pick a backend, report.
 
 use anyhow::Context;
-use meshcap::backend::{self, Applied};
+use meshcap::backend::Applied;
+use meshcap::backend::session::{self, Namespace, Session, Waits};
 use meshcap::config::Config;
 use meshcap::validation;
 use std::io::IsTerminal;
@@ -82,16 +83,18 @@ const EXIT_DRIFTED: u8 = 3;
 
 fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
     let plan = meshcap::plan::build(&config.capture);
-    let backend = backend::select(&config.run);
     if config.run.dry_run {
-        print!("{}", backend.render(&plan));
+        print!("{}", session::render(&config.run, &plan));
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(ns) = &config.run.network_namespace {
-        backend::enter_namespace(ns)?;
-    }
+    let ns = match &config.run.network_namespace {
+        Some(path) => Namespace::open(path)?,
+        None => Namespace::current(),
+    };
+    // Istio's istio-iptables waits as long as the locks take; so does the installer.
+    let session = Session::open(ns, &config.run, plan, Waits::default())?;
     if mode == Mode::Diff {
-        let diff = backend::drift(&*backend, &plan).context("reading the kernel's rules")?;
+        let diff = session.drift().context("reading the kernel's rules")?;
         if diff.is_empty() {
             println!("in sync: the kernel holds exactly the planned rules");
             return Ok(ExitCode::SUCCESS);
@@ -100,21 +103,22 @@ fn run(config: &Config, mode: Mode) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_DRIFTED));
     }
     if config.run.cleanup_only {
-        backend.clean(&plan).context("cleaning up")?;
+        session.clean().context("cleaning up")?;
         tracing::info!("removed meshcap's rules");
         return Ok(ExitCode::SUCCESS);
     }
     if config.run.skip_rule_apply {
         tracing::info!("--skip-rule-apply: no rules applied");
     } else {
-        match backend.apply(&plan).context("applying rules")? {
+        match session.apply().context("applying rules")? {
             Applied::Installed => tracing::info!("rules installed"),
             Applied::AlreadyInPlace => tracing::info!("rules already in place; nothing changed"),
             Applied::Replaced => tracing::info!("rules of another configuration replaced"),
         }
     }
     if config.run.run_validation {
-        if let Err(e) = validation::run(&validation::Validation::from(config)) {
+        let validation = validation::Validation::from(config);
+        if let Err(e) = session.namespace().run(|| validation::run(&validation))? {
             eprintln!("meshcap: validation failed: {e}");
             return Ok(ExitCode::from(validation::EXIT_VALIDATION_FAILED));
         }

@@ -756,3 +756,251 @@ fn check_with_the_lookup_passes_and_del_cleans_even_when_the_pod_is_gone() {
         );
     }
 }
+
+/// What a pod's namespace holds that DEL must put back: every rule and user chain of both
+/// iptables variants and families, the nftables tables (iptables-nft's own tables, which an
+/// iptables-nft run leaves empty, are covered by their rules above), the policy routing rules
+/// and the routes of every table.
+fn netfilter_and_routing(pod: &Netns) -> String {
+    let builtin = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+    let mut state = String::new();
+    for program in [
+        "iptables-legacy-save",
+        "ip6tables-legacy-save",
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+    ] {
+        let saved = pod.exec_ok(&[program]);
+        for line in saved.lines() {
+            let user_chain = line
+                .strip_prefix(':')
+                .and_then(|l| l.split_whitespace().next())
+                .is_some_and(|chain| !builtin.contains(&chain));
+            if line.starts_with("-A ") || user_chain {
+                state.push_str(&format!("{program}: {line}\n"));
+            }
+        }
+    }
+    let iptables_nft_table = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        matches!(
+            words.as_slice(),
+            [
+                "table",
+                "ip" | "ip6",
+                "nat" | "mangle" | "raw" | "filter" | "security"
+            ]
+        )
+    };
+    for line in pod.exec_ok(&["nft", "list", "tables"]).lines() {
+        if !iptables_nft_table(line) {
+            state.push_str(&format!("nft: {line}\n"));
+        }
+    }
+    for argv in [
+        &["ip", "-4", "rule"][..],
+        &["ip", "-6", "rule"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+    ] {
+        for line in pod.exec_ok(argv).lines() {
+            state.push_str(&format!("{}: {line}\n", argv.join(" ")));
+        }
+    }
+    state
+}
+
+#[test]
+fn del_with_the_api_server_down_leaves_the_namespace_as_before_the_add() {
+    if !require_root("del_with_the_api_server_down_leaves_the_namespace_as_before_the_add") {
+        return;
+    }
+    // A proxy uid other than the stanza's (1337) too: the owner MARK rules of TPROXY name it.
+    let tproxy_other_uid = {
+        let mut pod = injected_pod(
+            POD_NAMESPACE,
+            json!({"sidecar.istio.io/interceptionMode": "TPROXY"}),
+        );
+        pod["spec"]["containers"][1]["securityContext"]["runAsUser"] = json!(1400);
+        pod
+    };
+    let pods = [
+        (
+            "TPROXY",
+            injected_pod(
+                POD_NAMESPACE,
+                json!({"sidecar.istio.io/interceptionMode": "TPROXY"}),
+            ),
+        ),
+        ("TPROXY, proxy uid 1400", tproxy_other_uid),
+        (
+            "excludeInterfaces",
+            injected_pod(
+                POD_NAMESPACE,
+                json!({"traffic.sidecar.istio.io/excludeInterfaces": "eth7,eth8,net1"}),
+            ),
+        ),
+    ];
+    for backend in ["iptables", "nftables"] {
+        for (what, served) in &pods {
+            let mut node = CniNode::new("k8sdown");
+            node.cni_args = Some(kubelet_args(POD_NAMESPACE));
+            let server = ApiServer::start_in(&node.host, Fault::None);
+            server.serve_pod(served);
+            // The kubeconfig outlives the server: the DEL finds it, and nobody at its address.
+            let kubeconfig = node.dir.join("kubeconfig");
+            std::fs::copy(
+                server.kubeconfig(CaForm::Data, Credential::Token),
+                &kubeconfig,
+            )
+            .expect("keep the kubeconfig");
+            let meshcap = stanza(backend, &kubeconfig);
+            let pod = Netns::new("k8sdownpod");
+            let before = netfilter_and_routing(&pod);
+
+            let (_, out) = node.add_chain("1.0.0", &pod, "down", &meshcap);
+            assert!(
+                out.status.success(),
+                "{backend} {what}: ADD: {}",
+                text(&out)
+            );
+            let installed = netfilter_and_routing(&pod);
+            assert_ne!(installed, before, "{backend} {what}: ADD installed rules");
+
+            drop(server);
+            let del = node.del_chain("1.0.0", Some(&pod.path()), "down", &meshcap);
+            assert!(
+                del.status.success(),
+                "{backend} {what}: DEL: {}",
+                text(&del)
+            );
+            assert!(
+                text(&del).contains("unavailable"),
+                "{backend} {what}: the lookup failed: {}",
+                text(&del)
+            );
+            let after = netfilter_and_routing(&pod);
+            assert_eq!(
+                after, before,
+                "{backend} {what}: DEL without the pod's settings left this behind\n\
+                 (installed was:\n{installed})"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_pod_lookup_runs_in_the_plugins_namespace() {
+    if !require_root("the_pod_lookup_runs_in_the_plugins_namespace") {
+        return;
+    }
+    // The API server listens on the node namespace's loopback only. The pod's namespace has a
+    // loopback of its own, up, where nothing listens: a lookup made from inside the pod's
+    // namespace would be refused and end in code 11.
+    let mut node = CniNode::new("k8swhere");
+    node.cni_args = Some(kubelet_args(POD_NAMESPACE));
+    let server = ApiServer::start_in(&node.host, Fault::None);
+    server.serve_pod(&injected_pod(POD_NAMESPACE, json!({})));
+    let meshcap = stanza(
+        "nftables",
+        &server.kubeconfig(CaForm::Data, Credential::Token),
+    );
+    let pod = Netns::new("k8swherepod");
+    pod.ip_batch(&["link set lo up".to_owned()]);
+    let (bridge, out) = node.add_chain("1.0.0", &pod, "where", &meshcap);
+    assert!(out.status.success(), "ADD: {}", text(&out));
+    let check = node.invoke(
+        "meshcap-cni",
+        &node.vars("CHECK", "where", Some(&pod.path())),
+        &CniNode::config("1.0.0", &meshcap, Some(&bridge)),
+    );
+    assert!(check.status.success(), "CHECK: {}", text(&check));
+    let del = node.del_chain("1.0.0", Some(&pod.path()), "where", &meshcap);
+    assert!(del.status.success(), "DEL: {}", text(&del));
+    assert!(
+        !text(&del).contains("unavailable"),
+        "DEL found the pod: {}",
+        text(&del)
+    );
+    assert_eq!(
+        server.requests(),
+        3,
+        "ADD, CHECK and DEL each looked the pod up"
+    );
+}
+
+#[test]
+fn hostile_values_are_not_echoed_whole() {
+    if !require_root("hostile_values_are_not_echoed_whole") {
+        return;
+    }
+    const MB: usize = 1 << 20;
+    let huge = |unit: &str| unit.repeat(MB / unit.len());
+    let mut node = CniNode::new("k8shuge");
+    node.cni_args = Some(kubelet_args(POD_NAMESPACE));
+    let server = ApiServer::start_in(&node.host, Fault::None);
+    let kubeconfig = server.kubeconfig(CaForm::Data, Credential::Token);
+    let pod = Netns::new("k8shugepod");
+    for (key, value) in [
+        ("sidecar.istio.io/interceptionMode", huge("X")),
+        ("traffic.sidecar.istio.io/excludeInboundPorts", huge("1")),
+        (
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            huge("9"),
+        ),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            huge("10.0.0.0/8;"),
+        ),
+        ("traffic.sidecar.istio.io/excludeInterfaces", huge("e")),
+        ("traffic.sidecar.istio.io/kubevirtInterfaces", huge("e")),
+    ] {
+        server.serve_pod(&injected_pod(POD_NAMESPACE, json!({ key: value })));
+        let (_, out) = node.add_chain("1.0.0", &pod, "huge", &stanza("nftables", &kubeconfig));
+        assert!(!out.status.success(), "{key}: refused");
+        let err = stdout_json(&out);
+        assert_eq!(err["code"], 7, "{key}: {err}");
+        // The error names the annotation and shows the start of the value and its length.
+        let msg = err["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains(key), "{key}: {msg}");
+        assert!(msg.contains("bytes)"), "{key}: {msg}");
+        println!(
+            "{key}: {} bytes of value, {} on stdout, {} on stderr",
+            value.len(),
+            out.stdout.len(),
+            out.stderr.len()
+        );
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                bytes.len() < 4096,
+                "{key}: {} bytes on {stream}: {}",
+                bytes.len(),
+                String::from_utf8_lossy(&bytes[..bytes.len().min(600)])
+            );
+        }
+        let bridge_del = node.del_chain(
+            "1.0.0",
+            Some(&pod.path()),
+            "huge",
+            &stanza("nftables", &kubeconfig),
+        );
+        assert!(
+            bridge_del.status.success(),
+            "{key}: DEL: {}",
+            text(&bridge_del)
+        );
+    }
+    // A huge pod name in CNI_ARGS (as large as one environment string may be: 128 KiB).
+    node.cni_args = Some(format!(
+        "K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={}",
+        "a".repeat(120_000)
+    ));
+    let vars = node.vars("ADD", "huge", Some(&pod.path()));
+    let out = node.invoke(
+        "meshcap-cni",
+        &vars,
+        &CniNode::config("1.0.0", &stanza("nftables", &kubeconfig), None),
+    );
+    assert_eq!(stdout_json(&out)["code"], 4, "{}", text(&out));
+    assert!(out.stdout.len() < 4096 && out.stderr.len() < 4096);
+}

@@ -143,6 +143,42 @@ fn unavailable_then_ok_is_retried_to_success() {
 }
 
 #[test]
+fn retry_after_is_waited_for_before_the_next_attempt() {
+    for status in [429, 503] {
+        let server = serving_test_pod(Fault::RetryAfter {
+            count: 1,
+            status,
+            seconds: 1,
+        });
+        let start = std::time::Instant::now();
+        assert_is_test_pod(&fetch(&server, CaForm::Data, Credential::Token).unwrap());
+        assert_eq!(server.requests(), 2, "HTTP {status}");
+        // A lower bound only (a sleep never ends early): the backoff alone is 50 ms.
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "HTTP {status}: the second attempt came before Retry-After: 1"
+        );
+    }
+}
+
+#[test]
+fn retry_after_beyond_the_budget_ends_at_once_in_try_again_later() {
+    for status in [429, 503] {
+        let server = serving_test_pod(Fault::RetryAfter {
+            count: 100,
+            status,
+            seconds: 3600,
+        });
+        let err = fetch_with(&server, CaForm::Data, Credential::Token, &quick()).unwrap_err();
+        assert!(matches!(&err, K8sError::Unavailable { .. }), "{err:?}");
+        assert_eq!(err.cni_code(), 11);
+        // Without Retry-After the 50 ms backoff would have fitted several attempts.
+        assert_eq!(server.requests(), 1, "HTTP {status}: {err}");
+        assert!(err.to_string().contains("Retry-After: 3600s"), "{err}");
+    }
+}
+
+#[test]
 fn lasting_503_ends_in_try_again_later() {
     let server = serving_test_pod(Fault::Status(503));
     let err = fetch_with(&server, CaForm::Data, Credential::Token, &quick()).unwrap_err();

@@ -2,58 +2,21 @@
 //!
 //! Each backend implements [`Firewall`]: render (the `--dry-run` text), apply, read back what the
 //! kernel holds, and clean. Read-back and [`Firewall::expected`] use the same spelling, so that
-//! comparing them says whether the kernel holds the plan.
+//! comparing them says whether the kernel holds the plan. [`session`] is the one door to them:
+//! it picks the backend and works in the namespace.
 
 pub mod address;
 pub mod host;
 pub mod iptables;
 pub mod nftables;
 pub mod routing;
+pub mod session;
 
-use crate::config::{BackendKind, RunConfig};
+pub use session::namespace_lock;
+
 use crate::plan::Plan;
 use std::collections::BTreeMap;
-
-/// The backend the run configuration asks for.
-pub fn select(run: &RunConfig) -> Box<dyn Firewall> {
-    match run.backend {
-        BackendKind::Iptables => Box::new(iptables::IptablesBackend {
-            variant: run.iptables_variant,
-            reconcile: run.reconcile,
-            force_apply: run.force_apply,
-        }),
-        BackendKind::Nftables => Box::new(nftables::NftablesBackend),
-    }
-}
-
-/// Compares what the current namespace holds with `plan`.
-pub fn drift(backend: &dyn Firewall, plan: &Plan) -> Result<RulesetDiff, BackendError> {
-    Ok(backend.read_back(plan)?.diff(&backend.expected(plan)))
-}
-
-/// Enters the network namespace at `path` (a file under /run/netns or /proc/PID/ns/net) for the
-/// rest of the process: every later netlink socket and child process lives there.
-pub fn enter_namespace(path: &std::path::Path) -> Result<(), NamespaceError> {
-    let file = std::fs::File::open(path).map_err(|e| NamespaceError {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NamespaceError {
-        path: path.to_owned(),
-        reason: match e {
-            nix::errno::Errno::EINVAL => "not a network namespace".into(),
-            e => e.to_string(),
-        },
-    })
-}
-
-/// The network namespace to work in could not be entered.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot enter network namespace {}: {reason}", path.display())]
-pub struct NamespaceError {
-    pub path: std::path::PathBuf,
-    pub reason: String,
-}
+use std::time::Duration;
 
 /// A failure to apply, read or clean rules. Exit status 1.
 #[derive(Debug, thiserror::Error)]
@@ -74,53 +37,10 @@ pub enum BackendError {
     /// The kernel holds rules of another configuration and replacing them was not asked for.
     #[error("{0}")]
     Conflict(String),
-}
-
-/// Serializes meshcap runs in one network namespace for the duration of the returned guard.
-///
-/// iptables-restore checks `-N` against the state it read, so two runs that read before either
-/// writes would both append their rules (iptables-nft does not take the xtables lock at all).
-/// The lock file is named after the namespace's identity (device and inode of
-/// /proc/self/ns/net), so runs in different pods never wait for each other.
-pub fn namespace_lock() -> Result<nix::fcntl::Flock<std::fs::File>, BackendError> {
-    let path = namespace_lock_path()?;
-    std::fs::create_dir_all(LOCK_DIR).map_err(|e| lock_failure(LOCK_DIR, e.to_string()))?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| lock_failure(&path.display().to_string(), e.to_string()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| lock_failure(&path.display().to_string(), e.to_string()))
-}
-
-/// Removes the current namespace's lock file, for a namespace that is going away (a CNI DEL):
-/// on a node, lock files would otherwise pile up in /run, one per pod ever started.
-pub fn remove_namespace_lock() -> Result<(), BackendError> {
-    let path = namespace_lock_path()?;
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(lock_failure(&path.display().to_string(), e.to_string()))
-        }
-        _ => Ok(()),
-    }
-}
-
-const LOCK_DIR: &str = "/run/meshcap";
-
-fn namespace_lock_path() -> Result<std::path::PathBuf, BackendError> {
-    use std::os::unix::fs::MetadataExt;
-    let ns = std::fs::metadata("/proc/self/ns/net")
-        .map_err(|e| lock_failure("/proc/self/ns/net", e.to_string()))?;
-    Ok(std::path::Path::new(LOCK_DIR).join(format!("netns-{}-{}.lock", ns.dev(), ns.ino())))
-}
-
-fn lock_failure(what: &str, reason: String) -> BackendError {
-    BackendError::Spawn {
-        program: format!("meshcap lock ({what})"),
-        reason,
-    }
+    /// A lock another program holds was not released within the bound: trying again later
+    /// may succeed.
+    #[error("gave up waiting for {what} after {}s", waited.as_secs())]
+    Busy { what: String, waited: Duration },
 }
 
 /// What a namespace holds, per chain, in a backend's own spelling: the key names the family,
@@ -246,4 +166,10 @@ pub trait Firewall {
     fn expected_typed(&self, plan: &Plan) -> TypedRules;
     /// Removes meshcap's (and Istio's) rules and chains; succeeds when there are none.
     fn clean(&self, plan: &Plan) -> Result<(), BackendError>;
+    /// As [`Firewall::clean`], also when `plan` is not the configuration that installed the
+    /// rules (a DEL whose pod settings are unknown): every rule of meshcap's and Istio's shapes
+    /// goes, whatever ports, marks, users or interfaces it names.
+    fn clean_any(&self, plan: &Plan) -> Result<(), BackendError> {
+        self.clean(plan)
+    }
 }

@@ -3,7 +3,7 @@
 //! the command line's are.
 
 use super::spec::{CniError, code};
-use crate::inputs::{Inputs, Opt, Origin};
+use crate::inputs::{Inputs, Opt, Origin, quoted, shortened};
 use serde_json::{Map, Value};
 
 /// Istio's CNI plugin in sidecar mode runs istio-iptables with these values unless the pod says
@@ -52,7 +52,8 @@ pub fn inputs(capture: &Map<String, Value>) -> Result<Inputs, CniError> {
         let invalid = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
         let opt = Opt::from_long(key).ok_or_else(|| {
             invalid(format!(
-                "unknown capture key {key:?} (keys are the installer's long flag names without dashes, see meshcap --help)"
+                "unknown capture key {} (keys are the installer's long flag names without dashes, see meshcap --help)",
+                quoted(key)
             ))
         })?;
         if let Some((_, why)) = NOT_IN_CNI.iter().find(|(o, _)| *o == opt) {
@@ -62,7 +63,8 @@ pub fn inputs(capture: &Map<String, Value>) -> Result<Inputs, CniError> {
         }
         let text = value_text(value).ok_or_else(|| {
             invalid(format!(
-                "capture key {key:?}: expected a string, number, boolean or list of them, got {value}"
+                "capture key {key:?}: expected a string, number, boolean or list of them, got {}",
+                shortened(&value.to_string())
             ))
         })?;
         inputs.set(opt, text, Origin::CniKey(key.clone()));

@@ -1,6 +1,7 @@
 //! The CNI environment variables a runtime sets for a plugin, checked as the spec requires.
 
 use super::spec::{CniError, code};
+use crate::inputs::quoted;
 use std::path::PathBuf;
 
 /// The operation the runtime asks for (`CNI_COMMAND`).
@@ -59,7 +60,7 @@ impl CniEnv {
             Some("VERSION") => Command::Version,
             Some("STATUS") => Command::Status,
             Some("GC") => Command::Gc,
-            Some(other) => return Err(invalid(format!("unknown CNI_COMMAND {other:?}"))),
+            Some(other) => return Err(invalid(format!("unknown CNI_COMMAND {}", quoted(other)))),
         };
         // The variables each command needs (CNI_NETNS is optional for DEL: the namespace may be
         // gone already).
@@ -84,7 +85,8 @@ impl CniEnv {
         let container_id = get("CNI_CONTAINERID").unwrap_or_default();
         if !container_id.is_empty() && !valid_container_id(&container_id) {
             return Err(invalid(format!(
-                "CNI_CONTAINERID {container_id:?} must start with a letter or digit and hold only letters, digits, '_', '.' and '-'"
+                "CNI_CONTAINERID {} must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+                quoted(&container_id)
             )));
         }
         Ok(CniEnv {

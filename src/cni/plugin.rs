@@ -5,10 +5,11 @@ use super::capture;
 use super::env::{CniEnv, Command};
 use super::k8s::{self, Decision, K8sError, KubernetesConfig};
 use super::spec::{self, CniError, NetConf, code};
-use crate::backend::{self, Applied, Firewall};
+use crate::backend::session::{self, Namespace, NamespaceError, Session, SessionError, Waits};
+use crate::backend::{Applied, BackendError};
 use crate::config::{Config, ConfigError, HostFacts, SystemHost};
 use crate::inputs::{Inputs, Opt, Origin};
-use crate::plan::Plan;
+use crate::plan::{Plan, RoutingStep};
 use serde_json::Value;
 use std::path::Path;
 
@@ -49,7 +50,8 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
 }
 
 fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
-    // Everything that can be refused is checked before the pod's namespace is touched.
+    // Everything that can be refused is checked before the pod's namespace is touched; the pod
+    // lookup runs in the plugin's own namespace.
     let result = spec::pass_through(conf.prev_result.as_ref(), &conf.cni_version)?;
     let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required)? else {
         return Ok(result);
@@ -58,13 +60,12 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         check_writable_dir(file)?;
     }
     let netns = env.netns.as_deref().expect("ADD requires CNI_NETNS");
-    enter(netns)?;
+    let ns = pod_namespace(netns)?;
     // IPv6 `auto` is decided here, from the pod's own addresses.
-    let config = configure(&inputs)?;
+    let config = ns.run(|| configure(&inputs)).map_err(namespace_error)??;
     let plan = crate::plan::build(&config.capture);
-    let backend = backend::select(&config.run);
     if let Some(file) = &conf.dry_run_file {
-        std::fs::write(file, backend.render(&plan)).map_err(|e| {
+        std::fs::write(file, session::render(&config.run, &plan)).map_err(|e| {
             CniError::new(
                 code::OTHER,
                 format!("cannot write dry_run_file {}", file.display()),
@@ -75,13 +76,9 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         return Ok(result);
     }
     // Fail closed: any error here fails the ADD, so the pod never starts without its rules.
-    let applied = backend.apply(&plan).map_err(|e| {
-        CniError::new(
-            code::OTHER,
-            "cannot install the capture rules in the pod's namespace",
-        )
-        .with_details(e.to_string())
-    })?;
+    let failed = "cannot install the capture rules in the pod's namespace";
+    let session = open_session(ns, &config, plan, failed)?;
+    let applied = session.apply().map_err(|e| session_error(e, failed))?;
     let what = match applied {
         Applied::Installed => "rules installed",
         Applied::AlreadyInPlace => "rules already in place",
@@ -96,14 +93,13 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         return Ok(());
     };
     let netns = env.netns.as_deref().expect("CHECK requires CNI_NETNS");
-    enter(netns)?;
-    let config = configure(&inputs)?;
+    let ns = pod_namespace(netns)?;
+    let config = ns.run(|| configure(&inputs)).map_err(namespace_error)??;
     let plan = crate::plan::build(&config.capture);
-    let backend = backend::select(&config.run);
-    let diff = backend::drift(&*backend, &plan).map_err(|e| {
-        CniError::new(code::OTHER, "cannot read the rules of the pod's namespace")
-            .with_details(e.to_string())
-    })?;
+    let failed = "cannot read the rules of the pod's namespace";
+    let diff = open_session(ns, &config, plan, failed)?
+        .drift()
+        .map_err(|e| session_error(e, failed))?;
     if diff.is_empty() {
         return Ok(());
     }
@@ -131,23 +127,79 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let Some((inputs, settings)) = pod_inputs(env, conf, Lookup::BestEffort)? else {
         return Ok(());
     };
-    if let Err(e) = backend::enter_namespace(netns) {
+    let ns = pod_namespace(netns)?;
+    // The configuration is decided inside (IPv6 `auto`); TPROXY's routing is the stanza's
+    // (mark and table), whichever mode the pod that is gone had.
+    let decided = ns.run(|| {
+        let (config, settings, inputs) = match configure(&inputs) {
+            Ok(config) => (config, settings, inputs),
+            // The pod's settings do not validate (an annotation edited after the ADD): the ADD
+            // did not use these. Remove whatever is there, as when they are unknown, rather
+            // than fail every DEL of the pod.
+            Err(e) if settings == Settings::Known && conf.kubernetes.is_some() => {
+                tracing::warn!(container = %env.container_id, "{}: removing the rules of any settings", e.msg);
+                let stanza = capture::inputs(&conf.capture)?;
+                (configure(&stanza)?, Settings::StanzaOnly, stanza)
+            }
+            Err(e) => return Err(e),
+        };
+        let routing = match settings {
+            Settings::Known => Vec::new(),
+            Settings::StanzaOnly => tproxy_routing(&inputs),
+        };
+        Ok::<_, CniError>((config, settings, routing))
+    });
+    let (config, settings, tproxy) = match decided {
+        Ok(decided) => decided?,
         // A namespace file whose bind mount is gone is an empty file: nothing left to clean.
-        tracing::info!(container = %env.container_id, "{e}: nothing to remove");
-        return Ok(());
-    }
-    let config = configure(&inputs)?;
+        Err(e) => {
+            tracing::info!(container = %env.container_id, "{e}: nothing to remove");
+            return Ok(());
+        }
+    };
     let plan = crate::plan::build(&config.capture);
-    clean(&*backend::select(&config.run), &plan)?;
-    if settings == Settings::StanzaOnly {
-        clean_tproxy_routing(&inputs)?;
+    let failed = "cannot remove the rules from the pod's namespace";
+    let session = open_session(ns, &config, plan, failed)?;
+    match settings {
+        Settings::Known => session.clean(),
+        // The pod's settings are unknown: every rule of meshcap's and Istio's shapes goes.
+        Settings::StanzaOnly => session.clean_any(&tproxy),
     }
-    backend::remove_namespace_lock().map_err(|e| {
-        CniError::new(code::OTHER, "cannot remove the namespace's lock file")
-            .with_details(e.to_string())
-    })?;
+    .map_err(|e| session_error(e, failed))?;
     tracing::info!(container = %env.container_id, netns = %netns.display(), "rules removed");
     Ok(())
+}
+
+/// The pod's namespace; never the plugin's own (a CNI_NETNS of /proc/self/ns/net would
+/// otherwise install the pod's rules on the node).
+fn pod_namespace(netns: &Path) -> Result<Namespace, CniError> {
+    Namespace::open_other(netns).map_err(namespace_error)
+}
+
+fn namespace_error(e: NamespaceError) -> CniError {
+    CniError::new(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {e}"))
+}
+
+/// A session on the pod's namespace with the plugin's bounded waits ([`Waits::PLUGIN`]).
+fn open_session(
+    ns: Namespace,
+    config: &Config,
+    plan: Plan,
+    failed: &str,
+) -> Result<Session, CniError> {
+    Session::open(ns, &config.run, plan, Waits::PLUGIN).map_err(|e| session_error(e, failed))
+}
+
+/// A session's failure as the plugin reports it: a lock that stayed held is code 11 (try again
+/// later: the runtime retries), naming the lock.
+fn session_error(e: SessionError, failed: &str) -> CniError {
+    match e {
+        SessionError::Namespace(e) => namespace_error(e),
+        SessionError::Backend(e @ BackendError::Busy { .. }) => {
+            CniError::new(code::TRY_AGAIN_LATER, format!("{failed}: {e}"))
+        }
+        SessionError::Backend(e) => CniError::new(code::OTHER, failed).with_details(e.to_string()),
+    }
 }
 
 /// Whose settings [`pod_inputs`] gives.
@@ -221,48 +273,25 @@ fn pod_inputs(
 /// After DEL cleaned with the stanza's settings because the pod's are unknown: the pod's
 /// annotations may have chosen TPROXY, whose fwmark rule and local route the netfilter cleanup
 /// does not cover (mark and table are the stanza's, no annotation sets them). Removing steps
-/// that are absent is no error.
-fn clean_tproxy_routing(inputs: &Inputs) -> Result<(), CniError> {
+/// that are absent is no error. Runs inside the pod's namespace (IPv6 `auto`).
+fn tproxy_routing(inputs: &Inputs) -> Vec<RoutingStep> {
     let mut tproxy = inputs.clone();
     tproxy.set(
         Opt::InterceptionMode,
         "TPROXY",
         Origin::Default("TPROXY, which a pod that is gone may have had".into()),
     );
-    let config = match configure(&tproxy) {
-        Ok(config) => config,
+    match configure(&tproxy) {
+        Ok(config) => crate::plan::build(&config.capture).routing,
         Err(e) => {
             tracing::warn!("{e}: TPROXY's routing not removed");
-            return Ok(());
+            Vec::new()
         }
-    };
-    let plan = crate::plan::build(&config.capture);
-    backend::routing::clean(&plan.routing).map_err(|e| {
-        CniError::new(
-            code::OTHER,
-            "cannot remove TPROXY's routing from the pod's namespace",
-        )
-        .with_details(e.to_string())
-    })
+    }
 }
 
 fn k8s_error(e: K8sError) -> CniError {
     CniError::new(e.cni_code(), e.to_string())
-}
-
-fn clean(backend: &dyn Firewall, plan: &Plan) -> Result<(), CniError> {
-    backend.clean(plan).map_err(|e| {
-        CniError::new(
-            code::OTHER,
-            "cannot remove the rules from the pod's namespace",
-        )
-        .with_details(e.to_string())
-    })
-}
-
-fn enter(netns: &Path) -> Result<(), CniError> {
-    backend::enter_namespace(netns)
-        .map_err(|e| CniError::new(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {e}")))
 }
 
 /// The installer's validation, on the plugin's inputs: a bad value is an invalid network

@@ -2,6 +2,7 @@
 //! needs: the versions, the error object and its codes, the network configuration's fields this
 //! plugin reads, and the result passed through between spec versions.
 
+use crate::inputs::{quoted, shortened};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -81,7 +82,7 @@ pub fn check_supported(version: &str) -> Result<(), CniError> {
     }
     Err(CniError::new(
         code::INCOMPATIBLE_VERSION,
-        format!("incompatible CNI version {version:?}"),
+        format!("incompatible CNI version {}", quoted(version)),
     )
     .with_details(format!(
         "meshcap-cni supports {}",
@@ -160,7 +161,12 @@ pub fn pass_through(prev: Option<&Value>, cni_version: &str) -> Result<Value, Cn
     ] {
         match (result.get(key), kind) {
             (None, _) | (Some(Value::Array(_)), "array") | (Some(Value::Object(_)), "object") => {}
-            (Some(other), _) => return Err(bad(format!("{key:?} must be an {kind}, got {other}"))),
+            (Some(other), _) => {
+                return Err(bad(format!(
+                    "{key:?} must be an {kind}, got {}",
+                    shortened(&other.to_string())
+                )));
+            }
         }
     }
     let legacy = !at_least(cni_version, "1.0.0");

@@ -9,7 +9,6 @@ mod parse;
 
 pub use parse::{ConfigError, HostFacts, SystemHost};
 
-use crate::plan::GroupRef;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -42,6 +41,23 @@ pub enum OutboundCidrs {
     All,
     /// A list; empty means none.
     Only(Vec<IpNetwork>),
+}
+
+/// A group id for an owner match: numeric, or a group name resolved when the rule is applied
+/// (Istio's ISTIO_OUTBOUND_OWNER_GROUPS accepts both).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GroupRef {
+    Id(u32),
+    Name(String),
+}
+
+impl std::fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupRef::Id(id) => write!(f, "{id}"),
+            GroupRef::Name(name) => f.write_str(name),
+        }
+    }
 }
 
 /// Which owner groups' outbound traffic is captured (ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]).

@@ -1,11 +1,12 @@
 //! Raw flag and environment text → typed values. Every failure names its flag or variable.
 
+use super::GroupRef;
 use super::{
     BackendKind, CaptureConfig, Config, DnsCapture, DnsServerV6, InboundPorts, InterceptMode,
     IptablesVariant, OutboundCidrs, OwnerGroups, RunConfig,
 };
 use crate::inputs::{Inputs, Opt, Origin, Raw};
-use crate::plan::GroupRef;
+use crate::inputs::{quoted, shortened};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A value that does not parse or is out of range.
-    #[error("invalid value {value:?} for {origin}: {reason}")]
+    #[error("invalid value {} for {origin}: {reason}", quoted(value))]
     Invalid {
         origin: Origin,
         value: String,
@@ -138,7 +139,7 @@ fn parse_port_text(text: &str) -> Result<u16, String> {
         Ok(0) => Err("port 0 is not a port".into()),
         Ok(p) if p <= 65535 => Ok(p as u16),
         Ok(_) => Err(format!("port {text} is out of range 1-65535")),
-        Err(_) => Err(format!("{text:?} is not a port number (1-65535)")),
+        Err(_) => Err(format!("{} is not a port number (1-65535)", quoted(text))),
     }
 }
 
@@ -170,7 +171,7 @@ fn id_list(raw: &Raw, what: &str) -> Result<Vec<u32>, ConfigError> {
         .into_iter()
         .map(|s| {
             s.parse::<u32>()
-                .map_err(|_| invalid(raw, format!("{s:?} is not a numeric {what}")))
+                .map_err(|_| invalid(raw, format!("{} is not a numeric {what}", quoted(s))))
         })
         .collect()
 }
@@ -188,11 +189,22 @@ fn cidr(raw: &Raw, text: &str) -> Result<IpNetwork, ConfigError> {
     if !text.contains('/') {
         return Err(invalid(
             raw,
-            format!("{text:?} is not a CIDR (write it as address/prefix, e.g. 10.0.0.0/8)"),
+            format!(
+                "{} is not a CIDR (write it as address/prefix, e.g. 10.0.0.0/8)",
+                quoted(text)
+            ),
         ));
     }
-    text.parse::<IpNetwork>()
-        .map_err(|e| invalid(raw, format!("{text:?} is not a CIDR: {e}")))
+    text.parse::<IpNetwork>().map_err(|e| {
+        invalid(
+            raw,
+            format!(
+                "{} is not a CIDR: {}",
+                quoted(text),
+                shortened(&e.to_string())
+            ),
+        )
+    })
 }
 
 fn cidr_list(raw: &Raw) -> Result<Vec<IpNetwork>, ConfigError> {
@@ -205,18 +217,23 @@ fn cidr_list(raw: &Raw) -> Result<Vec<IpNetwork>, ConfigError> {
 /// Linux's dev_valid_name, plus iptables' trailing `+` wildcard.
 fn interface_name(raw: &Raw, name: &str) -> Result<String, ConfigError> {
     let reason = if name.len() > 15 {
-        Some(format!("interface name {name:?} is longer than 15 bytes"))
+        Some(format!(
+            "interface name {} is longer than 15 bytes",
+            quoted(name)
+        ))
     } else if name == "." || name == ".." {
-        Some(format!("{name:?} is not an interface name"))
+        Some(format!("{} is not an interface name", quoted(name)))
     } else if name.chars().any(|c| {
         c == '/' || c == ':' || c == '"' || c == '\'' || c.is_whitespace() || c.is_control()
     }) {
         Some(format!(
-            "interface name {name:?} contains a character Linux does not allow"
+            "interface name {} contains a character Linux does not allow",
+            quoted(name)
         ))
     } else if name.trim_end_matches('+').contains('+') || name == "+" {
         Some(format!(
-            "interface name {name:?}: '+' is only allowed as a trailing wildcard"
+            "interface name {}: '+' is only allowed as a trailing wildcard",
+            quoted(name)
         ))
     } else {
         None
@@ -253,7 +270,7 @@ fn group_ref(raw: &Raw, text: &str) -> Result<GroupRef, ConfigError> {
     } else {
         Err(invalid(
             raw,
-            format!("{text:?} is neither a gid nor a group name"),
+            format!("{} is neither a gid nor a group name", quoted(text)),
         ))
     }
 }
@@ -356,7 +373,12 @@ fn dns_servers_list(raw: &Raw) -> Result<(Vec<Ipv4Addr>, Vec<DnsServerV6>), Conf
                 addr: a,
                 written: text.to_owned(),
             }),
-            Err(_) => return Err(invalid(raw, format!("{text:?} is not an IP address"))),
+            Err(_) => {
+                return Err(invalid(
+                    raw,
+                    format!("{} is not an IP address", quoted(text)),
+                ));
+            }
         }
     }
     Ok((v4, v6))

@@ -99,19 +99,21 @@ pub enum CtState {
     Established,
 }
 
-/// A group id for an owner match: numeric, or a group name resolved when the rule is applied
-/// (Istio's ISTIO_OUTBOUND_OWNER_GROUPS accepts both).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum GroupRef {
-    Id(u32),
-    Name(String),
+/// The owner groups of the configuration, as the plan's owner matches name them.
+pub use crate::config::GroupRef;
+
+/// The two netfilter hooks meshcap's rules attach to (iptables' PREROUTING and OUTPUT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Output,
 }
 
-impl fmt::Display for GroupRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Hook {
+    pub fn name(self) -> &'static str {
         match self {
-            GroupRef::Id(id) => write!(f, "{id}"),
-            GroupRef::Name(name) => f.write_str(name),
+            Hook::Prerouting => "prerouting",
+            Hook::Output => "output",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod filter;
 mod legacy;
 
 use crate::backend::nftables::trace::{self, Options, Stopped, TRACE_TABLE};
+use crate::backend::session::Namespace;
 use clap::Parser;
 use filter::Filter;
 use std::ffi::OsString;
@@ -91,14 +92,15 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 }
 
 fn run(args: &TraceArgs, filter: &Filter) -> anyhow::Result<()> {
-    if let Some(ns) = args
+    let ns = match args
         .network_namespace
         .as_deref()
         .filter(|s| !s.trim().is_empty())
     {
-        crate::backend::enter_namespace(&namespace_path(ns.trim()))?;
-    }
-    if let Some((program, chain)) = legacy::istio_chains() {
+        Some(ns) => Namespace::open(&namespace_path(ns.trim()))?,
+        None => Namespace::current(),
+    };
+    if let Some((program, chain)) = legacy::istio_chains(&ns)? {
         anyhow::bail!(
             "{program} shows chain {chain}: the rules are installed through iptables-legacy, \
              whose tables are not nf_tables and send no nftables trace (legacy tracing, \
@@ -111,9 +113,12 @@ fn run(args: &TraceArgs, filter: &Filter) -> anyhow::Result<()> {
         timeout: args.timeout,
     };
     let mut stdout = std::io::stdout().lock();
-    let (packets, stopped) = trace::run(filter, &options, &mut stdout, &mut || {
-        eprintln!("meshcap trace: tracing {filter} (table inet {TRACE_TABLE}); Ctrl-C stops");
-    })?;
+    // The whole trace runs in the namespace: its table, its trace socket.
+    let (packets, stopped) = ns.run(|| {
+        trace::run(filter, &options, &mut stdout, &mut || {
+            eprintln!("meshcap trace: tracing {filter} (table inet {TRACE_TABLE}); Ctrl-C stops");
+        })
+    })??;
     let why = match stopped {
         Stopped::Count => "count reached".to_owned(),
         Stopped::Timeout => "timeout".to_owned(),

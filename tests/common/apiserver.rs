@@ -39,6 +39,13 @@ pub enum Fault {
     Garbage,
     /// Answers the first `count` requests with `status`, then as the real API does.
     FailFirst { count: usize, status: u16 },
+    /// As `FailFirst`, each failure with `Retry-After: SECONDS`, as an overloaded API server
+    /// (429) or one shutting down (503) answers.
+    RetryAfter {
+        count: usize,
+        status: u16,
+        seconds: u64,
+    },
 }
 
 /// How a written kubeconfig gives the certificate authority.
@@ -369,9 +376,17 @@ fn handle(stream: TcpStream, tls: Arc<ServerConfig>, shared: &Shared) {
     if shared.stop.load(Ordering::SeqCst) {
         return;
     }
+    let retry_after = match shared.fault {
+        Fault::RetryAfter {
+            count: n, seconds, ..
+        } if count <= n => {
+            format!("Retry-After: {seconds}\r\n")
+        }
+        _ => String::new(),
+    };
     let response = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+         {retry_after}Connection: close\r\n\r\n{body}",
         reason(status),
         body.len()
     );
@@ -389,7 +404,10 @@ fn answer(head: &str, client_certificate: bool, count: usize, shared: &Shared) -
             }
         }
         Fault::Status(status) => return (status, status_body(status, "injected fault")),
-        Fault::FailFirst { count: n, status } if count <= n => {
+        Fault::FailFirst { count: n, status }
+        | Fault::RetryAfter {
+            count: n, status, ..
+        } if count <= n => {
             return (status, status_body(status, "injected fault"));
         }
         _ => {}

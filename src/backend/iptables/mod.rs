@@ -32,6 +32,9 @@ pub struct IptablesBackend {
     pub reconcile: bool,
     /// Apply even when the rules are in place.
     pub force_apply: bool,
+    /// How long iptables-legacy's restore waits for the xtables lock; `None`: as long as it
+    /// takes (`--wait`). iptables-nft takes no such lock.
+    pub xtables_wait: Option<std::time::Duration>,
 }
 
 fn family_prefix(family: Family) -> &'static str {
@@ -95,6 +98,29 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Back
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a restore; a restore that gave up waiting for the xtables lock is [`BackendError::Busy`].
+fn run_restore(
+    program: &str,
+    args: &[&str],
+    text: &str,
+    bound: Option<std::time::Duration>,
+) -> Result<(), BackendError> {
+    match run(program, args, Some(text)) {
+        Ok(_) => Ok(()),
+        // iptables says "Another app is currently holding the xtables lock. Stopped waiting
+        // after Ns." and exits with status 4.
+        Err(BackendError::Command { stderr, .. })
+            if stderr.contains("holding the xtables lock") =>
+        {
+            Err(BackendError::Busy {
+                what: format!("the xtables lock (/run/xtables.lock, for {program})"),
+                waited: bound.unwrap_or_default(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Rules and chains of an `iptables-save` text, per table.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SavedTables {
@@ -135,6 +161,14 @@ impl SavedTables {
         }
         self.chains.push((key, Vec::new()));
         &mut self.chains.last_mut().expect("pushed").1
+    }
+
+    /// The first chain of Istio's (or meshcap's) the text declares.
+    pub fn first_istio_chain(&self) -> Option<&str> {
+        self.chains
+            .iter()
+            .map(|((_, chain), _)| chain.as_str())
+            .find(|chain| is_istio_chain(chain))
     }
 
     /// Whether any chain of Istio's (or meshcap's) exists.
@@ -189,6 +223,49 @@ fn expected_family(plan: &FamilyPlan) -> Ruleset {
 /// The part of a saved family that is meshcap's: every ISTIO_ chain, and in the built-in chains
 /// the rules that jump to one or that the plan would add (exclusions on interfaces, marks).
 fn ours(saved: &SavedTables, family: Family, expected: &Ruleset) -> Ruleset {
+    ours_by(saved, family, expected, |_, _, _| false)
+}
+
+/// As [`ours`], plus every built-in-chain rule of one of Istio's shapes, whatever values it
+/// names: what another configuration (a pod's annotations) may have added.
+fn ours_by_shape(saved: &SavedTables, family: Family, expected: &Ruleset) -> Ruleset {
+    ours_by(saved, family, expected, istio_shaped)
+}
+
+/// Whether a rule of a built-in chain (iptables-save spelling) has one of the shapes Istio's
+/// rules outside its own chains have: an excluded interface (`-i IF -j RETURN` in PREROUTING,
+/// `-o IF -j RETURN` in OUTPUT, nat and mangle), and TPROXY's marks in mangle (CONNMARK save and
+/// restore of a packet mark, the loopback RETURN of marked packets, the proxy's owner MARK).
+fn istio_shaped(table: &str, chain: &str, rule: &str) -> bool {
+    let words: Vec<&str> = rule.split_whitespace().skip(2).collect();
+    let has = |pair: [&str; 2]| words.windows(2).any(|w| w == pair);
+    match (table, chain, words.as_slice()) {
+        ("nat" | "mangle", "PREROUTING", ["-i", _, "-j", "RETURN"])
+        | ("nat" | "mangle", "OUTPUT", ["-o", _, "-j", "RETURN"]) => true,
+        ("mangle", "PREROUTING" | "OUTPUT", _) if has(["-p", "tcp"]) => {
+            let connmark = has(["-j", "CONNMARK"])
+                && (words.contains(&"--save-mark") || words.contains(&"--restore-mark"))
+                && (has(["-m", "mark"]) || has(["-m", "connmark"]));
+            let loopback_return = chain == "OUTPUT"
+                && has(["-o", "lo"])
+                && has(["-m", "mark"])
+                && words.ends_with(&["-j", "RETURN"]);
+            let owner_mark = chain == "OUTPUT"
+                && has(["-o", "lo"])
+                && has(["-m", "owner"])
+                && has(["-j", "MARK"]);
+            connmark || loopback_return || owner_mark
+        }
+        _ => false,
+    }
+}
+
+fn ours_by(
+    saved: &SavedTables,
+    family: Family,
+    expected: &Ruleset,
+    shaped: fn(&str, &str, &str) -> bool,
+) -> Ruleset {
     let mut ruleset = Ruleset::default();
     for ((table, chain), rules) in &saved.chains {
         let key = format!("{} {table} {chain}", family_label(family));
@@ -198,7 +275,11 @@ fn ours(saved: &SavedTables, family: Family, expected: &Ruleset) -> Ruleset {
         } else {
             rules
                 .iter()
-                .filter(|r| jumps_to_istio(r) || planned.is_some_and(|p| p.contains(r)))
+                .filter(|r| {
+                    jumps_to_istio(r)
+                        || planned.is_some_and(|p| p.contains(r))
+                        || shaped(table, chain, r)
+                })
                 .cloned()
                 .collect()
         };
@@ -339,10 +420,14 @@ impl IptablesBackend {
         if let Err(e) = result {
             // Another meshcap (or istio-init) wrote between our read and our restore: its
             // rules are complete, so re-plan from what is there instead of undoing anything.
-            let raced = scripts.iter().any(|(family, _, before)| {
-                run(&program(*family, variant, "save"), &[], None).is_ok_and(|now| now != *before)
-                    && !done.iter().any(|(f, _)| f == family)
-            });
+            // A lock that stayed held is not a race: planning again would wait again, past the
+            // caller's bound.
+            let raced = !matches!(e, BackendError::Busy { .. })
+                && scripts.iter().any(|(family, _, before)| {
+                    run(&program(*family, variant, "save"), &[], None)
+                        .is_ok_and(|now| now != *before)
+                        && !done.iter().any(|(f, _)| f == family)
+                });
             if raced {
                 return Err(ApplyAttemptError::Raced(e));
             }
@@ -374,12 +459,23 @@ impl IptablesBackend {
                 text.push_str(&format!("*{table}\nCOMMIT\n"));
             }
         }
-        run(
+        let wait = self.wait_args();
+        let args: Vec<&str> = wait.iter().map(String::as_str).collect();
+        run_restore(
             &program(family, variant, "restore"),
-            &["--wait"],
-            Some(&text),
+            &args,
+            &text,
+            self.xtables_wait,
         )
-        .map(|_| ())
+    }
+
+    /// iptables-restore's wait for the xtables lock: bounded in whole seconds (its unit), at
+    /// least one. (Its `-W` poll interval is deprecated and ignored since iptables 1.8.8.)
+    fn wait_args(&self) -> Vec<String> {
+        match self.xtables_wait {
+            None => vec!["--wait".into()],
+            Some(bound) => vec!["--wait".into(), bound.as_secs().max(1).to_string()],
+        }
     }
 
     fn restore(
@@ -392,12 +488,16 @@ impl IptablesBackend {
             family = family_label(family),
             "iptables-restore input:\n{text}"
         );
-        run(
+        let wait = self.wait_args();
+        let args: Vec<&str> = std::iter::once("--noflush")
+            .chain(wait.iter().map(String::as_str))
+            .collect();
+        run_restore(
             &program(family, variant, "restore"),
-            &["--noflush", "--wait"],
-            Some(text),
+            &args,
+            text,
+            self.xtables_wait,
         )
-        .map(|_| ())
     }
 }
 
@@ -464,6 +564,21 @@ impl Firewall for IptablesBackend {
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {
+        self.clean_by(plan, ours)
+    }
+
+    fn clean_any(&self, plan: &Plan) -> Result<(), BackendError> {
+        self.clean_by(plan, ours_by_shape)
+    }
+}
+
+impl IptablesBackend {
+    /// Removes what `mine` picks from each family's saved state, then the plan's routing.
+    fn clean_by(
+        &self,
+        plan: &Plan,
+        mine: fn(&SavedTables, Family, &Ruleset) -> Ruleset,
+    ) -> Result<(), BackendError> {
         let _lock = super::namespace_lock()?;
         let variant = self.variant();
         for family in [Family::V4, Family::V6] {
@@ -475,11 +590,99 @@ impl Firewall for IptablesBackend {
             };
             let fam_plan = plan.families().find(|f| f.family == family);
             let expected = fam_plan.map(expected_family).unwrap_or_default();
-            let script = cleanup_text(&saved, &ours(&saved, family, &expected), family);
+            let script = cleanup_text(&saved, &mine(&saved, family, &expected), family);
             if !script.is_empty() {
                 self.restore(family, variant, &script)?;
             }
         }
         routing::clean(&plan.routing)
+    }
+}
+
+/// The iptables-legacy save program that shows an Istio (or meshcap) chain in the current
+/// namespace, and the first such chain; `None` when no legacy table holds one. Rules installed
+/// through iptables-legacy live in x_tables, outside nf_tables.
+pub fn legacy_istio_chain() -> Option<(String, String)> {
+    for (names, family) in [
+        // The calling thread's namespace (/proc/net is the process's main thread's).
+        ("/proc/thread-self/net/ip_tables_names", Family::V4),
+        ("/proc/thread-self/net/ip6_tables_names", Family::V6),
+    ] {
+        // Reading the list loads nothing; the save program would load x_tables' modules.
+        let tables = std::fs::read_to_string(names).unwrap_or_default();
+        if tables.trim().is_empty() {
+            continue;
+        }
+        let program = program(family, IptablesVariant::Legacy, "save");
+        let saved = match run(&program, &[], None) {
+            Ok(text) => SavedTables::parse(&text),
+            Err(e) => {
+                tracing::warn!("{e}; cannot tell whether iptables-legacy holds Istio rules");
+                continue;
+            }
+        };
+        if let Some(chain) = saved.first_istio_chain() {
+            return Some((program, chain.to_owned()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SavedTables, istio_shaped};
+
+    #[test]
+    fn finds_istio_chains_only() {
+        let saved =
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n-A PREROUTING -j X\nCOMMIT\n";
+        assert_eq!(
+            SavedTables::parse(saved).first_istio_chain(),
+            Some("ISTIO_INBOUND")
+        );
+        let plain = SavedTables::parse("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+        assert_eq!(plain.first_istio_chain(), None);
+    }
+
+    #[test]
+    fn istio_shapes_are_recognised_whatever_their_values() {
+        let ours = [
+            ("nat", "-A PREROUTING -i net1 -j RETURN"),
+            ("mangle", "-A OUTPUT -o eth7 -j RETURN"),
+            (
+                "mangle",
+                "-A PREROUTING -p tcp -m mark --mark 0x63 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+            ),
+            (
+                "mangle",
+                "-A OUTPUT -p tcp -m connmark --mark 0x63 -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+            ),
+            (
+                "mangle",
+                "-A OUTPUT -o lo -p tcp -m mark --mark 0x63 -j RETURN",
+            ),
+            (
+                "mangle",
+                "-A OUTPUT ! -d ::1/128 -o lo -p tcp -m owner --uid-owner 1400 -j MARK --set-xmark 0x64/0xffffffff",
+            ),
+        ];
+        for (table, rule) in ours {
+            let chain = rule.split_whitespace().nth(1).unwrap();
+            assert!(istio_shaped(table, chain, rule), "{table}: {rule}");
+        }
+        let theirs = [
+            ("filter", "-A INPUT -i eth0 -j RETURN"),
+            ("nat", "-A PREROUTING -i eth0 -p tcp -j RETURN"),
+            ("nat", "-A OUTPUT -p tcp -j DNAT --to-destination 192.0.2.1"),
+            ("mangle", "-A PREROUTING -p udp -j CONNMARK --save-mark"),
+            (
+                "mangle",
+                "-A OUTPUT -p tcp -j MARK --set-xmark 0x1/0xffffffff",
+            ),
+        ];
+        for (table, rule) in theirs {
+            let chain = rule.split_whitespace().nth(1).unwrap();
+            assert!(!istio_shaped(table, chain, rule), "{table}: {rule}");
+        }
     }
 }

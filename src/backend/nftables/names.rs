@@ -54,21 +54,7 @@ impl ChainType {
     }
 }
 
-/// The netfilter hooks meshcap attaches to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Prerouting,
-    Output,
-}
-
-impl Hook {
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Prerouting => "prerouting",
-            Hook::Output => "output",
-        }
-    }
-}
+pub use crate::plan::Hook;
 
 /// Hook, type and priority of a base chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 use super::kubeconfig::Kubeconfig;
 use super::pod::Pod;
 use super::{K8sError, PodRef};
+use crate::inputs::shortened;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use ureq::tls::{RootCerts, TlsConfig};
@@ -61,14 +62,18 @@ pub fn fetch_pod_with(
             .attempt_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         attempts += 1;
-        let failure = match attempt(&agent, config, &url, pod, timeout) {
+        let (failure, retry_after) = match attempt(&agent, config, &url, pod, timeout) {
             Ok(pod) => return Ok(pod),
             Err(FetchAttemptError::Final(e)) => return Err(e),
-            Err(FetchAttemptError::Transient(why)) => why,
+            Err(FetchAttemptError::Transient(why)) => (why, None),
+            Err(FetchAttemptError::RetryAfter(why, after)) => (why, Some(after)),
         };
         tracing::debug!(%url, attempts, %failure, "Kubernetes API attempt failed");
+        // The server's own Retry-After (429, 503) replaces the backoff: asking earlier would
+        // only be refused again.
+        let pause = retry_after.map_or(backoff, |after| after.max(backoff));
         // Another attempt only when the pause leaves time for it.
-        if deadline.saturating_duration_since(Instant::now()) <= backoff {
+        if deadline.saturating_duration_since(Instant::now()) <= pause {
             return Err(K8sError::Unavailable {
                 server: config.server.clone(),
                 attempts,
@@ -76,7 +81,7 @@ pub fn fetch_pod_with(
                 last: failure,
             });
         }
-        std::thread::sleep(backoff);
+        std::thread::sleep(pause);
         backoff = (backoff * 2).min(retry.max_backoff);
     }
 }
@@ -86,6 +91,8 @@ pub fn fetch_pod_with(
 enum FetchAttemptError {
     /// Worth another attempt: what went wrong.
     Transient(String),
+    /// Worth another attempt after the pause the server asked for (`Retry-After`).
+    RetryAfter(String, Duration),
     Final(K8sError),
 }
 
@@ -128,6 +135,11 @@ fn attempt(
     }
     let mut response = request.call().map_err(|e| transport(config, e, timeout))?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after_seconds);
     let body = response
         .body_mut()
         .read_to_vec()
@@ -147,10 +159,16 @@ fn attempt(
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
         })),
-        429 | 500..=599 => Err(FetchAttemptError::Transient(format!(
-            "HTTP {status}: {}",
-            status_message(&body)
-        ))),
+        429 | 500..=599 => {
+            let why = format!("HTTP {status}: {}", status_message(&body));
+            Err(match retry_after {
+                Some(after) if matches!(status, 429 | 503) => FetchAttemptError::RetryAfter(
+                    format!("{why} (Retry-After: {}s)", after.as_secs()),
+                    after,
+                ),
+                _ => FetchAttemptError::Transient(why),
+            })
+        }
         _ => Err(FetchAttemptError::Final(K8sError::Status {
             server: server(),
             pod: pod.to_string(),
@@ -158,6 +176,12 @@ fn attempt(
             message: status_message(&body),
         })),
     }
+}
+
+/// A `Retry-After` in delay-seconds, the form the API server sends (an HTTP date is ignored: the
+/// backoff applies).
+fn retry_after_seconds(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Connection failures and timeouts are transient; TLS failures (a certificate that does not
@@ -194,14 +218,9 @@ fn status_message(body: &[u8]) -> String {
         message: String,
     }
     if let Ok(status) = serde_json::from_slice::<Status>(body) {
-        return status.message;
+        return shortened(&status.message).to_string();
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    shortened(String::from_utf8_lossy(body).trim()).to_string()
 }
 
 fn decode(config: &Kubeconfig, pod: &PodRef, body: &[u8]) -> Result<Pod, K8sError> {

@@ -2,6 +2,7 @@
 //! that `CNI_ARGS` names.
 
 use super::K8sError;
+use crate::inputs::quoted;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -68,7 +69,8 @@ fn check_name(key: &str, value: &str, max: usize, dots: bool) -> Result<(), K8sE
         Ok(())
     } else {
         Err(K8sError::CniArgs(format!(
-            "{key}={value:?} is not a Kubernetes {}",
+            "{key}={} is not a Kubernetes {}",
+            quoted(value),
             if dots { "pod name" } else { "namespace name" }
         )))
     }
@@ -82,9 +84,9 @@ pub fn pod_from_cni_args(cni_args: &str) -> Result<Option<PodRef>, K8sError> {
     let mut namespace = None;
     let mut name = None;
     for pair in cni_args.split(';').filter(|p| !p.is_empty()) {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| K8sError::CniArgs(format!("{pair:?} is not a KEY=VALUE pair")))?;
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            K8sError::CniArgs(format!("{} is not a KEY=VALUE pair", quoted(pair)))
+        })?;
         match key {
             "K8S_POD_NAMESPACE" => namespace = Some(value),
             "K8S_POD_NAME" => name = Some(value),

@@ -3,7 +3,7 @@
 //! [`super::nftables`]), which import only this.
 
 use super::flow::{Flow, State};
-pub use crate::backend::nftables::names::Hook;
+pub use crate::plan::Hook;
 use crate::plan::{Family, Protocol};
 use std::fmt;
 use std::net::IpAddr;
