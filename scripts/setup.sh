@@ -4,12 +4,13 @@
 # iproute2 (ip netns), util-linux (setpriv, nsenter), socat (the proxy benchmark's peer),
 # and for the CNI and pod tests: podman with runc and its CNI network backend
 # (containernetworking-plugins: bridge, host-local), buildah (images from a directory, no
-# registry) and busybox-static (the test pods' app).
+# registry), busybox-static (the test pods' app) and catatonit (the init process of Podman's own
+# pause image, which `podman kube play` builds for a pod; not pulled in without recommends).
 # Runs apt-get only when something is missing; needs root then (sudo is used if present).
 set -euo pipefail
 
 packages=(iptables nftables libnftnl-dev libmnl-dev pkg-config iproute2 util-linux socat gcc
-          podman runc containernetworking-plugins buildah busybox-static)
+          podman runc containernetworking-plugins buildah busybox-static catatonit)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

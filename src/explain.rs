@@ -39,42 +39,31 @@ direct, dropped.
 Exit status: 0 explained, 2 bad flags or flow words, 1 the rules could not be read.
 ";
 
-/// Flags of `explain` itself, and the installer's flags left over.
-struct Args {
+/// `meshcap explain`'s command line: its own flags and the installer's (the configuration).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "meshcap explain",
+    bin_name = "meshcap explain",
+    override_help = HELP,
+    override_usage = "meshcap explain [INSTALLER FLAGS…] --flow FLOW [--flow FLOW …] [--kernel] [--json]",
+    args_override_self = true,
+    disable_version_flag = true
+)]
+struct ExplainArgs {
+    /// One connection, as key=value words.
+    #[arg(long = "flow", value_name = "FLOW", action = clap::ArgAction::Append, allow_hyphen_values = true)]
     flows: Vec<String>,
-    kernel: bool,
-    json: bool,
-    help: bool,
-    installer: Vec<OsString>,
-}
 
-fn split_args(args: Vec<OsString>) -> Result<Args, String> {
-    let mut out = Args {
-        flows: Vec::new(),
-        kernel: false,
-        json: false,
-        help: false,
-        installer: Vec::new(),
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        match arg.to_str() {
-            Some("--flow") => {
-                let value = it.next().ok_or("--flow needs a value")?;
-                out.flows.push(
-                    value
-                        .into_string()
-                        .map_err(|v| format!("--flow {v:?}: not UTF-8"))?,
-                );
-            }
-            Some(a) if a.starts_with("--flow=") => out.flows.push(a["--flow=".len()..].into()),
-            Some("--kernel") => out.kernel = true,
-            Some("--json") => out.json = true,
-            Some("--help" | "-h") => out.help = true,
-            _ => out.installer.push(arg),
-        }
-    }
-    Ok(out)
+    /// Explain the rules the namespace holds instead of the plan.
+    #[arg(long)]
+    kernel: bool,
+
+    /// One JSON object per flow.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    installer: crate::cli::Cli,
 }
 
 /// `meshcap explain …`; `args[0]` is the subcommand's name.
@@ -83,14 +72,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         eprintln!("meshcap explain: {msg}");
         ExitCode::from(2)
     };
-    let args = match split_args(args.into_iter().skip(1).collect()) {
+    let args: ExplainArgs = match crate::cli::parse_given(args) {
         Ok(args) => args,
-        Err(e) => return bad(&e),
+        Err(e) => e.exit(),
     };
-    if args.help {
-        print!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
     if args.flows.is_empty() {
         return bad("at least one --flow is needed (meshcap explain --help)");
     }
@@ -101,8 +86,8 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Err(e) => return bad(&e.to_string()),
         }
     }
-    let installer = std::iter::once(OsString::from("meshcap")).chain(args.installer);
-    let config = match crate::cli::config_or_exit(installer, std::env::vars().collect()) {
+    let invocation = args.installer.into_invocation(std::env::vars().collect());
+    let config = match crate::cli::config_or_exit(&invocation.inputs) {
         Ok(config) => config,
         Err(code) => return code,
     };

@@ -5,10 +5,11 @@
 //! the same [`Inputs`] to [`crate::config`], which validates it once; values stay text here so
 //! that a bad value is reported with the flag, variable, key or annotation that carried it.
 
-/// Declares [`Opt`], one variant per installer option, with its clap id (the field name of
-/// [`crate::cli::Cli`]).
+/// Declares [`Opt`], one variant per installer option: its clap id (the field name of
+/// [`crate::cli::Cli`]), short flag, environment variable and default text (Istio's). The
+/// command line's declaration takes these from here, so they are written once.
 macro_rules! options {
-    ($($variant:ident = $id:literal,)*) => {
+    ($($variant:ident = $id:literal, $short:expr, $env:literal, $default:expr;)*) => {
         /// An installer option: one per flag of [`crate::cli::Cli`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Opt {
@@ -20,9 +21,31 @@ macro_rules! options {
             pub const ALL: &'static [Opt] = &[$(Opt::$variant,)*];
 
             /// The clap id of the option (the field name of [`crate::cli::Cli`]).
-            pub fn id(self) -> &'static str {
+            pub const fn id(self) -> &'static str {
                 match self {
                     $(Opt::$variant => $id,)*
+                }
+            }
+
+            /// The one-letter flag, if the option has one.
+            pub const fn short(self) -> Option<char> {
+                match self {
+                    $(Opt::$variant => $short,)*
+                }
+            }
+
+            /// The environment variable that sets the option when no flag does.
+            pub const fn env(self) -> &'static str {
+                match self {
+                    $(Opt::$variant => $env,)*
+                }
+            }
+
+            /// The value the option has when neither flag nor variable sets it; `None`: none
+            /// (the option is decided later, e.g. from /etc/resolv.conf).
+            pub const fn default_text(self) -> Option<&'static str> {
+                match self {
+                    $(Opt::$variant => $default,)*
                 }
             }
         }
@@ -30,42 +53,42 @@ macro_rules! options {
 }
 
 options! {
-    InboundCapturePort = "inbound_capture_port",
-    InboundTunnelPort = "inbound_tunnel_port",
-    InterceptionMode = "istio_inbound_interception_mode",
-    InboundPorts = "istio_inbound_ports",
-    InboundPortsExclude = "istio_local_exclude_ports",
-    ExcludeInterfaces = "istio_exclude_interfaces",
-    KubeVirtInterfaces = "kube_virt_interfaces",
-    ProxyPort = "envoy_port",
-    ProxyUid = "proxy_uid",
-    ProxyGid = "proxy_gid",
-    OutboundCidrs = "istio_service_cidr",
-    OutboundCidrsExclude = "istio_service_exclude_cidr",
-    OutboundPorts = "istio_outbound_ports",
-    OutboundPortsExclude = "istio_local_outbound_ports_exclude",
-    RedirectDns = "redirect_dns",
-    CaptureAllDns = "capture_all_dns",
-    DnsServers = "dns_servers",
-    TproxyMark = "istio_inbound_tproxy_mark",
-    TproxyRouteTable = "istio_inbound_tproxy_route_table",
-    TproxyReturnMarked = "tproxy_return_marked",
-    Strict = "strict",
-    DryRun = "dry_run",
-    Ipv6 = "ipv6",
-    Backend = "backend",
-    NativeNftables = "native_nftables",
-    ForceIptablesBinary = "force_iptables_binary",
-    DropInvalid = "drop_invalid",
-    DualStack = "dual_stack",
-    ProbePort = "iptables_probe_port",
-    ProbeTimeout = "probe_timeout",
-    SkipRuleApply = "skip_rule_apply",
-    RunValidation = "run_validation",
-    NetworkNamespace = "network_namespace",
-    Reconcile = "reconcile",
-    CleanupOnly = "cleanup_only",
-    ForceApply = "force_apply",
+    InboundCapturePort = "inbound_capture_port", Some('z'), "INBOUND_CAPTURE_PORT", Some("15006");
+    InboundTunnelPort = "inbound_tunnel_port", Some('e'), "INBOUND_TUNNEL_PORT", Some("15008");
+    InterceptionMode = "istio_inbound_interception_mode", Some('m'), "ISTIO_INBOUND_INTERCEPTION_MODE", Some("");
+    InboundPorts = "istio_inbound_ports", Some('b'), "ISTIO_INBOUND_PORTS", Some("");
+    InboundPortsExclude = "istio_local_exclude_ports", Some('d'), "ISTIO_LOCAL_EXCLUDE_PORTS", Some("");
+    ExcludeInterfaces = "istio_exclude_interfaces", Some('c'), "ISTIO_EXCLUDE_INTERFACES", Some("");
+    KubeVirtInterfaces = "kube_virt_interfaces", Some('k'), "KUBE_VIRT_INTERFACES", Some("");
+    ProxyPort = "envoy_port", Some('p'), "ENVOY_PORT", Some("15001");
+    ProxyUid = "proxy_uid", Some('u'), "PROXY_UID", Some("");
+    ProxyGid = "proxy_gid", Some('g'), "PROXY_GID", Some("");
+    OutboundCidrs = "istio_service_cidr", Some('i'), "ISTIO_SERVICE_CIDR", Some("");
+    OutboundCidrsExclude = "istio_service_exclude_cidr", Some('x'), "ISTIO_SERVICE_EXCLUDE_CIDR", Some("");
+    OutboundPorts = "istio_outbound_ports", Some('q'), "ISTIO_OUTBOUND_PORTS", Some("");
+    OutboundPortsExclude = "istio_local_outbound_ports_exclude", Some('o'), "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE", Some("");
+    RedirectDns = "redirect_dns", None, "REDIRECT_DNS", Some("false");
+    CaptureAllDns = "capture_all_dns", None, "CAPTURE_ALL_DNS", Some("false");
+    DnsServers = "dns_servers", None, "MESHCAP_DNS_SERVERS", None;
+    TproxyMark = "istio_inbound_tproxy_mark", Some('t'), "ISTIO_INBOUND_TPROXY_MARK", Some("1337");
+    TproxyRouteTable = "istio_inbound_tproxy_route_table", Some('r'), "ISTIO_INBOUND_TPROXY_ROUTE_TABLE", Some("133");
+    TproxyReturnMarked = "tproxy_return_marked", None, "MESHCAP_TPROXY_RETURN_MARKED", Some("false");
+    Strict = "strict", None, "MESHCAP_STRICT", Some("false");
+    DryRun = "dry_run", Some('n'), "DRY_RUN", Some("false");
+    Ipv6 = "ipv6", None, "MESHCAP_IPV6", Some("auto");
+    Backend = "backend", None, "MESHCAP_BACKEND", Some("iptables");
+    NativeNftables = "native_nftables", None, "NATIVE_NFTABLES", Some("false");
+    ForceIptablesBinary = "force_iptables_binary", None, "FORCE_IPTABLES_BINARY", None;
+    DropInvalid = "drop_invalid", None, "DROP_INVALID", Some("false");
+    DualStack = "dual_stack", None, "DUAL_STACK", Some("false");
+    ProbePort = "iptables_probe_port", None, "IPTABLES_PROBE_PORT", Some("15002");
+    ProbeTimeout = "probe_timeout", None, "PROBE_TIMEOUT", Some("5s");
+    SkipRuleApply = "skip_rule_apply", None, "SKIP_RULE_APPLY", Some("false");
+    RunValidation = "run_validation", None, "RUN_VALIDATION", Some("false");
+    NetworkNamespace = "network_namespace", None, "NETWORK_NAMESPACE", None;
+    Reconcile = "reconcile", None, "RECONCILE", Some("false");
+    CleanupOnly = "cleanup_only", None, "CLEANUP_ONLY", Some("false");
+    ForceApply = "force_apply", None, "FORCE_APPLY", Some("false");
 }
 
 impl Opt {
@@ -78,6 +101,25 @@ impl Opt {
     /// The option whose long flag name is `long` (without dashes).
     pub fn from_long(long: &str) -> Option<Opt> {
         Opt::ALL.iter().copied().find(|o| o.long() == long)
+    }
+
+    /// How messages name the flag: `-b/--istio-inbound-ports`, or `--ipv6`.
+    pub fn flag(self) -> String {
+        match self.short() {
+            Some(short) => format!("-{short}/--{}", self.long()),
+            None => format!("--{}", self.long()),
+        }
+    }
+
+    /// The old environment variable name Istio still accepts for the option, if any; the
+    /// current name wins.
+    pub fn env_alias(self) -> Option<&'static str> {
+        match self {
+            Opt::RedirectDns => Some("ISTIO_META_DNS_CAPTURE"),
+            Opt::DropInvalid => Some("INVALID_DROP"),
+            Opt::DualStack => Some("ISTIO_DUAL_STACK"),
+            _ => None,
+        }
     }
 }
 
@@ -133,6 +175,41 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// Every option at the installer's default (none given on a command line or in `env`);
+    /// env-only inputs are read from `env`.
+    pub fn defaults(env: Vec<(String, String)>) -> Inputs {
+        Inputs::from_flags(Opt::ALL.iter().map(|&opt| (opt, None)), Vec::new()).with_env(env)
+    }
+
+    /// The options of a command line: `given` holds each option's text if a flag gave it; a
+    /// flag beats its variable in `env` (or, failing that, its old name), which beats the
+    /// default.
+    pub fn from_flags(
+        given: impl IntoIterator<Item = (Opt, Option<String>)>,
+        env: Vec<(String, String)>,
+    ) -> Inputs {
+        let mut inputs = Inputs::empty(env);
+        for (opt, flag) in given {
+            let variable = inputs
+                .env_var(opt.env())
+                .or_else(|| opt.env_alias().and_then(|old| inputs.env_var(old)));
+            if let Some(text) = flag {
+                inputs.set(opt, text, Origin::Flag(opt.flag()));
+            } else if let Some(raw) = variable {
+                inputs.set(opt, raw.text, raw.origin);
+            } else if let Some(default) = opt.default_text() {
+                inputs.set(opt, default, Origin::Default(opt.flag()));
+            }
+        }
+        inputs
+    }
+
+    /// The same values, with env-only inputs read from `env`.
+    fn with_env(mut self, env: Vec<(String, String)>) -> Inputs {
+        self.env = env;
+        self
+    }
+
     /// Inputs with no option set, reading env-only inputs from `env`.
     pub fn empty(env: Vec<(String, String)>) -> Inputs {
         Inputs {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod duration;
 pub mod explain;
 pub mod inputs;
+pub mod logging;
 pub mod plan;
 pub mod proxy;
 pub mod trace;

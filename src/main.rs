@@ -5,61 +5,63 @@ use anyhow::Context;
 use meshcap::backend::Applied;
 use meshcap::backend::session::{self, Namespace, Session, Waits};
 use meshcap::config::Config;
-use meshcap::validation;
-use std::io::IsTerminal;
+use meshcap::{logging, validation};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // A plain level filter when MESHCAP_LOG is unset (or invalid): an EnvFilter is costly to
-    // build, and every pod start pays for it.
-    // Colours only for a person: runtimes keep a CNI plugin's stderr in their logs.
-    let ansi = std::io::stderr().is_terminal();
-    match tracing_subscriber::EnvFilter::try_from_env("MESHCAP_LOG") {
-        Ok(filter) => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi)
-            .without_time()
-            .init(),
-        Err(_) => tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi)
-            .without_time()
-            .init(),
-    }
-
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let default_logging = || logging::init(&logging::Settings::default());
     // Runtimes execute a CNI plugin by its file name, with no arguments.
     if meshcap::cni::invoked_as_plugin(args.first()) {
+        default_logging();
         return meshcap::cni::main();
     }
-    // Subcommands have their own flags; the installer keeps Istio's flat command line.
+    // Subcommands have their own flags; the installer keeps Istio's flat command line, also
+    // behind pilot-agent's subcommand words, which Istio's injector puts first in its args.
     let subcommand = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
     let mode = match subcommand.as_deref() {
-        Some("proxy") => return meshcap::proxy::main(args[1..].to_vec()),
-        Some("explain") => return meshcap::explain::main(args[1..].to_vec()),
-        Some("trace") => return meshcap::trace::main(args[1..].to_vec()),
-        Some("cni") => return meshcap::cni::install::main(args[1..].to_vec()),
-        Some(validation::DIAL_SUBCOMMAND) if args.len() == 4 => {
-            let (local, probe) = (args[2].to_string_lossy(), args[3].to_string_lossy());
-            return match validation::dial(&local, &probe) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_) => ExitCode::FAILURE,
-            };
+        Some("proxy") => {
+            default_logging();
+            return meshcap::proxy::main(args[1..].to_vec());
         }
+        Some("explain") => {
+            default_logging();
+            return meshcap::explain::main(args[1..].to_vec());
+        }
+        Some("trace") => {
+            default_logging();
+            return meshcap::trace::main(args[1..].to_vec());
+        }
+        Some("cni") => {
+            default_logging();
+            return meshcap::cni::install::main(args[1..].to_vec());
+        }
+        Some(validation::DIAL_SUBCOMMAND) => return validation::dial_main(args[1..].to_vec()),
         // `meshcap diff FLAGS…`: the installer's flags, compared instead of applied.
         Some("diff") => {
             args.remove(1);
             Mode::Diff
         }
+        Some("istio-iptables") => {
+            args.remove(1);
+            Mode::Install
+        }
+        Some("istio-clean-iptables") => {
+            args.remove(1);
+            Mode::Clean
+        }
         _ => Mode::Install,
     };
 
-    let config = match meshcap::cli::config_or_exit(args, std::env::vars().collect()) {
-        Ok(config) => config,
+    let (mut config, log) = match meshcap::cli::installer_or_exit(args, std::env::vars().collect())
+    {
+        Ok(parsed) => parsed,
         Err(code) => return code,
     };
+    logging::init(&log.settings());
+    if mode == Mode::Clean {
+        config.run.cleanup_only = true;
+    }
     match run(&config, mode) {
         Ok(code) => code,
         Err(e) => {
@@ -74,6 +76,8 @@ fn main() -> ExitCode {
 enum Mode {
     /// Install the rules (Istio's istio-iptables).
     Install,
+    /// Remove the rules (Istio's istio-clean-iptables, the installer's `--cleanup-only`).
+    Clean,
     /// Compare the plan with what the kernel holds: exit 0 when equal, 3 when drifted.
     Diff,
 }

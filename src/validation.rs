@@ -3,6 +3,12 @@
 //! loopback, and succeed once an accepted connection's original destination is the probe port:
 //! the proxy uid's call to its own pod address is sent to the inbound listener, so the rules
 //! are in force.
+//!
+//! Who dials: with Istio's CNI, the injected `istio-validation` container already runs as the
+//! proxy's uid (with whatever gid the pod gives it), without capabilities and on a read-only
+//! root filesystem; it dials as itself, as Istio's validator does, so the proxy-uid loopback
+//! rule decides, whatever the gid. Only root (an installer run with `--run-validation`) takes
+//! the proxy's uid and gid, in a child process, to dial. Nothing is written either way.
 
 use crate::plan::{Family, passthrough_source};
 use std::io;
@@ -125,10 +131,16 @@ pub fn run(v: &Validation) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Dials once from a child process running as the proxy uid and gid (owner matches see the
-/// process's credentials, and changing them would change them for every thread of ours; std
-/// also drops the supplementary groups when root sets a uid).
+/// Dials once as the proxy: as root, from a child process running as the proxy uid and gid
+/// (owner matches see the process's credentials, and changing them would change them for every
+/// thread of ours; std also drops the supplementary groups when root sets a uid); as anyone
+/// else, from this process as it is (see the module documentation).
 fn dial_as(uid: u32, gid: u32, local: IpAddr, probe: SocketAddr) {
+    if !nix::unistd::geteuid().is_root() {
+        let result = dial(local, probe);
+        tracing::debug!(?result, %probe, "validation dial as ourselves");
+        return;
+    }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -143,11 +155,27 @@ fn dial_as(uid: u32, gid: u32, local: IpAddr, probe: SocketAddr) {
     tracing::debug!(?status, %probe, "validation dial");
 }
 
-/// The child's side: connect from `local` to `probe`, then close.
-pub fn dial(local: &str, probe: &str) -> io::Result<()> {
-    let invalid = |e: std::net::AddrParseError| io::Error::new(io::ErrorKind::InvalidInput, e);
-    let local: IpAddr = local.parse().map_err(invalid)?;
-    let probe: SocketAddr = probe.parse().map_err(invalid)?;
+/// The hidden subcommand's command line: `__validation-dial LOCAL PROBE`.
+#[derive(Debug, clap::Parser)]
+#[command(name = DIAL_SUBCOMMAND)]
+struct DialArgs {
+    /// The loopback address to dial from.
+    local: IpAddr,
+    /// The probe address to dial.
+    probe: SocketAddr,
+}
+
+/// The child's side (`args[0]` is the subcommand): one dial; exit 0 when it connected.
+pub fn dial_main(args: Vec<std::ffi::OsString>) -> std::process::ExitCode {
+    use clap::Parser;
+    match DialArgs::try_parse_from(args).map(|a| dial(a.local, a.probe)) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// Connects from `local` to `probe`, then closes.
+fn dial(local: IpAddr, probe: SocketAddr) -> io::Result<()> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(probe),
         socket2::Type::STREAM,

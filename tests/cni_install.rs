@@ -167,17 +167,23 @@ impl Node {
         self.bin.join("meshcap-cni")
     }
 
-    /// Starts `install --watch`; the child is killed if the test ends early.
+    /// Starts `install --watch`, its log going to a file; the child is killed if the test ends
+    /// early.
     fn watch(&self, extra: &[&str]) -> Watcher {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let log = self.root.join(format!(
+            "watcher-{}.log",
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
         let child = self
             .command("install")
             .args(["--watch", "--resync-seconds", "3600"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Watcher(child)
+        Watcher { child, log }
     }
 }
 
@@ -187,33 +193,46 @@ impl Drop for Node {
     }
 }
 
-struct Watcher(Child);
+struct Watcher {
+    child: Child,
+    log: PathBuf,
+}
 
 impl Watcher {
-    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and stderr.
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and the log.
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
         let status = wait_for("the watcher to exit after SIGTERM", || {
-            self.0.try_wait().unwrap()
+            self.child.try_wait().unwrap()
         });
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
+        (status, self.log())
+    }
+
+    /// SIGKILL: no cleanup at all, as the OOM killer ends it.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// What it has logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn assert_running(&mut self) {
         assert!(
-            self.0.try_wait().unwrap().is_none(),
-            "the watcher exited early"
+            self.child.try_wait().unwrap().is_none(),
+            "the watcher exited early: {}",
+            self.log()
         );
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -325,9 +344,14 @@ fn install_into_a_conf_turns_it_into_a_conflist() {
     .unwrap();
     assert_success(&node.install(&[]));
 
+    // The original kept aside (a name no runtime loads) for uninstall to put back.
     assert_eq!(
         node.conf_names(),
-        ["10-bridge.conflist", "meshcap-cni.kubeconfig"]
+        [
+            ".10-bridge.conf.meshcap-converted",
+            "10-bridge.conflist",
+            "meshcap-cni.kubeconfig"
+        ]
     );
     let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
     assert_eq!(
@@ -407,18 +431,229 @@ fn uninstall_restores_the_node() {
 }
 
 #[test]
-fn uninstall_leaves_a_converted_conf_as_its_one_plugin_list() {
+fn uninstall_restores_a_converted_conf_as_it_was() {
     let node = Node::new("restore-conf");
     node.write("10-bridge.conf", BRIDGE_CONF);
+    std::fs::set_permissions(
+        node.conf.join("10-bridge.conf"),
+        PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
     assert_success(&node.install(&[]));
+    let output = node.uninstall();
+    assert_success(&output);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("restored"),
+        "{output:?}"
+    );
+    assert_eq!(node.conf_names(), ["10-bridge.conf"]);
+    assert_eq!(node.read("10-bridge.conf"), BRIDGE_CONF);
+    assert_eq!(mode(&node.conf.join("10-bridge.conf")), 0o640);
+}
+
+/// Another installer chains its plugin into the list `name`, second.
+fn chain_bandwidth(node: &Node, name: &str) {
+    let mut joined = node.json(name);
+    joined["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, json!({"type": "bandwidth"}));
+    node.replace(name, &serde_json::to_string(&joined).unwrap());
+}
+
+#[test]
+fn uninstall_keeps_a_converted_list_that_something_else_joined() {
+    let node = Node::new("converted-joined");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    assert_success(&node.install(&[]));
+    chain_bandwidth(&node, "10-bridge.conflist");
     assert_success(&node.uninstall());
-    // As Istio's install-cni: the .conflist stays, holding the original configuration.
     let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
     assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
     assert_eq!(
         node.json("10-bridge.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "bridge-net", "plugins": [conf]})
+        json!({"cniVersion": "1.0.0", "name": "bridge-net",
+            "plugins": [conf, {"type": "bandwidth"}]})
     );
+}
+
+#[test]
+fn converting_never_overwrites_an_existing_conflist() {
+    let node = Node::new("convert-occupied");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    node.write("10-bridge.conflist", CALICO);
+    let stderr = failure(node.install(&[]), 1);
+    assert!(
+        stderr.contains("10-bridge.conflist") && stderr.contains("exists already"),
+        "{stderr}"
+    );
+    assert_eq!(node.read("10-bridge.conf"), BRIDGE_CONF);
+    assert_eq!(node.read("10-bridge.conflist"), CALICO);
+    assert_eq!(node.conf_names(), ["10-bridge.conf", "10-bridge.conflist"]);
+    assert!(names(&node.bin).is_empty());
+}
+
+#[test]
+fn a_conf_rewritten_after_its_conversion_is_converted_again() {
+    let node = Node::new("reconvert");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    assert_success(&node.install(&[]));
+    // The owner writes its .conf again (an upgrade): it is the primary network once more.
+    let newer = BRIDGE_CONF.replace("cni0", "cni1");
+    node.replace("10-bridge.conf", &newer);
+    assert_success(&node.install(&[]));
+    let conf: Value = serde_json::from_str(&newer).unwrap();
+    assert_eq!(
+        node.json("10-bridge.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "bridge-net", "plugins": [conf, stanza()]})
+    );
+    assert_success(&node.uninstall());
+    assert_eq!(node.conf_names(), ["10-bridge.conf"]);
+    assert_eq!(node.read("10-bridge.conf"), newer);
+}
+
+#[test]
+fn a_reconverted_list_keeps_plugins_others_chained_into_it() {
+    let node = Node::new("reconvert-joined");
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    assert_success(&node.install(&[]));
+    // Another installer chains its plugin into meshcap's list, then the owner rewrites its .conf.
+    chain_bandwidth(&node, "10-bridge.conflist");
+    let newer = BRIDGE_CONF.replace("cni0", "cni1");
+    node.replace("10-bridge.conf", &newer);
+    assert_success(&node.install(&[]));
+    let conf: Value = serde_json::from_str(&newer).unwrap();
+    assert_eq!(
+        node.json("10-bridge.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "bridge-net",
+            "plugins": [conf.clone(), {"type": "bandwidth"}, stanza()]})
+    );
+    assert_success(&node.uninstall());
+    assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
+    assert_eq!(
+        node.json("10-bridge.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "bridge-net",
+            "plugins": [conf, {"type": "bandwidth"}]})
+    );
+}
+
+#[test]
+fn uninstall_drops_a_list_that_held_only_the_stanza() {
+    let node = Node::new("only-stanza");
+    node.write("10-calico.conflist", CALICO);
+    assert_success(&node.install(&[]));
+    node.write(
+        "20-meshcap-only.conflist",
+        &serde_json::to_string(&json!({"name": "m", "cniVersion": "1.0.0", "plugins": [stanza()]}))
+            .unwrap(),
+    );
+    let output = node.uninstall();
+    assert_success(&output);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("held nothing but"),
+        "{output:?}"
+    );
+    assert_eq!(node.conf_names(), ["10-calico.conflist"]);
+    assert_eq!(node.read("10-calico.conflist"), CALICO);
+}
+
+#[test]
+fn an_existing_stanza_moves_to_the_end() {
+    let node = Node::new("move-last");
+    let mut document: Value = serde_json::from_str(CALICO).unwrap();
+    document["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, stanza());
+    node.write(
+        "10-calico.conflist",
+        &serde_json::to_string(&document).unwrap(),
+    );
+    assert_success(&node.install(&[]));
+    let installed = node.json("10-calico.conflist");
+    let plugins = installed["plugins"].as_array().unwrap();
+    let types: Vec<_> = plugins.iter().map(|p| p["type"].clone()).collect();
+    assert_eq!(types, ["calico", "portmap", "meshcap-cni"]);
+    assert_eq!(plugins[2], stanza());
+}
+
+#[test]
+fn stale_temporary_files_are_removed_at_start() {
+    let node = Node::new("stale");
+    node.write("10-calico.conflist", CALICO);
+    // What an installer killed in the middle of copying the binary leaves.
+    let stale = [
+        node.bin.join(".meshcap-cni.1-0-5f.meshcap-tmp"),
+        node.conf.join(".10-calico.conflist.1-1-60.meshcap-tmp"),
+    ];
+    for path in &stale {
+        std::fs::write(path, vec![0u8; 1 << 20]).unwrap();
+    }
+    // Left alone while they may still be a live writer's (changed within the last 2 s), removed
+    // by the first pass after that.
+    wait_for("the stale files removed by an install", || {
+        assert_success(&node.install(&[]));
+        (names(&node.bin) == ["meshcap-cni"]).then_some(())
+    });
+    assert_eq!(
+        node.conf_names(),
+        ["10-calico.conflist", "meshcap-cni.kubeconfig"]
+    );
+}
+
+#[test]
+fn a_symlinked_conflist_is_edited_through_the_link() {
+    let node = Node::new("symlink");
+    // The owner keeps its list elsewhere and links it, as some CNIs' config maps do.
+    let owner = node.root.join("owner");
+    std::fs::create_dir(&owner).unwrap();
+    let real = owner.join("calico.conflist");
+    std::fs::write(&real, CALICO).unwrap();
+    let link = node.conf.join("10-calico.conflist");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let is_link = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    };
+
+    assert_success(&node.install(&[]));
+    assert!(is_link(&link));
+    assert_eq!(meshcap_stanzas(&node.json("10-calico.conflist")), 1);
+    assert_eq!(names(&owner), ["calico.conflist"]);
+
+    // The watcher follows the owner rewriting the target.
+    let watcher = node.watch(&[]);
+    let newer = CALICO.replace("1440", "1450");
+    let temp = owner.join(".calico.tmp");
+    std::fs::write(&temp, &newer).unwrap();
+    std::fs::rename(&temp, &real).unwrap();
+    let repaired = wait_for("the stanza back in the link's target", || {
+        node.with_stanza("10-calico.conflist")
+            .filter(|d| d["plugins"][0]["mtu"] == 1450)
+    });
+    assert_eq!(repaired["plugins"][2], stanza());
+    assert!(is_link(&link));
+
+    let (status, stderr) = watcher.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(is_link(&link));
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), newer);
+    assert_eq!(node.conf_names(), ["10-calico.conflist"]);
+    assert_eq!(names(&owner), ["calico.conflist"]);
+}
+
+#[test]
+fn a_symlinked_single_conf_is_refused_not_replaced() {
+    let node = Node::new("symlink-conf");
+    let real = node.root.join("bridge.conf");
+    std::fs::write(&real, BRIDGE_CONF).unwrap();
+    std::os::unix::fs::symlink(&real, node.conf.join("10-bridge.conf")).unwrap();
+    let stderr = failure(node.install(&[]), 1);
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(node.conf_names(), ["10-bridge.conf"]);
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), BRIDGE_CONF);
 }
 
 #[test]
@@ -673,10 +908,14 @@ fn watch_waits_for_a_primary_network_and_can_keep_it_on_exit() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.contains("--keep-on-exit"), "{stderr}");
     assert!(node.plugin().exists() && node.kubeconfig().exists());
-    // uninstall then takes the stanza out of both files.
+    // uninstall then takes the stanza out of both files (and restores the converted .conf).
     assert_success(&node.uninstall());
     assert_eq!(node.read("05-calico.conflist"), CALICO);
-    assert_eq!(meshcap_stanzas(&node.json("10-bridge.conflist")), 0);
+    assert_eq!(
+        node.conf_names(),
+        ["05-calico.conflist", "10-bridge.conf", "README"]
+    );
+    assert_eq!(node.read("10-bridge.conf"), BRIDGE_CONF);
 }
 
 #[test]
@@ -691,4 +930,184 @@ fn watch_on_a_missing_directory_fails_clearly() {
         .unwrap();
     let stderr = failure(output, 1);
     assert!(stderr.contains(&*node.conf.to_string_lossy()), "{stderr}");
+}
+
+/// CALICO with the first plugin's MTU set to `mtu`: one distinct version of the owner's file.
+fn calico_version(mtu: u32) -> String {
+    CALICO.replace("\"mtu\": 1440", &format!("\"mtu\": {mtu}"))
+}
+
+/// The file's document once it holds the stanza and is the owner's version `mtu`.
+fn version_with_stanza(node: &Node, name: &str, mtu: u32) -> Option<Value> {
+    node.with_stanza(name)
+        .filter(|d| d["plugins"][0]["mtu"] == mtu)
+}
+
+#[test]
+fn a_rewrite_1ms_after_another_is_never_reverted() {
+    let node = Node::new("race-1ms");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let mut watcher = node.watch(&[]);
+    wait_for("the first install", || node.with_stanza(name));
+    for trial in 0..100 {
+        // The owner writes twice in a row, the watcher wakes up on the first write and may be
+        // editing it when the second lands.
+        let (first, second) = (10_000 + trial, 20_000 + trial);
+        node.replace(name, &calico_version(first));
+        std::thread::sleep(Duration::from_millis(1));
+        node.replace(name, &calico_version(second));
+        // A reverted second write would leave the first one with the stanza for good.
+        let settled = wait_for("the second write with the stanza", || {
+            version_with_stanza(&node, name, second)
+        });
+        assert_eq!(settled["plugins"][2], stanza(), "trial {trial}");
+    }
+    watcher.assert_running();
+    let (status, log) = watcher.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), calico_version(20_099));
+    assert_eq!(node.conf_names(), [name]);
+}
+
+#[test]
+fn a_writer_renaming_in_a_tight_loop_keeps_its_last_version() {
+    let node = Node::new("race-loop");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let mut watcher = node.watch(&[]);
+    wait_for("the first install", || node.with_stanza(name));
+    // Another writer (the primary CNI's installer) rewrites its file as fast as it can,
+    // each version by a rename, while the watcher keeps putting the stanza back.
+    const VERSIONS: u32 = 3000;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for mtu in 1..=VERSIONS {
+                node.replace(name, &calico_version(mtu));
+            }
+        });
+    });
+    let last = wait_for("the writer's last version with the stanza", || {
+        version_with_stanza(&node, name, VERSIONS)
+    });
+    assert_eq!(last["plugins"].as_array().unwrap().len(), 3);
+    watcher.assert_running();
+    let (status, log) = watcher.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), calico_version(VERSIONS));
+    assert_eq!(node.conf_names(), [name]);
+}
+
+#[test]
+fn two_watchers_with_different_stanzas_converge_on_the_newer() {
+    let node = Node::new("two-watchers");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let backend = |node: &Node, backend: &'static str| {
+        node.with_stanza(name)
+            .filter(|d| d["plugins"][2]["capture"]["backend"] == backend)
+    };
+    let mut older = node.watch(&["--capture", r#"{"backend": "iptables"}"#]);
+    wait_for("the older watcher's stanza", || backend(&node, "iptables"));
+    let mut newer = node.watch(&["--capture", r#"{"backend": "nftables"}"#]);
+    wait_for("the newer watcher's stanza", || backend(&node, "nftables"));
+    wait_for("the older watcher to yield", || {
+        older.log().contains("keeps the node").then_some(())
+    });
+
+    // Neither rewrites the file any more, within seconds: the same inode and bytes for a
+    // whole second (two watchers taking turns rewrite it hundreds of times a second).
+    let identity = |node: &Node| {
+        let path = node.conf.join(name);
+        (std::fs::metadata(&path).unwrap().ino(), node.read(name))
+    };
+    let settled = wait_for("the file to stay the same for a second", || {
+        let before = identity(&node);
+        std::thread::sleep(Duration::from_secs(1));
+        (identity(&node) == before).then_some(before)
+    });
+    let settled: Value = serde_json::from_str(&settled.1).unwrap();
+    assert_eq!(settled["plugins"][2]["capture"]["backend"], "nftables");
+    older.assert_running();
+    newer.assert_running();
+
+    // The owner's rewrite is repaired, by the newer one only.
+    node.replace(name, CALICO);
+    wait_for("the newer stanza back", || backend(&node, "nftables"));
+
+    // The newer one leaves (uninstalling): the older one takes the node over.
+    let (status, log) = newer.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    wait_for("the older watcher's stanza again", || {
+        backend(&node, "iptables")
+    });
+    assert!(older.log().contains("claiming the node"), "{}", older.log());
+    let (status, log) = older.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), CALICO);
+    assert_eq!(node.conf_names(), [name]);
+    assert!(names(&node.bin).is_empty());
+}
+
+#[test]
+fn an_older_watcher_leaves_the_node_installed_on_sigterm() {
+    // A DaemonSet rollout with surge: the new pod starts, then the old one is terminated.
+    let node = Node::new("rollout");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let old = node.watch(&[]);
+    wait_for("the old pod's install", || node.with_stanza(name));
+    let new = node.watch(&["--exclude-namespaces", "kube-system,istio-system"]);
+    let new_stanza = |node: &Node| {
+        node.with_stanza(name)
+            .filter(|d| d["plugins"][2]["kubernetes"]["exclude_namespaces"][1] == "istio-system")
+    };
+    wait_for("the new pod's stanza", || new_stanza(&node));
+    wait_for("the old pod to yield", || {
+        old.log().contains("keeps the node").then_some(())
+    });
+    let (status, log) = old.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("not uninstalling"), "{log}");
+    // It removed nothing (the new one would have put it back, but pods started meanwhile
+    // would have run without capture).
+    assert!(!log.contains("removed"), "{log}");
+    assert!(node.plugin().exists() && node.kubeconfig().exists());
+    wait_for("the new pod's stanza, kept", || new_stanza(&node));
+    let (status, log) = new.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), CALICO);
+}
+
+#[test]
+fn a_killed_newer_watcher_is_taken_over() {
+    let node = Node::new("killed-watcher");
+    let name = "10-calico.conflist";
+    node.write(name, CALICO);
+    let older = node.watch(&[]);
+    wait_for("the older watcher's install", || node.with_stanza(name));
+    let newer = node.watch(&["--capture", r#"{"backend": "nftables"}"#]);
+    wait_for("the older watcher to yield", || {
+        older.log().contains("keeps the node").then_some(())
+    });
+    newer.kill();
+    // The owner rewrites its file: only the older watcher is left to repair it, once it sees
+    // the newer one's claim is a dead installer's (on this change, or at the latest at the
+    // periodic re-check).
+    node.replace(name, CALICO);
+    let repaired = wait_for("the older watcher's stanza", || {
+        node.with_stanza(name)
+            .filter(|d| d["plugins"][2].get("capture").is_none())
+    });
+    assert_eq!(repaired["plugins"][2], stanza());
+    assert!(older.log().contains("is gone"), "{}", older.log());
+    let (status, log) = older.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert_eq!(node.read(name), CALICO);
+    // The killed one may have died in the middle of a write: its temporary file goes with the
+    // first pass that sees it unlocked and a few seconds old.
+    wait_for("the killed watcher's leftovers removed", || {
+        assert_success(&node.uninstall());
+        (node.conf_names() == [name]).then_some(())
+    });
 }

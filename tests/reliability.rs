@@ -248,3 +248,29 @@ fn concurrent_runs(backend: &[&str]) {
         );
     }
 }
+
+/// `--ipv6 auto` (Istio's detection) looks at the pod named by `--network-namespace`, not at
+/// the namespace the installer runs in: here the installer's own namespace has no address at
+/// all and the pod's has only an IPv6 one, so the IPv6 rules are planned; the other way round,
+/// they are not.
+#[test]
+fn ipv6_auto_reads_the_pod_named_by_network_namespace() {
+    if !require_root("ipv6_auto_reads_the_pod_named_by_network_namespace") {
+        return;
+    }
+    let caller = Netns::new("v6caller");
+    let pod = Netns::new("v6pod");
+    let peer = Netns::new("v6peer");
+    pod.link(&peer, &["2001:db8::5/64"], &["2001:db8::6/64"]);
+    let dry_run = |runner: &Netns, target: &Netns| {
+        let target = target.path();
+        let args = istio_args(&["--dry-run", "--network-namespace", target.to_str().unwrap()]);
+        let out = meshcap_in(runner, &args, NO_ENV);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let into_pod = dry_run(&caller, &pod);
+    assert!(into_pod.contains("# ipv6 rules"), "{into_pod}");
+    let into_caller = dry_run(&pod, &caller);
+    assert!(!into_caller.contains("# ipv6 rules"), "{into_caller}");
+}

@@ -148,12 +148,15 @@ impl Pod {
             "2001:db8::53/128",
             "::7f00:35/128",
         ] {
-            net.push(format!("addr add {addr} dev lo"));
+            // nodad: bindable at once, not after duplicate address detection (a loaded machine
+            // stretches that past the probes' start).
+            let nodad = if addr.contains(':') { " nodad" } else { "" };
+            net.push(format!("addr add {addr} dev lo{nodad}"));
         }
         self.net.ip_batch(&net);
         self.side.ip_batch(&lines(&[
             "addr add 198.51.100.77/32 dev lo",
-            "addr add 2001:db8:1::77/128 dev lo",
+            "addr add 2001:db8:1::77/128 dev lo nodad",
         ]));
         for (vm, v4, v6) in [
             (&self.vm0, "192.0.2.145", "2001:db8:102::1"),
@@ -240,12 +243,12 @@ impl Pod {
         }
     }
 
-    /// Waits (up to 3 s) until no IPv6 address on the pod's lo is still tentative: an address
+    /// Waits (up to 10 s) until no IPv6 address on the pod's lo is still tentative: an address
     /// added just before (`::6` by the rules' installer, without `nodad`) cannot be bound until
     /// duplicate address detection has finished, even on lo. (The veths' link-local addresses
     /// stay tentative longer; no probe uses them.)
     pub fn settle(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             let out = self
                 .pod

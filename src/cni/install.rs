@@ -2,14 +2,17 @@
 //! puts meshcap on the node as the chained CNI plugin `meshcap-cni` (the binary, a kubeconfig
 //! from the pod's service account, meshcap's stanza in the primary network configuration) and
 //! takes it off again. With `--watch` it keeps that state against other CNIs rewriting their
-//! configuration and against token rotation.
+//! configuration and against token rotation, never reverting another writer's version of a file
+//! (`guarded`), and yields to a newer installer on the same node (`claim`).
 
 mod atomic;
 mod binary;
+mod claim;
 mod cli;
 mod confdir;
 mod conflist;
 mod error;
+mod guarded;
 mod kubeconfig;
 mod node;
 mod watch;
@@ -72,8 +75,10 @@ fn install(args: &InstallArgs) -> anyhow::Result<()> {
 }
 
 fn uninstall(args: &NodePaths) -> anyhow::Result<()> {
-    let removed = node::uninstall(&paths(args)?).context("uninstalling meshcap-cni")?;
+    let paths = paths(args)?;
+    let removed = node::uninstall(&paths).context("uninstalling meshcap-cni")?;
     log_removed(&removed);
+    claim::remove(&paths.conf_dir);
     Ok(())
 }
 
@@ -105,8 +110,21 @@ fn log_changes(changes: &Changes) {
 }
 
 fn log_removed(removed: &Removed) {
-    for path in &removed.networks {
-        tracing::info!("removed meshcap's stanza from {}", path.display());
+    for (path, how) in &removed.networks {
+        match how {
+            confdir::Removal::Edited => {
+                tracing::info!("removed meshcap's stanza from {}", path.display())
+            }
+            confdir::Removal::Dropped => tracing::info!(
+                "removed {}: it held nothing but meshcap's stanza",
+                path.display()
+            ),
+            confdir::Removal::Restored(conf) => tracing::info!(
+                "restored {} and removed {}, which meshcap had made of it",
+                conf.display(),
+                path.display()
+            ),
+        }
     }
     if removed.kubeconfig {
         tracing::info!("removed the plugin's kubeconfig");

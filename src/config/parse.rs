@@ -57,6 +57,16 @@ pub trait HostFacts {
     /// Istio's IPv6 detection: is the pod's (first, or with dual stack any) global address IPv6?
     /// `None` when the pod has no global address.
     fn pod_is_ipv6(&self, dual_stack: bool) -> Result<Option<bool>, String>;
+    /// As [`HostFacts::pod_is_ipv6`], for the pod of `network_namespace` when the run names
+    /// one. The default asks [`HostFacts::pod_is_ipv6`] where it runs: a host that can enter
+    /// namespaces (the installer's front door) overrides it, since config itself never does.
+    fn pod_is_ipv6_in(
+        &self,
+        dual_stack: bool,
+        _network_namespace: Option<&std::path::Path>,
+    ) -> Result<Option<bool>, String> {
+        self.pod_is_ipv6(dual_stack)
+    }
     /// The `nameserver` entries of /etc/resolv.conf.
     fn resolv_conf_nameservers(&self) -> Result<Vec<String>, String>;
     /// The uid of a user name.
@@ -439,12 +449,26 @@ impl Config {
             id_list(&gid_raw, "gid")?
         };
 
+        let network_namespace = match opt(Opt::NetworkNamespace) {
+            None => None,
+            Some(raw) if raw.text.trim().is_empty() => None,
+            Some(raw) => {
+                let text = raw.text.trim();
+                // A bare name is one of `ip netns`'s namespaces.
+                Some(if text.contains('/') {
+                    PathBuf::from(text)
+                } else {
+                    PathBuf::from("/var/run/netns").join(text)
+                })
+            }
+        };
+
         let ipv6_raw = get(Opt::Ipv6);
         let ipv6 = match ipv6_raw.text.trim().to_ascii_lowercase().as_str() {
             "on" | "true" => true,
             "off" | "false" => false,
             "auto" => host
-                .pod_is_ipv6(dual_stack)
+                .pod_is_ipv6_in(dual_stack, network_namespace.as_deref())
                 .map_err(|reason| ConfigError::Host {
                     what: "the pod's addresses".into(),
                     reason,
@@ -537,20 +561,6 @@ impl Config {
                 "nft" | "iptables-nft" => Some(IptablesVariant::Nft),
                 _ => return Err(invalid(&raw, "expected legacy or nft")),
             },
-        };
-
-        let network_namespace = match opt(Opt::NetworkNamespace) {
-            None => None,
-            Some(raw) if raw.text.trim().is_empty() => None,
-            Some(raw) => {
-                let text = raw.text.trim();
-                // A bare name is one of `ip netns`'s namespaces.
-                Some(if text.contains('/') {
-                    PathBuf::from(text)
-                } else {
-                    PathBuf::from("/var/run/netns").join(text)
-                })
-            }
         };
 
         let run = RunConfig {

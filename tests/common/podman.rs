@@ -54,6 +54,12 @@ pub const RUN_FLAGS: [&str; 4] = [
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The repository of the pause image Podman builds itself (from catatonit).
+const PODMANS_PAUSE: &str = "localhost/podman-pause";
+
+/// The network `podman kube play` uses without `--network`.
+const KUBE_DEFAULT_NETWORK: &str = "podman-default-kube-network";
+
 /// Reports `test` as skipped (`SKIP: test: reason`, counted by scripts/test.sh) and returns
 /// false, or panics under `MESHCAP_REQUIRE_NETNS=1`.
 fn skip(test: &str, reason: &str) -> bool {
@@ -107,6 +113,7 @@ fn remove_stale() {
             dir: entry.path(),
             made: Mutex::new(Made::default()),
             pause_built: Mutex::new(false),
+            user_defaults: false,
             host: Netns::new("podstale"),
         };
         let listing = stale.run(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
@@ -132,6 +139,8 @@ struct Made {
     pods: Vec<String>,
     containers: Vec<String>,
     images: Vec<String>,
+    /// With Podman's own pause image: the pause images there were before the fixture.
+    pause_images_before: Option<Vec<String>>,
 }
 
 /// Podman in a throwaway namespace; see the module documentation.
@@ -141,6 +150,8 @@ pub struct Podman {
     dir: PathBuf,
     made: Mutex<Made>,
     pause_built: Mutex<bool>,
+    /// A user's defaults (see [`Podman::with_user_defaults`]).
+    user_defaults: bool,
     // Dropped last (fields drop in order): the namespace outlives the pods inside it.
     host: Netns,
 }
@@ -149,6 +160,24 @@ impl Podman {
     /// A fixture whose network chains `bridge` + `host-local` + `extra_plugins` (each a CNI
     /// plugin stanza, e.g. `{"type": "meshcap-cni", "capture": {…}}`). `None`: skipped.
     pub fn new(test: &str, extra_plugins: &[Value]) -> Option<Podman> {
+        Podman::create(test, extra_plugins, false)
+    }
+
+    /// A fixture with a user's defaults, for commands run as a user would type them: pods use
+    /// Podman's own pause image (built by Podman from catatonit on first use) instead of the
+    /// fixture's busybox one, and the fixture's network is the one `podman kube play` picks
+    /// without `--network` (Podman's "podman-default-kube-network", here on [`SUBNET`]). A
+    /// pause image Podman builds meanwhile is removed on drop unless it existed before. Pods
+    /// on that network are removed only when tracked ([`Podman::track_pod`]): the name is not
+    /// the fixture's own.
+    pub fn with_user_defaults(test: &str) -> Option<Podman> {
+        let podman = Podman::create(test, &[], true)?;
+        let before = podman.image_tags(PODMANS_PAUSE);
+        podman.made.lock().unwrap().pause_images_before = Some(before);
+        Some(podman)
+    }
+
+    fn create(test: &str, extra_plugins: &[Value], user_defaults: bool) -> Option<Podman> {
         if !available(test) {
             return None;
         }
@@ -167,6 +196,7 @@ impl Podman {
             host: Netns::new("podman"),
             made: Mutex::new(Made::default()),
             pause_built: Mutex::new(false),
+            user_defaults,
             id,
             dir,
         };
@@ -188,7 +218,10 @@ impl Podman {
 
     /// The name of the network made by [`Podman::new`] (also Podman's default network here).
     pub fn network(&self) -> String {
-        format!("meshcap-test-{}", self.id)
+        match self.user_defaults {
+            true => KUBE_DEFAULT_NETWORK.to_owned(),
+            false => format!("meshcap-test-{}", self.id),
+        }
     }
 
     /// The fixture's temporary directory (removed on drop); callers may stage files in it.
@@ -247,11 +280,14 @@ impl Podman {
              cgroup_manager = \"cgroupfs\"\n\
              events_logger = \"file\"\n\
              events_logfile_path = {events}\n\
-             infra_image = {pause:?}\n",
+             {pause}",
             plugins = q(self.plugin_dir()),
             net = q(self.dir.join("net")),
             events = q(self.dir.join("events.log")),
-            pause = self.pause_tag(),
+            pause = match self.user_defaults {
+                true => String::new(),
+                false => format!("infra_image = {:?}\n", self.pause_tag()),
+            },
         )
     }
 
@@ -288,9 +324,49 @@ impl Podman {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs the shell script `script` (`sh -ec`) in `dir`, in the host namespace, where a plain
+    /// `podman` uses the fixture's configuration; returns its output whatever its status.
+    pub fn shell(&self, script: &str, dir: &Path) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.host.path().display()))
+            .args(["sh", "-ec", script])
+            .current_dir(dir)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn sh")
+    }
+
     /// Removes `name` (a container started with `podman run --name`) on drop.
     pub fn track_container(&self, name: &str) {
         self.made.lock().unwrap().containers.push(name.to_owned());
+    }
+
+    /// The tags of the images in the storage whose repository is `repository`
+    /// (`localhost/meshcap`), as `repository:tag`; none when podman fails (never panics: the
+    /// drop uses it).
+    pub fn image_tags(&self, repository: &str) -> Vec<String> {
+        let out = self.run(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|t| t.split_once(':').is_some_and(|(r, _)| r == repository))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Removes the pod `name` (and its containers) on drop.
+    pub fn track_pod(&self, name: &str) {
+        self.made.lock().unwrap().pods.push(name.to_owned());
+    }
+
+    /// The names of the pods whose name contains `name`; none when podman fails.
+    pub fn pods_named(&self, name: &str) -> Vec<String> {
+        let filter = format!("name={name}");
+        let out = self.run(&["pod", "ps", "--format", "{{.Name}}", "--filter", &filter]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Removes the image `tag` on drop (an image built outside [`Podman::build_image`]).
@@ -365,11 +441,12 @@ impl Podman {
         format!("localhost/meshcap-test-pause:{}", self.id)
     }
 
-    /// The pods' infra ("pause") image, built once per fixture from Debian's static busybox
-    /// (Podman would build its own from catatonit, which Debian does not ship with it).
+    /// The pods' infra ("pause") image, built once per fixture from Debian's static busybox and
+    /// removed with it (Podman's own, built from catatonit, would stay in the storage; see
+    /// [`Podman::with_user_defaults`] for a fixture that uses it).
     fn ensure_pause_image(&self) {
         let mut built = self.pause_built.lock().unwrap();
-        if !*built {
+        if !*built && !self.user_defaults {
             let tag = self.pause_tag();
             self.track_image(&tag);
             let root = self.busybox_root("pause");
@@ -439,19 +516,36 @@ impl Podman {
     /// The events Podman logged for the container `name` (e.g. `["init", "start", "died", …]`),
     /// also after it was removed. From the fixture's private events log.
     pub fn events(&self, name: &str) -> Vec<String> {
-        let filter = format!("container={name}");
-        self.ok(&[
-            "events",
-            "--stream=false",
-            "--filter",
-            &filter,
-            "--format",
-            "{{.Status}}",
-        ])
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
+        self.event_fields(name, None, "{{.Status}}")
+    }
+
+    /// The exit codes of the container `name`'s runs (its `died` events), also after it was
+    /// removed.
+    pub fn exit_codes(&self, name: &str) -> Vec<i64> {
+        self.event_fields(name, Some("died"), "{{.ContainerExitCode}}")
+            .iter()
+            .map(|code| code.parse().expect("an exit code"))
+            .collect()
+    }
+
+    /// `format` of each event of the container `name` (only `event` events with `Some`).
+    fn event_fields(&self, name: &str, event: Option<&str>, format: &str) -> Vec<String> {
+        let mut args = vec![
+            "events".to_owned(),
+            "--stream=false".to_owned(),
+            "--filter".to_owned(),
+            format!("container={name}"),
+        ];
+        if let Some(event) = event {
+            args.extend(["--filter".to_owned(), format!("event={event}")]);
+        }
+        args.extend(["--format".to_owned(), format.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&args)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     /// Ids of the pods and containers attached to one of the fixture's networks.
@@ -473,12 +567,172 @@ impl Podman {
     }
 }
 
+/// The app of the pod tests: a file tree serving `/cgi-bin/peer` (the address the connection
+/// came from, as busybox httpd tells its CGI scripts) under `/www`.
+pub fn stage_www(root: &Path) {
+    let cgi = root.join("www/cgi-bin");
+    std::fs::create_dir_all(&cgi).unwrap();
+    let script = cgi.join("peer");
+    std::fs::write(
+        &script,
+        "#!/bin/busybox sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The `meshcap-cni` stanzas of deploy/meshcap-cni.conflist (exactly one).
+pub fn deploy_cni_stanzas() -> Vec<Value> {
+    let text = std::fs::read_to_string(super::repo().join("deploy/meshcap-cni.conflist")).unwrap();
+    let conflist: Value = serde_json::from_str(&text).expect("conflist JSON");
+    let stanzas: Vec<Value> = conflist["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter(|p| p["type"] == "meshcap-cni")
+        .cloned()
+        .collect();
+    assert_eq!(stanzas.len(), 1, "{text}");
+    stanzas
+}
+
+impl Podman {
+    /// A fixture whose network chains meshcap-cni with the stanza of
+    /// deploy/meshcap-cni.conflist, the test binary under the plugin's name in the plugin
+    /// directory. `None`: skipped.
+    pub fn with_meshcap_cni(test: &str) -> Option<Podman> {
+        let podman = Podman::new(test, &deploy_cni_stanzas())?;
+        std::os::unix::fs::symlink(super::MESHCAP, podman.plugin_dir().join("meshcap-cni"))
+            .unwrap();
+        Some(podman)
+    }
+
+    /// The app image of the pod tests: busybox httpd serving [`stage_www`]'s tree on `port`.
+    /// Returns its tag and the staged root (whose `www` an upstream server may serve too).
+    pub fn app_image(&self, port: u16) -> (String, PathBuf) {
+        let root = self.busybox_root("app");
+        stage_www(&root);
+        let port = port.to_string();
+        let tag = self.build_image(
+            "app",
+            &root,
+            &["/bin/busybox", "httpd", "-f", "-p", &port, "-h", "/www"],
+        );
+        (tag, root)
+    }
+
+    /// meshcap's image, built from the test binary by deploy/build-image.sh (what `make image`
+    /// runs), the nftables-only one with `nftables_only`; returns its tag.
+    pub fn meshcap_image(&self, nftables_only: bool) -> String {
+        let tag = self.image_tag("meshcap");
+        let mut build = Command::new(super::repo().join("deploy/build-image.sh"));
+        if nftables_only {
+            build.arg("--nftables-only");
+        }
+        let out = build.arg(&tag).arg(super::MESHCAP).output().unwrap();
+        assert!(
+            out.status.success(),
+            "deploy/build-image.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tag
+    }
+
+    /// The name of the one pod whose name contains `name` (a Deployment's pod is named after it).
+    pub fn pod_named(&self, name: &str) -> String {
+        let pod = self
+            .ok(&[
+                "pod",
+                "ps",
+                "--format",
+                "{{.Name}}",
+                "--filter",
+                &format!("name={name}"),
+            ])
+            .trim()
+            .to_owned();
+        assert!(!pod.is_empty(), "no pod for {name}");
+        pod
+    }
+
+    /// The path of the network namespace of `pod` (its infra container's sandbox).
+    pub fn pod_netns(&self, pod: &str) -> String {
+        let infra = self.ok(&["pod", "inspect", "--format", "{{.InfraContainerID}}", pod]);
+        self.ok(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+            infra.trim(),
+        ])
+        .trim()
+        .to_owned()
+    }
+
+    /// `GET path` on `addr` from the host namespace (outside every pod): the body.
+    pub fn get_from_host(&self, addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+        let path = path.to_owned();
+        self.host().run(move || super::http_get(addr, &path))
+    }
+
+    /// `GET path` on `host:port` from inside `container` (busybox nc), as its own user or as
+    /// `user`: the body. (Debian's static busybox `wget` crashes.)
+    pub fn exec_get(
+        &self,
+        container: &str,
+        user: Option<&str>,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<String, String> {
+        let script = format!(
+            "printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 10 {host} {port}"
+        );
+        let mut args = vec!["exec"];
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        args.extend([container, "/bin/busybox", "sh", "-c", &script]);
+        let out = self.run(&args);
+        let what = format!("GET {host}:{port}{path} in {container} as {user:?}");
+        if !out.status.success() {
+            return Err(format!(
+                "{what}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        super::http_body(&what, &String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The logs of the containers `names` and the pod listing, for failure messages.
+    pub fn logs(&self, names: &[String]) -> String {
+        let mut text = self.ok(&["ps", "-a", "--pod"]);
+        for name in names {
+            let out = self.run(&["logs", name]);
+            text.push_str(&format!(
+                "--- {name}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        text
+    }
+}
+
 impl Drop for Podman {
     /// Never panics (it may run while a test unwinds); everything is best effort and ordered:
     /// pods and containers, networks, images; then the namespace and the directory.
     fn drop(&mut self) {
         let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
-        let (mut pods, mut containers) = self.attached(&made.networks);
+        // A network name that is not the fixture's own may hold others' pods.
+        let own: Vec<String> = made
+            .networks
+            .iter()
+            .filter(|n| n.as_str() != KUBE_DEFAULT_NETWORK)
+            .cloned()
+            .collect();
+        let (mut pods, mut containers) = self.attached(&own);
         pods.extend(made.pods);
         containers.extend(made.containers);
         let quiet = |args: &[&str]| {
@@ -499,7 +753,12 @@ impl Drop for Podman {
         for network in made.networks.iter().filter(|n| **n != default) {
             quiet(&["network", "rm", "--force", network]);
         }
-        for image in &made.images {
+        let mut images = made.images;
+        if let Some(before) = made.pause_images_before {
+            let now = self.image_tags(PODMANS_PAUSE);
+            images.extend(now.into_iter().filter(|t| !before.contains(t)));
+        }
+        for image in &images {
             quiet(&["rmi", "--force", "--ignore", image]);
         }
         let _ = std::fs::remove_dir_all(&self.dir);

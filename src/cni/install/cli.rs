@@ -30,7 +30,8 @@ pub enum Command {
     /// plugin's .conf becomes a .conflist). Running it again changes nothing.
     Install(InstallArgs),
     /// Remove what install added: the stanza (from every network configuration holding it),
-    /// the kubeconfig and the binary. Everything else in the files stays as it is.
+    /// the kubeconfig and the binary. A list left with no plugin is removed, and a .conf that
+    /// install converted is put back as it was; everything else in the files stays as it is.
     Uninstall(NodePaths),
 }
 
@@ -118,6 +119,8 @@ pub struct InstallArgs {
     /// Stay running: put the stanza back when the network configuration is rewritten without
     /// it (or a new primary network appears), rewrite the kubeconfig when the token rotates,
     /// and uninstall on SIGTERM or SIGINT. Without a network configuration yet, wait for one.
+    /// Of two watching installers on one node the newer keeps the node: the older stops
+    /// writing, says so in its log, and leaves everything installed when it exits.
     #[arg(long, env = "MESHCAP_CNI_WATCH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub watch: bool,
 

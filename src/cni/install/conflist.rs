@@ -72,54 +72,64 @@ pub fn shape(document: &Value) -> Result<Shape, String> {
     }
 }
 
-/// `document` with `stanza` as its meshcap plugin: an existing meshcap stanza is replaced where
-/// it stands (duplicates dropped), else the stanza becomes the last plugin. A single plugin's
-/// configuration becomes a list of that configuration, unchanged, and the stanza, the list
-/// carrying its `cniVersion` and `name` (as libcni's ConfListFromConf does).
+/// `document` with `stanza` as its meshcap plugin, the last one (an existing meshcap stanza is
+/// taken out of its place and duplicates dropped). A single plugin's configuration becomes a
+/// list of that configuration, unchanged, and the stanza ([`as_list`]).
 pub fn insert(document: Value, stanza: &Value) -> Result<Edited, String> {
-    match shape(&document)? {
-        Shape::Single => {
-            let mut list = Map::new();
-            for key in ["cniVersion", "name"] {
-                if let Some(value) = document.get(key) {
-                    list.insert(key.into(), value.clone());
-                }
-            }
-            list.insert(
-                "plugins".into(),
-                Value::Array(vec![document, stanza.clone()]),
-            );
-            Ok(Edited {
-                document: Value::Object(list),
-                changed: true,
-            })
-        }
-        Shape::List => {
-            let mut document = document;
-            let plugins = plugins_mut(&mut document);
-            let mut changed = false;
-            match plugins.iter().position(is_meshcap) {
-                None => {
-                    plugins.push(stanza.clone());
-                    changed = true;
-                }
-                Some(first) => {
-                    if plugins[first] != *stanza {
-                        plugins[first] = stanza.clone();
-                        changed = true;
-                    }
-                    let before = plugins.len();
-                    let mut index = 0;
-                    plugins.retain(|plugin| {
-                        index += 1;
-                        index - 1 == first || !is_meshcap(plugin)
-                    });
-                    changed |= plugins.len() != before;
-                }
-            }
-            Ok(Edited { document, changed })
+    let mut document = match shape(&document)? {
+        Shape::Single => as_list(document),
+        Shape::List => document,
+    };
+    let plugins = plugins_mut(&mut document);
+    let in_place =
+        plugins.last() == Some(stanza) && plugins.iter().filter(|p| is_meshcap(p)).count() == 1;
+    if in_place {
+        return Ok(Edited {
+            document,
+            changed: false,
+        });
+    }
+    plugins.retain(|plugin| !is_meshcap(plugin));
+    plugins.push(stanza.clone());
+    Ok(Edited {
+        document,
+        changed: true,
+    })
+}
+
+/// A single plugin's configuration as the one-plugin list libcni makes of it
+/// (ConfListFromConf): the list carries its `cniVersion` and `name`.
+pub fn as_list(conf: Value) -> Value {
+    let mut list = Map::new();
+    for key in ["cniVersion", "name"] {
+        if let Some(value) = conf.get(key) {
+            list.insert(key.into(), value.clone());
         }
     }
+    list.insert("plugins".into(), Value::Array(vec![conf]));
+    Value::Object(list)
+}
+
+/// `list` (a list) with `conf` (a single plugin's configuration) as its first plugin and the
+/// list's `cniVersion` and `name` taken from it, as [`as_list`] makes them.
+pub fn with_first(list: Value, conf: Value) -> Value {
+    let mut list = list;
+    for key in ["cniVersion", "name"] {
+        if let (Some(value), Some(object)) = (conf.get(key), list.as_object_mut()) {
+            object.insert(key.into(), value.clone());
+        }
+    }
+    let plugins = plugins_mut(&mut list);
+    plugins[0] = conf;
+    list
+}
+
+/// Whether a list holds no plugin at all (what removing a lone stanza leaves).
+pub fn is_empty_list(document: &Value) -> bool {
+    document
+        .get("plugins")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
 }
 
 /// `document` without meshcap's stanza; everything else as it was.
@@ -249,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn an_old_stanza_is_updated_in_place_and_duplicates_dropped() {
+    fn an_old_stanza_moves_to_the_end_and_duplicates_are_dropped() {
         let old = json!({"type": "meshcap-cni", "capture": {"backend": "iptables"}});
         let doc = json!({"name": "n", "plugins": [
             {"type": "calico"}, old.clone(), {"type": "portmap"}, old]});
@@ -257,8 +267,38 @@ mod tests {
         assert!(edited.changed);
         assert_eq!(
             edited.document,
-            json!({"name": "n", "plugins": [{"type": "calico"}, meshcap(), {"type": "portmap"}]})
+            json!({"name": "n", "plugins": [{"type": "calico"}, {"type": "portmap"}, meshcap()]})
         );
+        // The current stanza, but not last: moved too.
+        let doc = json!({"name": "n", "plugins": [
+            {"type": "calico"}, meshcap(), {"type": "bandwidth"}]});
+        let edited = insert(doc, &meshcap()).unwrap();
+        assert!(edited.changed);
+        assert_eq!(
+            edited.document["plugins"],
+            json!([{"type": "calico"}, {"type": "bandwidth"}, meshcap()])
+        );
+    }
+
+    #[test]
+    fn a_new_first_plugin_keeps_the_rest_of_the_list() {
+        let list = json!({"cniVersion": "0.4.0", "name": "old", "plugins": [
+            {"type": "bridge", "bridge": "cni0"}, {"type": "bandwidth"}, meshcap()]});
+        let conf =
+            json!({"cniVersion": "1.0.0", "name": "new", "type": "bridge", "bridge": "cni1"});
+        assert_eq!(
+            with_first(list, conf.clone()),
+            json!({"cniVersion": "1.0.0", "name": "new", "plugins": [
+                conf, {"type": "bandwidth"}, meshcap()]})
+        );
+    }
+
+    #[test]
+    fn removing_a_lone_stanza_leaves_an_empty_list() {
+        let doc = json!({"name": "n", "plugins": [meshcap()]});
+        let removed = remove(doc).unwrap();
+        assert!(removed.changed && is_empty_list(&removed.document));
+        assert!(!is_empty_list(&json!({"plugins": [{"type": "x"}]})));
     }
 
     #[test]

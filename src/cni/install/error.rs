@@ -27,6 +27,25 @@ pub enum InstallError {
     NotANetwork { path: PathBuf, reason: String },
     #[error("{}: {reason}", path.display())]
     ServiceAccount { path: PathBuf, reason: String },
+    #[error(
+        "{}: rewritten by another writer on every attempt to edit it; its version is kept, \
+         meshcap retries on the next change",
+        .0.display()
+    )]
+    KeepsChanging(PathBuf),
+    #[error(
+        "{}: a single plugin's configuration becomes {} with meshcap's stanza, but that file \
+         exists already and is not meshcap's; nothing was changed (remove one of the two)",
+        conf.display(),
+        list.display()
+    )]
+    ListExists { conf: PathBuf, list: PathBuf },
+    #[error(
+        "{}: a symlink to a single plugin's configuration; adding meshcap's stanza would replace \
+         the link with a .conflist, so nothing was changed (link a .conflist instead)",
+        .0.display()
+    )]
+    SymlinkedSingle(PathBuf),
 }
 
 impl InstallError {

@@ -1,9 +1,9 @@
 //! One pass of installing or removing everything meshcap-cni needs on a node: the binary, the
 //! kubeconfig and the stanza in the primary network configuration.
 
+use super::atomic;
 use super::binary;
-use super::confdir::{self, NetworkFile};
-use super::conflist;
+use super::confdir::{self, NetworkFile, Removal};
 use super::error::{InstallError, Result};
 use super::kubeconfig::{self, ServiceAccount};
 use serde_json::Value;
@@ -46,26 +46,19 @@ pub struct Changes {
 }
 
 impl Install {
-    /// Brings the node to the installed state. The network configuration is read and edited
-    /// first, so a malformed or missing one fails before anything is written.
+    /// Brings the node to the installed state. The network configuration is read and checked
+    /// first, so a malformed or missing one fails before anything is written; it is edited
+    /// last, guarded against its owner rewriting it meanwhile.
     pub fn run(&self) -> Result<Changes> {
+        self.paths.remove_stale();
         let primary = NetworkFile::read(&confdir::primary(&self.paths.conf_dir)?)?;
-        let edited =
-            conflist::insert(primary.document.clone(), &self.stanza).map_err(|reason| {
-                InstallError::NotANetwork {
-                    path: primary.path.clone(),
-                    reason,
-                }
-            })?;
+        primary.check_add(&self.stanza)?;
         let account = ServiceAccount::read(&self.service_account_dir)?;
 
         let binary = binary::install(&self.binary_source, &self.paths.bin_dir)?;
         let text = kubeconfig::render(&self.server, &account);
         let kubeconfig = kubeconfig::install(&self.paths.kubeconfig(), &text)?;
-        let network = match edited.changed {
-            true => Some(primary.replace(&edited.document)?),
-            false => None,
-        };
+        let network = confdir::add_stanza(&primary.path, &self.stanza)?;
         Ok(Changes {
             binary,
             kubeconfig,
@@ -74,39 +67,38 @@ impl Install {
     }
 }
 
+impl Paths {
+    /// Removes temporary files an installer killed midway left in the node's directories.
+    fn remove_stale(&self) {
+        atomic::remove_stale(&self.conf_dir);
+        atomic::remove_stale(&self.bin_dir);
+    }
+}
+
 /// What an uninstall removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     pub binary: bool,
     pub kubeconfig: bool,
-    /// The network configuration files the stanza was taken out of.
-    pub networks: Vec<PathBuf>,
+    /// The network configuration files the stanza was taken out of, and how.
+    pub networks: Vec<(PathBuf, Removal)>,
 }
 
 /// Removes what [`Install::run`] added: the stanza from every network file holding it (the
-/// primary network may have changed since), the kubeconfig and the binary. A file converted
-/// from a single `.conf` stays a `.conflist` of that one plugin, as Istio's install-cni leaves
-/// it: libcni loads both the same way. Unreadable files are left alone: they cannot hold a
-/// stanza this installer wrote.
+/// primary network may have changed since), the kubeconfig and the binary. A list that held
+/// nothing but the stanza is removed; a single plugin's `.conf` that install turned into a
+/// `.conflist` comes back as it was, unless something else joined the list meanwhile.
+/// Unreadable files are left alone: they cannot hold a stanza this installer wrote.
 pub fn uninstall(paths: &Paths) -> Result<Removed> {
+    paths.remove_stale();
     let mut removed = Removed::default();
     for path in confdir::network_files(&paths.conf_dir)? {
-        let file = match NetworkFile::read(&path) {
-            Ok(file) => file,
-            Err(e) => {
-                tracing::warn!("left alone: {e}");
-                continue;
-            }
-        };
-        let edited = conflist::remove(file.document.clone()).map_err(|reason| {
-            InstallError::NotANetwork {
-                path: path.clone(),
-                reason,
-            }
-        })?;
-        if edited.changed {
-            file.replace(&edited.document)?;
-            removed.networks.push(path);
+        if let Err(e) = NetworkFile::read(&path) {
+            tracing::warn!("left alone: {e}");
+            continue;
+        }
+        if let Some(how) = confdir::remove_stanza(&path)? {
+            removed.networks.push((path, how));
         }
     }
     removed.kubeconfig = super::remove_if_present(&paths.kubeconfig())?;
