@@ -10,7 +10,6 @@
 //! effective order of a chain, which is what a backend that builds chains from scratch needs.
 
 mod build;
-pub mod explain;
 
 pub use build::{DNS_CAPTURE_PORT, build};
 

@@ -12,18 +12,11 @@
 //! address, or redirected to a local port) it then walks PREROUTING on `lo`, except the nat
 //! chains: NAT is decided once per connection. An inbound flow walks PREROUTING. Pure: no I/O.
 
-mod flow;
-mod iptables;
-mod nftables;
-mod packet;
-mod rules;
-
-pub use flow::{Direction, Flow, FlowError, State};
-pub use rules::{Rules, RulesError};
-
+use super::flow::{Direction, Flow, State};
+use super::packet::{Action, Hook, Packet, ct};
+use super::rules::{self, Rules};
 use crate::config::CaptureConfig;
 use crate::plan::Family;
-use packet::{Action, Hook, Packet, ct};
 use std::fmt;
 
 /// Where the connection lands.

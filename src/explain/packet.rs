@@ -1,6 +1,6 @@
 //! The packet as the walk sees and changes it, and what evaluating one rule does to it: the
-//! vocabulary shared by the walk ([`super`]) and the two rule evaluators ([`super::iptables`],
-//! [`super::nftables`]), which import only this.
+//! vocabulary shared by the walk ([`super::simulate`]) and the two rule evaluators
+//! ([`super::iptables`], [`super::nftables`]), which import only this.
 
 use super::flow::{Flow, State};
 pub use crate::plan::Hook;
