@@ -35,7 +35,6 @@ mod prefix;
 pub mod render;
 mod script;
 pub mod socket;
-pub mod trace;
 
 use super::host::gid_of;
 use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};

@@ -2,6 +2,7 @@
 //! ahead of every table meshcap, Istio or iptables-nft installs, whose rules set `meta nftrace`
 //! on the packets the filter names. Added and removed in a batch each.
 
+use super::filter::Filter;
 use crate::backend::BackendError;
 use crate::backend::nftables::batch::{self, Builder, Built, INET, What};
 use crate::backend::nftables::codec::expr::REG_1;
@@ -10,7 +11,6 @@ use crate::backend::nftables::dump::tables;
 use crate::backend::nftables::ir::{AddrField, AddrValue, Item, PortField, PortValue, RuleSpec};
 use crate::backend::nftables::open;
 use crate::backend::nftables::socket::NetlinkSocket;
-use crate::trace::filter::Filter;
 use ipnetwork::IpNetwork;
 use nix::libc;
 

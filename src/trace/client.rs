@@ -3,28 +3,15 @@
 //! per traced packet every rule it matched (in any nf_tables table: the nftables backend's and
 //! iptables-nft's alike, spelled as read-back spells them), the chains' policies and returns,
 //! and the verdicts; then it removes its table, also when stopped by a signal or `--timeout`.
-//!
-//! - [`table`]: the temporary table's batch (and its removal, a drop guard);
-//! - [`listen`]: the trace group socket and the stop signals;
-//! - [`event`]: one trace message, and the packet headers it carries;
-//! - [`rules`]: rule handle to rule text ([`iptables_nft`]: iptables' spelling of
-//!   iptables-nft's rules).
 
-mod event;
-mod iptables_nft;
-mod listen;
-mod rules;
-mod table;
-
-pub use table::TRACE_TABLE;
-
+use super::event::{Event, Kind, Packet, family_name};
+use super::filter::Filter;
+use super::listen::{Listener, Wake};
+use super::rules::RuleBook;
+use super::table::{self, TRACE_TABLE};
 use crate::backend::BackendError;
 use crate::backend::nftables::{netlink_error, open};
-use crate::trace::filter::Filter;
-use event::{Event, Kind, Packet, family_name};
-use listen::{Listener, Wake};
 use nix::libc;
-use rules::RuleBook;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -301,8 +288,8 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::event::{Event, Kind, Packet, Verdict};
     use super::*;
+    use crate::trace::event::Verdict;
 
     fn event(id: u32, table: &str, chain: &str, kind: Kind) -> Event {
         Event {
