@@ -119,7 +119,7 @@ pub enum TypedRules {
     /// Per chain key (`ipv4 nat ISTIO_OUTPUT`), the saved rules.
     Iptables(iptables::saved::SavedRules),
     /// meshcap's tables' chains, rules and set elements, canonical.
-    Nftables(nftables::Contents),
+    Nftables(nftables::contents::Contents),
 }
 
 impl TypedRules {

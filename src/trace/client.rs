@@ -10,7 +10,7 @@ use super::listen::{Listener, Wake};
 use super::rules::RuleBook;
 use super::table::{self, TRACE_TABLE};
 use crate::backend::BackendError;
-use crate::backend::nftables::{netlink_error, open};
+use crate::backend::nftables::netlink::{netlink_error, open};
 use nix::libc;
 use std::collections::HashMap;
 use std::io::{self, Write};

@@ -9,7 +9,7 @@ use crate::backend::nftables::codec::expr::REG_1;
 use crate::backend::nftables::codec::{Chain, ChainHook, Expr, MetaKey};
 use crate::backend::nftables::dump::tables;
 use crate::backend::nftables::ir::{AddrField, AddrValue, Item, PortField, PortValue, RuleSpec};
-use crate::backend::nftables::open;
+use crate::backend::nftables::netlink::open;
 use crate::backend::nftables::socket::NetlinkSocket;
 use ipnetwork::IpNetwork;
 use nix::libc;

@@ -556,11 +556,13 @@ impl Firewall for IptablesBackend {
     }
 
     fn read_typed(&self, plan: &Plan) -> Result<TypedRules, BackendError> {
-        Ok(TypedRules::Iptables(saved::typed(&self.read_back(plan)?)))
+        Ok(TypedRules::Iptables(saved::typed(
+            &self.read_back(plan)?.chains,
+        )))
     }
 
     fn expected_typed(&self, plan: &Plan) -> TypedRules {
-        TypedRules::Iptables(saved::typed(&self.expected(plan)))
+        TypedRules::Iptables(saved::typed(&self.expected(plan).chains))
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {

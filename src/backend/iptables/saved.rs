@@ -1,10 +1,9 @@
 //! One `iptables-save` rule, typed: `-A CHAIN [!] MATCH… -j TARGET OPTIONS…` read into its
 //! matches (each with its `!`) and its target. What read-back hands `explain` for the iptables
 //! backend, from the kernel (`iptables-save`) or from the plan (the same spelling, see
-//! [`super::Firewall::expected`]). Reading is total: an option this model does not hold is
+//! `Firewall::expected`). Reading is total: an option this model does not hold is
 //! kept as [`Match::Other`] (or [`Target::Other`]) with its text, for the reader to refuse.
 
-use super::Ruleset;
 use crate::plan::Protocol;
 use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
@@ -83,10 +82,9 @@ pub struct SavedRule {
 /// Per read-back chain key (`ipv4 nat ISTIO_OUTPUT`), its rules, typed.
 pub type SavedRules = BTreeMap<String, Vec<SavedRule>>;
 
-/// The rules of a read-back (or of a plan's expected rules), typed.
-pub fn typed(ruleset: &Ruleset) -> SavedRules {
-    ruleset
-        .chains
+/// The rules of a read-back's chains (or of a plan's expected rules), typed.
+pub fn typed(chains: &BTreeMap<String, Vec<String>>) -> SavedRules {
+    chains
         .iter()
         .map(|(key, lines)| {
             (

@@ -11,9 +11,9 @@ use super::codec::{
 use super::encode::{PROTO_PORT_TYPE, SetRef, addr_bytes, proto_num, proto_port_key, push_item};
 use super::ir::{AddrValue, Item, PortValue, RuleSpec, Spec, TableSpec};
 use super::names::{BaseChain, Hook, TABLES, table_name};
+use super::netlink::{kernel_error, netlink_error};
 use super::script::AddChain;
 use super::socket::NetlinkSocket;
-use super::{kernel_error, netlink_error};
 use crate::backend::BackendError;
 use crate::plan::Family;
 use nix::libc;

@@ -6,7 +6,7 @@ use super::batch::INET;
 use super::codec::{Chain, Message, MsgType, Object, Rule, SetElem, SetElems, Table};
 use super::contents::{Contents, SetKey};
 use super::names::is_our_table;
-use super::netlink_error;
+use super::netlink::netlink_error;
 use super::socket::NetlinkSocket;
 use crate::backend::BackendError;
 use nix::libc;

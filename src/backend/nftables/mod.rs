@@ -11,7 +11,8 @@
 //!   C library);
 //! - [`batch`]: the batch of messages that installs it, each rule's expressions from
 //!   [`encode`];
-//! - [`socket`]: the netlink socket (send, receive, dumps, acknowledgements);
+//! - [`socket`]: the netlink socket (send, receive, dumps, acknowledgements); [`netlink`]
+//!   opens it in the current namespace and names its failures;
 //! - [`dump`] reads the tables back as [`Contents`], which a batch's messages also give;
 //!   read-back and drift compare those values, and [`render`] spells them in `nft` syntax.
 //!
@@ -31,6 +32,7 @@ pub mod fault;
 pub mod ir;
 mod lower;
 pub mod names;
+pub mod netlink;
 mod prefix;
 pub mod render;
 mod script;
@@ -42,39 +44,11 @@ use crate::plan::Plan;
 use batch::Existing;
 pub use contents::Contents;
 use ir::Spec;
-use nix::libc;
-use socket::NetlinkSocket;
+pub use netlink::{netlink_error, open};
 
 /// Installs the plan as nftables rules over netlink (no `nft` binary needed).
 #[derive(Clone, Debug, Default)]
 pub struct NftablesBackend;
-
-/// A failure of `what`, with the kernel's (or the socket's) errno `code` explained.
-fn kernel_error(what: impl Into<String>, code: i32) -> BackendError {
-    let text = std::io::Error::from_raw_os_error(code).to_string();
-    let reason = match code {
-        libc::EPERM => format!("{text} (CAP_NET_ADMIN is needed)"),
-        libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT => {
-            format!("{text} (is nf_tables available in this kernel?)")
-        }
-        _ => text,
-    };
-    BackendError::Netlink {
-        what: what.into(),
-        reason,
-    }
-}
-
-/// A failed socket operation of `what`.
-pub fn netlink_error(what: impl Into<String>, e: &std::io::Error) -> BackendError {
-    kernel_error(what, e.raw_os_error().unwrap_or(0))
-}
-
-/// A netfilter netlink socket in the current namespace.
-pub fn open() -> Result<NetlinkSocket, BackendError> {
-    NetlinkSocket::open(netlink_sys::protocols::NETLINK_NETFILTER)
-        .map_err(|e| netlink_error("opening a netfilter netlink socket", &e))
-}
 
 /// What an install of `spec` leaves in a namespace without meshcap's tables, canonical.
 pub fn expected_contents(spec: &Spec) -> Contents {

@@ -8,13 +8,12 @@ use crate::backend::nftables::codec::{
 use std::collections::BTreeMap;
 
 fn saved(chains: &[(&str, &[&str])]) -> SavedRules {
-    let ruleset = crate::backend::Ruleset {
-        chains: chains
+    typed(
+        &chains
             .iter()
             .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
             .collect(),
-    };
-    typed(&ruleset)
+    )
 }
 
 /// iptables rules from `iptables-save` lines per `ipv4|ipv6 TABLE CHAIN`.
