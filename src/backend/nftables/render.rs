@@ -552,7 +552,7 @@ fn text_of(rule: &Rule, sets: &Sets, counts: bool) -> String {
         network_dep: None,
         transport_dep: None,
     };
-    for e in &rule.exprs {
+    for e in &merge_bounds(&rule.exprs) {
         if !counts && matches!(e, Expr::Counter { .. }) {
             out.push("counter".into());
             continue;
@@ -566,6 +566,40 @@ fn text_of(rule: &Rule, sets: &Sets, counts: bool) -> String {
         .flatten()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `cmp gte FROM` then `cmp lte TO` on one register, as nft writes a range in a set-less
+/// rule, read as the range it is (`ip daddr 10.0.0.1-10.0.0.9`).
+fn merge_bounds(exprs: &[Expr]) -> Vec<Expr> {
+    let mut out: Vec<Expr> = Vec::with_capacity(exprs.len());
+    for e in exprs {
+        if let (
+            Expr::Cmp {
+                sreg,
+                op: CmpOp::Lte,
+                data: to,
+            },
+            Some(Expr::Cmp {
+                sreg: from_reg,
+                op: CmpOp::Gte,
+                data: from,
+            }),
+        ) = (e, out.last())
+            && sreg == from_reg
+            && to.len() == from.len()
+        {
+            let range = Expr::Range {
+                sreg: *sreg,
+                op: CmpOp::Eq,
+                from: from.clone(),
+                to: to.clone(),
+            };
+            *out.last_mut().expect("a last expression") = range;
+            continue;
+        }
+        out.push(e.clone());
+    }
+    out
 }
 
 /// Reads one expression; false when it does not fit what the registers hold (the caller then
