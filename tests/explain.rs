@@ -536,6 +536,27 @@ fn readme_example_is_real_output() {
         String::from_utf8_lossy(&out.stdout).trim_end(),
         "README.md's explain example differs from the real output"
     );
+    // The nftables spelling of the first flow: `nft` syntax.
+    let block = section
+        .split("```\n")
+        .nth(3)
+        .expect("second code block")
+        .trim_end();
+    let (command, shown) = block.split_once("\nrules: ").expect("command, then output");
+    let mut args: Vec<String> = args[..args.len() - 4].to_vec();
+    args.extend(["--backend", "nftables"].map(str::to_owned));
+    for a in &args[1..] {
+        assert!(command.contains(a.as_str()), "README command lacks {a:?}");
+    }
+    let out = meshcap(&args, NO_ENV);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        format!("rules: {shown}"),
+        text.trim_end(),
+        "README.md's nftables explain example differs from the real output"
+    );
+    assert!(text.contains("meta l4proto tcp counter redirect to :15001 => accept"));
 }
 
 #[test]
