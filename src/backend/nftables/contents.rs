@@ -2,8 +2,8 @@
 //! up, read from the kernel's dumps ([`super::dump`]) or taken from the messages of an install
 //! batch (what the batch would leave in a fresh namespace). Both sides go through
 //! [`Contents::canonical`], after which they compare with `==`: read-back and drift compare
-//! these values, and every rendering of rules (read-back text, diff, explain, trace) starts
-//! from them.
+//! these values, and read-back, diff and explain show them in `nft` syntax
+//! ([`super::render`]); trace renders the kernel's rules as dumped, by handle.
 
 use super::codec::expr::Expr;
 use super::codec::{Chain, Message, MsgType, Object, Rule, SetElem};
