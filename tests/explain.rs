@@ -435,6 +435,38 @@ fn kernel_reports_drift_and_the_new_landing_after_tampering() {
     }
 }
 
+/// A plan no backend can install (an owner group this system does not know) is refused in both
+/// spellings, naming the group, instead of explained with a rule that matches nobody.
+#[test]
+fn plan_with_an_unknown_owner_group_is_refused() {
+    for backend in ["iptables", "nftables"] {
+        let out = meshcap(
+            &[
+                "explain",
+                "-p",
+                "15001",
+                "-u",
+                "1337",
+                "-m",
+                "REDIRECT",
+                "-i",
+                "*",
+                "--backend",
+                backend,
+                "--flow",
+                "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
+            ],
+            &[("ISTIO_OUTBOUND_OWNER_GROUPS", "meshcap-no-such-group")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "[{backend}] {stderr}");
+        assert!(
+            stderr.contains("meshcap-no-such-group"),
+            "[{backend}] {stderr}"
+        );
+    }
+}
+
 #[test]
 fn bad_flow_words_exit_2_naming_the_word() {
     for (flow, word) in [

@@ -120,6 +120,9 @@ pub enum TypedRules {
     Iptables(iptables::saved::SavedRules),
     /// meshcap's tables' chains, rules and set elements, canonical.
     Nftables(nftables::contents::Contents),
+    /// Rules the backend cannot build for the plan, and why (read back as a chain
+    /// `unresolvable` holding the reason, so a diff shows it).
+    Unusable(String),
 }
 
 impl TypedRules {
@@ -134,6 +137,9 @@ impl TypedRules {
                     })
                     .collect(),
                 TypedRules::Nftables(contents) => nftables::render::chain_texts(contents),
+                TypedRules::Unusable(why) => {
+                    [("unresolvable".to_owned(), vec![why.clone()])].into()
+                }
             },
         }
     }

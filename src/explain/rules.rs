@@ -120,6 +120,7 @@ impl Rules {
         match typed {
             TypedRules::Iptables(saved) => Rules::from_iptables(saved),
             TypedRules::Nftables(contents) => Rules::from_nftables(contents),
+            TypedRules::Unusable(why) => Err(RulesError::Unusable(why.clone())),
         }
     }
 

@@ -144,19 +144,7 @@ impl Firewall for NftablesBackend {
     }
 
     fn expected(&self, plan: &Plan) -> Ruleset {
-        let spec = self.spec(plan);
-        if let Some(name) = spec.unresolved() {
-            // Nothing can be installed for this plan; say so where a diff will show it.
-            let mut ruleset = Ruleset::default();
-            ruleset.chains.insert(
-                "unresolvable".into(),
-                vec![format!("owner group {name:?} does not exist")],
-            );
-            return ruleset;
-        }
-        Ruleset {
-            chains: render::chain_texts(&expected_contents(&spec)),
-        }
+        self.expected_typed(plan).ruleset()
     }
 
     fn read_typed(&self, _plan: &Plan) -> Result<TypedRules, BackendError> {
@@ -164,7 +152,12 @@ impl Firewall for NftablesBackend {
     }
 
     fn expected_typed(&self, plan: &Plan) -> TypedRules {
-        TypedRules::Nftables(self.expected_contents(plan))
+        let spec = self.spec(plan);
+        match spec.unresolved() {
+            // Nothing can be installed for this plan; say so where a diff or explain shows it.
+            Some(name) => TypedRules::Unusable(format!("owner group {name:?} does not exist")),
+            None => TypedRules::Nftables(expected_contents(&spec)),
+        }
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {
