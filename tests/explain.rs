@@ -440,22 +440,16 @@ fn kernel_reports_drift_and_the_new_landing_after_tampering() {
 #[test]
 fn plan_with_an_unknown_owner_group_is_refused() {
     for backend in ["iptables", "nftables"] {
+        let mut args = vec!["explain"];
+        args.extend(netns_test_harness::ISTIO_DEFAULT_ARGS);
+        args.extend([
+            "--backend",
+            backend,
+            "--flow",
+            "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
+        ]);
         let out = meshcap(
-            &[
-                "explain",
-                "-p",
-                "15001",
-                "-u",
-                "1337",
-                "-m",
-                "REDIRECT",
-                "-i",
-                "*",
-                "--backend",
-                backend,
-                "--flow",
-                "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
-            ],
+            &args,
             &[("ISTIO_OUTBOUND_OWNER_GROUPS", "meshcap-no-such-group")],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
