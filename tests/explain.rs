@@ -19,10 +19,10 @@
 
 mod common;
 
+use common::configs::istio_flags;
 use common::{IstioCase, NO_ENV, istio_cases, istio_conformance_part, meshcap, repo, scenarios};
 use netns_test_harness::pod::{
-    DNS_CAPTURE_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROXY_ID, Pod, map_istio,
-    standard_matrix,
+    DNS_CAPTURE_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROXY_ID, Pod, standard_matrix,
 };
 use netns_test_harness::probe::{Class, From, Outcome, Probe, Proto, parse_table};
 use netns_test_harness::{User, require_root};
@@ -50,20 +50,11 @@ fn configs(test: &str) -> Vec<Config> {
         let cases = istio_cases(&dir);
         assert_eq!(cases.len(), 19, "the conformance set has 19 cases");
         all.extend(cases.into_iter().map(|c: IstioCase| {
+            let (args, env) = istio_flags(&c);
             Config {
                 expected: repo().join(format!("rulesets/istio/{}.probes", c.name)),
-                // `-n` is Istio's dry run.
-                args: c
-                    .args
-                    .iter()
-                    .filter(|a| *a != "-n")
-                    .map(|a| map_istio(a))
-                    .collect(),
-                env: c
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), map_istio(v)))
-                    .collect(),
+                args,
+                env,
                 name: c.name,
             }
         }));
@@ -203,6 +194,23 @@ fn compare(
     compared
 }
 
+/// Every nftables rule explain shows reads as `nft` syntax: nothing the renderer did not
+/// recognise (shown in brackets) and no header field it could not name (`@nh,128,32`).
+fn nft_syntax_only(cfg: &Config, explained: &[serde_json::Value]) {
+    for ex in explained {
+        for step in ex["steps"].as_array().expect("steps") {
+            let Some(rule) = step["rule"].as_str() else {
+                continue;
+            };
+            assert!(
+                !rule.contains('[') && !rule.contains('@'),
+                "{}: not nft syntax: {rule}",
+                cfg.name
+            );
+        }
+    }
+}
+
 fn probe_flows(rows: &[(Probe, Outcome)]) -> Vec<String> {
     rows.iter().map(|(p, _)| flow(p)).collect()
 }
@@ -221,6 +229,9 @@ fn plan_verdicts_equal_the_probe_tables() {
             ("nftables", &["--backend", "nftables"][..]),
         ] {
             let explained = explain(cfg, extra, &flows);
+            if spelling == "nftables" {
+                nft_syntax_only(cfg, &explained);
+            }
             compared += compare(
                 cfg,
                 &format!("plan, {spelling} spelling"),
@@ -398,7 +409,7 @@ fn kernel_reports_drift_and_the_new_landing_after_tampering() {
         let owner = if name == "iptables" {
             "-m owner --uid-owner 1337 -j RETURN"
         } else {
-            "[meta load skuid => r1] [cmp eq r1 39050000] [counter] [return]"
+            "meta skuid 1337 counter packets 0 bytes 0 return"
         };
         assert!(
             drift.len() == 1 && drift[0].contains("missing: ") && drift[0].ends_with(owner),
@@ -420,6 +431,32 @@ fn kernel_reports_drift_and_the_new_landing_after_tampering() {
         // And that is where the proxy's connection really goes now.
         pod.assert_table(
             "pod 1337:1000 tcp 198.51.100.10:80 -> captured-outbound 198.51.100.10:80",
+        );
+    }
+}
+
+/// A plan no backend can install (an owner group this system does not know) is refused in both
+/// spellings, naming the group, instead of explained with a rule that matches nobody.
+#[test]
+fn plan_with_an_unknown_owner_group_is_refused() {
+    for backend in ["iptables", "nftables"] {
+        let mut args = vec!["explain"];
+        args.extend(netns_test_harness::ISTIO_DEFAULT_ARGS);
+        args.extend([
+            "--backend",
+            backend,
+            "--flow",
+            "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
+        ]);
+        let out = meshcap(
+            &args,
+            &[("ISTIO_OUTBOUND_OWNER_GROUPS", "meshcap-no-such-group")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "[{backend}] {stderr}");
+        assert!(
+            stderr.contains("meshcap-no-such-group"),
+            "[{backend}] {stderr}"
         );
     }
 }
@@ -525,6 +562,27 @@ fn readme_example_is_real_output() {
         String::from_utf8_lossy(&out.stdout).trim_end(),
         "README.md's explain example differs from the real output"
     );
+    // The nftables spelling of the first flow: `nft` syntax.
+    let block = section
+        .split("```\n")
+        .nth(3)
+        .expect("second code block")
+        .trim_end();
+    let (command, shown) = block.split_once("\nrules: ").expect("command, then output");
+    let mut args: Vec<String> = args[..args.len() - 4].to_vec();
+    args.extend(["--backend", "nftables"].map(str::to_owned));
+    for a in &args[1..] {
+        assert!(command.contains(a.as_str()), "README command lacks {a:?}");
+    }
+    let out = meshcap(&args, NO_ENV);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        format!("rules: {shown}"),
+        text.trim_end(),
+        "README.md's nftables explain example differs from the real output"
+    );
+    assert!(text.contains("meta l4proto tcp counter redirect to :15001 => accept"));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! comparing them says whether the kernel holds the plan. [`session`] is the one door to them:
 //! it picks the backend and works in the namespace.
 
+pub mod address;
 pub mod host;
 pub mod iptables;
 pub mod nftables;
@@ -111,6 +112,39 @@ impl std::fmt::Display for RulesetDiff {
     }
 }
 
+/// What a namespace holds (or would hold for a plan), typed as its backend reads it: what
+/// `explain` walks. [`TypedRules::ruleset`] is the same in read-back spelling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypedRules {
+    /// Per chain key (`ipv4 nat ISTIO_OUTPUT`), the saved rules.
+    Iptables(iptables::saved::SavedRules),
+    /// meshcap's tables' chains, rules and set elements, canonical.
+    Nftables(nftables::contents::Contents),
+    /// Rules the backend cannot build for the plan, and why (read back as a chain
+    /// `unresolvable` holding the reason, so a diff shows it).
+    Unusable(String),
+}
+
+impl TypedRules {
+    /// The rules in read-back spelling (`iptables-save` lines, `nft` syntax).
+    pub fn ruleset(&self) -> Ruleset {
+        Ruleset {
+            chains: match self {
+                TypedRules::Iptables(saved) => saved
+                    .iter()
+                    .map(|(key, rules)| {
+                        (key.clone(), rules.iter().map(|r| r.text.clone()).collect())
+                    })
+                    .collect(),
+                TypedRules::Nftables(contents) => nftables::render::chain_texts(contents),
+                TypedRules::Unusable(why) => {
+                    [("unresolvable".to_owned(), vec![why.clone()])].into()
+                }
+            },
+        }
+    }
+}
+
 /// What [`Firewall::apply`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -132,6 +166,10 @@ pub trait Firewall {
     fn read_back(&self, plan: &Plan) -> Result<Ruleset, BackendError>;
     /// The plan in read-back spelling.
     fn expected(&self, plan: &Plan) -> Ruleset;
+    /// What the current namespace holds, typed ([`Firewall::read_back`] is its spelling).
+    fn read_typed(&self, plan: &Plan) -> Result<TypedRules, BackendError>;
+    /// The plan, typed as [`Firewall::read_typed`] would read it after an install.
+    fn expected_typed(&self, plan: &Plan) -> TypedRules;
     /// Removes meshcap's (and Istio's) rules and chains; succeeds when there are none.
     fn clean(&self, plan: &Plan) -> Result<(), BackendError>;
     /// As [`Firewall::clean`], also when `plan` is not the configuration that installed the

@@ -17,7 +17,7 @@
 
 use super::iptables::IptablesBackend;
 use super::nftables::NftablesBackend;
-use super::{Applied, BackendError, Firewall, Ruleset, RulesetDiff, routing};
+use super::{Applied, BackendError, Firewall, Ruleset, RulesetDiff, TypedRules, routing};
 use crate::config::{BackendKind, IptablesVariant, RunConfig};
 use crate::plan::{Family, FamilyPlan, Plan, RoutingStep};
 use std::cell::Cell;
@@ -255,6 +255,11 @@ pub fn expected(run: &RunConfig, plan: &Plan) -> Ruleset {
     select(run, Waits::default(), false).expected(plan)
 }
 
+/// The configuration's plan as its backend's typed rules (touches no namespace).
+pub fn expected_typed(run: &RunConfig, plan: &Plan) -> TypedRules {
+    select(run, Waits::default(), false).expected_typed(plan)
+}
+
 /// Work on one namespace with one configuration: the lock held, the backend picked.
 pub struct Session {
     ns: Namespace,
@@ -363,6 +368,8 @@ pub struct Reading {
     /// iptables-legacy, iptables-nft or nftables.
     pub backend: &'static str,
     pub read: Ruleset,
+    /// The same, typed.
+    pub rules: TypedRules,
     /// What that backend would hold for the plan.
     pub expected: Ruleset,
 }
@@ -391,21 +398,23 @@ fn read_every_backend(plan: &Plan) -> Result<Vec<Reading>, BackendError> {
     });
     let mut readings = Vec::new();
     for (name, backend) in backends {
-        let read = match backend
-            .read_back(&both_families)
-            .or_else(|_| backend.read_back(plan))
+        let rules = match backend
+            .read_typed(&both_families)
+            .or_else(|_| backend.read_typed(plan))
         {
-            Ok(read) => read,
+            Ok(rules) => rules,
             // A node without that variant's tools holds no rules of it.
             Err(BackendError::Spawn { .. }) => continue,
             Err(e) => return Err(e),
         };
+        let read = rules.ruleset();
         if read.chains.is_empty() {
             continue;
         }
         readings.push(Reading {
             backend: name,
             read,
+            rules,
             expected: backend.expected(plan),
         });
     }

@@ -10,9 +10,8 @@
 //! effective order of a chain, which is what a backend that builds chains from scratch needs.
 
 mod build;
-pub mod explain;
 
-pub use build::build;
+pub use build::{DNS_CAPTURE_PORT, build};
 
 use ipnetwork::IpNetwork;
 use std::fmt;

@@ -1,19 +1,35 @@
-//! `meshcap trace [--network-namespace NS] [--count N] [--timeout DURATION] FILTER…`: the
-//! command line edge of the live packet trace. It validates the filter (bad words exit 2
-//! naming the word), enters the namespace, refuses when Istio's rules live in iptables-legacy
-//! (exit 1), and runs the nftables trace client ([`crate::backend::nftables::trace`]).
+//! `meshcap trace [--network-namespace NS] [--count N] [--timeout DURATION] FILTER…`: the live
+//! packet trace, all of it. This file is the command line edge: it validates the filter (bad
+//! words exit 2 naming the word), opens the namespace, refuses when Istio's rules live in
+//! iptables-legacy (exit 1), and runs the nftables trace client inside the namespace.
+//!
+//! - [`filter`]: the filter words;
+//! - [`legacy`]: the iptables-legacy refusal;
+//! - [`client`]: the trace client (table, listener, printer), over the nftables codec:
+//!   - [`table`]: the temporary table's batch (and its removal, a drop guard);
+//!   - [`listen`]: the trace group socket and the stop signals;
+//!   - [`event`]: one trace message, and the packet headers it carries;
+//!   - [`rules`]: rule handle to rule text, `nft` syntax ([`iptables_nft`]: iptables'
+//!     spelling of iptables-nft's rules).
 
+mod client;
+mod event;
 pub mod filter;
+mod iptables_nft;
 mod legacy;
+mod listen;
+mod rules;
+mod table;
 
-use crate::backend::nftables::trace::{self, Options, Stopped, TRACE_TABLE};
 use crate::backend::session::Namespace;
 use clap::Parser;
+use client::{Options, Stopped};
 use filter::Filter;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use table::TRACE_TABLE;
 
 /// Exit status of a filter or flag that cannot be used.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -115,7 +131,7 @@ fn run(args: &TraceArgs, filter: &Filter) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     // The whole trace runs in the namespace: its table, its trace socket.
     let (packets, stopped) = ns.run(|| {
-        trace::run(filter, &options, &mut stdout, &mut || {
+        client::run(filter, &options, &mut stdout, &mut || {
             eprintln!("meshcap trace: tracing {filter} (table inet {TRACE_TABLE}); Ctrl-C stops");
         })
     })??;

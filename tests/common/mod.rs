@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod cni;
+pub mod configs;
 pub mod containerd;
 pub mod podman;
 

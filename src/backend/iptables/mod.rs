@@ -1,10 +1,11 @@
 //! The iptables backend: Istio's restore text, applied with `iptables-restore --noflush` and
 //! `ip6tables-restore --noflush` of the legacy or nft variant, read back with `iptables-save`.
 
+pub mod saved;
 pub mod spell;
 
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, routing};
+use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
 use crate::config::IptablesVariant;
 use crate::plan::{Family, FamilyPlan, Plan, Table};
 use std::io::Write;
@@ -552,6 +553,16 @@ impl Firewall for IptablesBackend {
             all.chains.extend(expected_family(family).chains);
         }
         all
+    }
+
+    fn read_typed(&self, plan: &Plan) -> Result<TypedRules, BackendError> {
+        Ok(TypedRules::Iptables(saved::typed(
+            &self.read_back(plan)?.chains,
+        )))
+    }
+
+    fn expected_typed(&self, plan: &Plan) -> TypedRules {
+        TypedRules::Iptables(saved::typed(&self.expected(plan).chains))
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {

@@ -1,6 +1,7 @@
 //! How a plan is spelled in iptables syntax: Istio's restore text (what meshcap writes), and
 //! iptables-save's canonical form of the same rules (what the kernel reads back as).
 
+use crate::backend::address::ntop;
 use crate::backend::host::proto_name;
 use crate::plan::{
     Chain, CtState, Family, FamilyPlan, GroupRef, Match, Position, Protocol, Rule, RuleOp, Table,
@@ -235,38 +236,5 @@ pub fn saved_rule(
 
 /// iptables-save prints the network address (host bits cleared).
 fn saved_net(net: &crate::plan::Net) -> String {
-    format!("{}/{}", saved_addr(net.network()), net.prefix())
-}
-
-/// An address as glibc's inet_ntop spells it, which iptables-save uses: as Rust does, except an
-/// IPv4-compatible IPv6 address (96 zero bits, then an IPv4 address whose first 16 bits are not
-/// zero) keeps its dotted quad, `::127.0.0.53` where Rust writes `::7f00:35`.
-fn saved_addr(addr: std::net::IpAddr) -> String {
-    match addr {
-        std::net::IpAddr::V6(v6) if v6.segments()[..6] == [0; 6] && v6.segments()[6] != 0 => {
-            format!("::{}", std::net::Ipv4Addr::from(v6.to_bits() as u32))
-        }
-        other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod saved_addr_tests {
-    use super::saved_addr;
-
-    #[test]
-    fn ipv6_addresses_are_spelled_as_inet_ntop_does() {
-        for (addr, saved) in [
-            ("::7f00:35", "::127.0.0.53"),
-            ("::7f00:0", "::127.0.0.0"),
-            ("::1", "::1"),
-            ("::", "::"),
-            ("::35", "::35"),
-            ("::ffff:192.0.2.1", "::ffff:192.0.2.1"),
-            ("2001:db8::53", "2001:db8::53"),
-            ("192.0.2.53", "192.0.2.53"),
-        ] {
-            assert_eq!(saved_addr(addr.parse().unwrap()), saved, "{addr}");
-        }
-    }
+    format!("{}/{}", ntop(net.network()), net.prefix())
 }

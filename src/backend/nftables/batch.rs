@@ -1,62 +1,38 @@
 //! The one netlink batch that makes the kernel hold a [`Spec`] (or delete meshcap's tables),
 //! what each of its messages does (for error messages and the expected read-back), and sending
-//! it: the kernel commits all of it or none.
+//! it: the kernel commits all of it or none. The messages are the codec's typed values
+//! ([`super::codec`]); this module only decides which ones.
 
-use super::decode::{ChainInfo, base_info};
-use super::encode::{add_item, addr_bytes, proto_num};
-use super::expr;
+use super::codec::msg::kernel_acks_batch_frame;
+use super::codec::{
+    Batch, Chain, ChainHook, FinishedBatch, Message, MsgType, Object, Rule, Set, SetElem, SetElems,
+    Table,
+};
+use super::encode::{PROTO_PORT_TYPE, SetRef, addr_bytes, proto_num, proto_port_key, push_item};
 use super::ir::{AddrValue, Item, PortValue, RuleSpec, Spec, TableSpec};
-use super::names::{ChainType, Hook, TABLES, table_name};
-use super::object::{Payload, Rule, write_request};
+use super::names::{BaseChain, Hook, TABLES, table_name};
+use super::netlink::{kernel_error, netlink_error};
 use super::script::AddChain;
 use super::socket::NetlinkSocket;
-use super::{kernel_error, netlink_error};
 use crate::backend::BackendError;
 use crate::plan::Family;
-use nftnl::nftnl_sys::{self as sys, libc};
-use nftnl::set::{Set, SetKey};
-use nftnl::{Batch, FinalizedBatch, MsgType, NlMsg, ProtoFamily};
-use std::collections::HashMap;
-use std::ffi::{CStr, CString, c_void};
+use nix::libc;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
+
+/// The family of meshcap's tables.
+pub const INET: u8 = libc::NFPROTO_INET as u8;
+/// nft's data type ids of address set keys: ipv4_addr, ipv6_addr.
+const IPV4_ADDR_TYPE: u32 = 7;
+const IPV6_ADDR_TYPE: u32 = 8;
+/// The first sequence number of a batch (its own range: acknowledgements are matched by it).
+const FIRST_SEQ: u32 = 1;
 
 /// Which of meshcap's tables exist, and their chains.
 #[derive(Clone, Debug, Default)]
 pub struct Existing {
     pub tables: Vec<String>,
-    pub chains: Vec<ChainInfo>,
-}
-
-/// The flush half of nft's `flush table`: a rule deletion naming only the table removes every
-/// rule of every chain in it (and with them the anonymous sets they use).
-struct FlushTable {
-    rule: Rule,
-}
-
-impl FlushTable {
-    fn new(table: &CStr) -> FlushTable {
-        let mut rule = Rule::new();
-        rule.set_u32(sys::NFTNL_RULE_FAMILY, libc::NFPROTO_INET as u32);
-        rule.set_str(sys::NFTNL_RULE_TABLE, table);
-        FlushTable { rule }
-    }
-}
-
-// Safety: writes one DELRULE message, far smaller than nft_nlmsg_maxsize.
-unsafe impl NlMsg for FlushTable {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
-        unsafe {
-            write_request(
-                buf,
-                libc::NFT_MSG_DELRULE as u16,
-                libc::NLM_F_ACK as u16,
-                seq,
-                Payload::Rule(&self.rule),
-            );
-        }
-    }
+    pub chains: Vec<Chain>,
 }
 
 /// What one batch message does, spelled only when an error (or the debug log) names it: the
@@ -104,71 +80,130 @@ impl fmt::Display for What {
 
 /// A batch and what each of its messages does (for error messages and expected read-back).
 pub struct Built {
-    pub batch: FinalizedBatch,
+    pub batch: FinishedBatch,
+    /// The batch's messages (between begin and end), typed.
+    pub messages: Vec<Message>,
     pub whats: Vec<What>,
-    /// The elements (key, interval end) of each set the batch creates, by set id.
-    pub sets: HashMap<u32, Vec<(Vec<u8>, bool)>>,
 }
 
 impl Built {
-    /// The batch's pages joined into one buffer, with memcpy (a byte-wise copy is a noticeable
-    /// share of a whole install).
-    pub fn bytes(&self) -> Vec<u8> {
-        let mut data = Vec::new();
-        for page in self.batch.iter() {
-            data.extend_from_slice(page);
-        }
-        data
+    pub fn bytes(&self) -> &[u8] {
+        &self.batch.bytes
     }
 }
 
-struct Builder {
-    batch: Batch,
+/// The messages of a batch being built.
+#[derive(Default)]
+pub struct Builder {
+    messages: Vec<Message>,
     whats: Vec<What>,
-    sets: HashMap<u32, Vec<(Vec<u8>, bool)>>,
     next_set_id: u32,
 }
 
+/// The hook, priority and type of a base chain as the kernel holds them.
+pub fn chain_hook(base: &BaseChain) -> (ChainHook, &'static str) {
+    let hooknum = match base.hook {
+        Hook::Prerouting => libc::NF_INET_PRE_ROUTING as u32,
+        Hook::Output => libc::NF_INET_LOCAL_OUT as u32,
+    };
+    (
+        ChainHook {
+            hooknum,
+            priority: base.priority,
+        },
+        base.kind.name(),
+    )
+}
+
+/// The chain message of a chain of `table` (a base chain with its hook and type).
+pub fn chain(table: &str, name: &str, base: Option<&BaseChain>) -> Chain {
+    let (hook, chain_type) = match base.map(chain_hook) {
+        Some((hook, kind)) => (Some(hook), Some(kind.to_owned())),
+        None => (None, None),
+    };
+    Chain {
+        family: INET,
+        table: table.to_owned(),
+        name: name.to_owned(),
+        hook,
+        chain_type,
+        ..Chain::default()
+    }
+}
+
+fn table(name: &str) -> Table {
+    Table {
+        family: INET,
+        name: name.to_owned(),
+        // nft and nftnl write the (empty) flags.
+        flags: Some(0),
+        ..Table::default()
+    }
+}
+
+/// `NLM_F_*` of each kind of request, as nft (and nftnl) send them.
+pub mod flags {
+    use nix::libc;
+    pub const ADD_TABLE: u16 = libc::NLM_F_ACK as u16;
+    pub const ADD_CHAIN: u16 = (libc::NLM_F_ACK | libc::NLM_F_CREATE) as u16;
+    pub const ADD_RULE: u16 =
+        (libc::NLM_F_CREATE | libc::NLM_F_APPEND | libc::NLM_F_EXCL | libc::NLM_F_ACK) as u16;
+    pub const ADD_SET: u16 = (libc::NLM_F_APPEND | libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16;
+    pub const ADD_SET_ELEMS: u16 = (libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK) as u16;
+    pub const DELETE: u16 = libc::NLM_F_ACK as u16;
+}
+
 impl Builder {
-    fn new() -> Builder {
-        Builder {
-            batch: Batch::new(),
-            whats: Vec::new(),
-            sets: HashMap::new(),
-            next_set_id: 0,
-        }
+    pub fn new() -> Builder {
+        Builder::default()
     }
 
-    fn finish(self) -> Built {
+    /// Frames the messages as one batch.
+    pub fn finish(self) -> Built {
+        let mut batch = Batch::new(FIRST_SEQ, kernel_acks_batch_frame());
+        for m in &self.messages {
+            batch.add(m);
+        }
         Built {
-            batch: self.batch.finalize(),
+            batch: batch.finish(),
+            messages: self.messages,
             whats: self.whats,
-            sets: self.sets,
         }
     }
 
-    fn add<T: NlMsg>(&mut self, msg: &T, ty: MsgType, what: String) {
-        self.add_what(msg, ty, What::Text(what));
-    }
-
-    fn add_what<T: NlMsg>(&mut self, msg: &T, ty: MsgType, what: What) {
-        self.batch.add(msg, ty);
+    /// Adds a message and what it does.
+    pub fn add(&mut self, msg_type: MsgType, flags: u16, object: Object, what: What) {
+        self.messages.push(Message::new(msg_type, flags, object));
         self.whats.push(what);
     }
 
-    fn set<K: SetKey>(
+    fn text(&mut self, msg_type: MsgType, flags: u16, object: Object, what: String) {
+        self.add(msg_type, flags, object, What::Text(what));
+    }
+
+    /// Adds an anonymous constant set with `keys` and its elements; returns how rules name it.
+    fn set(
         &mut self,
-        table: &nftnl::Table,
-        keys: &[Vec<u8>],
+        table: &str,
+        key_type: u32,
+        key_len: u32,
+        keys: Vec<Vec<u8>>,
         what: &What,
-    ) -> (CString, u32) {
+    ) -> SetRef {
         self.next_set_id += 1;
         let id = self.next_set_id;
-        let set = Set::<K>::new(c"__set%d", id, table, ProtoFamily::Inet);
-        expr::finish_set(&set, keys.len());
-        for key in keys {
-            expr::add_element(&set, key);
-        }
+        let name = "__set%d".to_owned();
+        let set = Set {
+            family: INET,
+            table: table.to_owned(),
+            name: name.clone(),
+            flags: Some((libc::NFT_SET_ANONYMOUS | libc::NFT_SET_CONSTANT) as u32),
+            key_type: Some(key_type),
+            key_len: Some(key_len),
+            id: Some(id),
+            desc_size: Some(keys.len() as u32),
+            handle: None,
+        };
         let part = |part: RulePart| match what {
             What::Rule {
                 table, chain, rule, ..
@@ -180,29 +215,51 @@ impl Builder {
             },
             What::Text(text) => What::Text(text.clone()),
         };
-        self.add_what(&set, MsgType::Add, part(RulePart::Set));
-        for msg in set.elems_iter() {
-            self.add_what(&msg, MsgType::Add, part(RulePart::Elements));
+        self.add(
+            MsgType::NewSet,
+            flags::ADD_SET,
+            Object::Set(set),
+            part(RulePart::Set),
+        );
+        let elems = SetElems {
+            family: INET,
+            table: table.to_owned(),
+            set: name.clone(),
+            set_id: Some(id),
+            // nft writes the (empty) flags of every element.
+            elements: keys
+                .into_iter()
+                .map(|key| SetElem {
+                    key,
+                    flags: Some(0),
+                })
+                .collect(),
+        };
+        for msg in elems.split_to_fit() {
+            self.add(
+                MsgType::NewSetElem,
+                flags::ADD_SET_ELEMS,
+                Object::SetElems(msg),
+                part(RulePart::Elements),
+            );
         }
-        self.sets
-            .insert(id, keys.iter().map(|k| (k.clone(), false)).collect());
-        (set.get_name().to_owned(), id)
+        SetRef { name, id }
     }
 
-    /// Adds the rule `spec` (and first the sets it looks up); `names` are its table and chain.
-    fn rule(
+    /// Adds the rule `spec` (and first the sets it looks up) to chain `chain` of `table`;
+    /// `tail` are expressions after the spec's items (the trace's marking statement).
+    pub fn rule(&mut self, table: &'static str, chain: &'static str, spec: &RuleSpec, what: What) {
+        self.rule_with(table, chain, spec, &[], what)
+    }
+
+    pub fn rule_with(
         &mut self,
-        table: &nftnl::Table,
-        chain: &nftnl::Chain,
-        names: (&'static str, &'static str),
+        table: &'static str,
+        chain: &'static str,
         spec: &RuleSpec,
+        tail: &[super::codec::Expr],
+        what: What,
     ) {
-        let what = What::Rule {
-            table: names.0,
-            chain: names.1,
-            rule: Rc::new(spec.clone()),
-            part: RulePart::Rule,
-        };
         // Sets first: a rule can only look up a set the batch already created.
         let mut lookups = Vec::new();
         for item in &spec.items {
@@ -212,41 +269,68 @@ impl Builder {
                     value: AddrValue::Networks { starts, .. },
                     ..
                 } => {
-                    let keys: Vec<Vec<u8>> =
-                        starts.iter().map(|s| addr_bytes(*family, *s)).collect();
-                    lookups.push(match family {
-                        Family::V4 => self.set::<Ipv4Addr>(table, &keys, &what),
-                        Family::V6 => self.set::<Ipv6Addr>(table, &keys, &what),
-                    });
+                    let keys = starts.iter().map(|s| addr_bytes(*family, *s)).collect();
+                    let (key_type, key_len) = match family {
+                        Family::V4 => (IPV4_ADDR_TYPE, 4),
+                        Family::V6 => (IPV6_ADDR_TYPE, 16),
+                    };
+                    lookups.push(self.set(table, key_type, key_len, keys, &what));
                 }
                 Item::Port {
                     proto,
                     value: PortValue::Set(ports),
                     ..
                 } => {
-                    let keys: Vec<Vec<u8>> = ports
+                    let keys = ports
                         .iter()
-                        .map(|p| expr::ProtoPortKey::key(proto_num(*proto), *p))
+                        .map(|p| proto_port_key(proto_num(*proto), *p))
                         .collect();
-                    lookups.push(self.set::<expr::ProtoPortKey>(table, &keys, &what));
+                    lookups.push(self.set(table, PROTO_PORT_TYPE, 8, keys, &what));
                 }
                 _ => {}
             }
         }
-        let mut rule = nftnl::Rule::new(chain);
         let mut lookups = lookups.into_iter();
+        let mut exprs = Vec::new();
         for item in &spec.items {
-            add_item(&mut rule, item, &mut lookups);
+            push_item(&mut exprs, item, &mut lookups);
         }
-        self.add_what(&rule, MsgType::Add, what);
+        exprs.extend_from_slice(tail);
+        let rule = Rule {
+            family: INET,
+            table: table.to_owned(),
+            chain: chain.to_owned(),
+            exprs,
+            ..Rule::default()
+        };
+        self.add(MsgType::NewRule, flags::ADD_RULE, Object::Rule(rule), what);
     }
-}
 
-fn nft_chain_type(kind: ChainType) -> nftnl::ChainType {
-    match kind {
-        ChainType::Filter => nftnl::ChainType::Filter,
-        ChainType::Route => nftnl::ChainType::Route,
-        ChainType::Nat => nftnl::ChainType::Nat,
+    pub fn add_table(&mut self, name: &str) {
+        self.text(
+            MsgType::NewTable,
+            flags::ADD_TABLE,
+            Object::Table(table(name)),
+            format!("add table inet {name}"),
+        );
+    }
+
+    pub fn add_chain(&mut self, chain: Chain, what: String) {
+        self.text(
+            MsgType::NewChain,
+            flags::ADD_CHAIN,
+            Object::Chain(chain),
+            what,
+        );
+    }
+
+    pub fn delete_table(&mut self, name: &str) {
+        self.text(
+            MsgType::DelTable,
+            flags::DELETE,
+            Object::Table(table(name)),
+            format!("delete table inet {name}"),
+        );
     }
 }
 
@@ -259,76 +343,66 @@ pub fn build_batch(spec: &Spec, existing: &Existing) -> Built {
     for name in TABLES.map(table_name) {
         let want: Option<&TableSpec> = spec.tables.iter().find(|t| t.name == name);
         let exists = existing.tables.iter().any(|t| t == name);
-        let cname = CString::new(name).expect("table names have no NUL");
-        let table = nftnl::Table::new(&cname, ProtoFamily::Inet);
         let Some(want) = want else {
             if exists {
-                b.add(&table, MsgType::Del, format!("delete table inet {name}"));
+                b.delete_table(name);
             }
             continue;
         };
-        b.add(&table, MsgType::Add, format!("add table inet {name}"));
+        b.add_table(name);
         if exists {
-            b.add(
-                &FlushTable::new(&cname),
-                MsgType::Del,
+            // The flush half of nft's `flush table`: a rule deletion naming only the table
+            // removes every rule of every chain in it (and the anonymous sets they use).
+            b.text(
+                MsgType::DelRule,
+                flags::DELETE,
+                Object::Rule(Rule {
+                    family: INET,
+                    table: name.to_owned(),
+                    ..Rule::default()
+                }),
                 format!("flush table inet {name}"),
             );
             // The kernel lists chains in creation order. Keep the existing chains that already
             // stand where the plan wants them (a common prefix: typically the base chains, whose
             // deletion would cost a hook unregistration); delete and re-create the others, so
             // the result lists exactly as a fresh install.
-            let old_chains: Vec<&ChainInfo> =
+            let old_chains: Vec<&Chain> =
                 existing.chains.iter().filter(|c| c.table == name).collect();
             let kept = old_chains
                 .iter()
                 .zip(&want.chains)
                 .take_while(|(old, c)| {
-                    c.name == old.name && c.base.as_ref().map(base_info) == old.base
+                    let new = chain(name, c.name, c.base.as_ref());
+                    c.name == old.name
+                        && new.hook == old.hook
+                        && (new.hook.is_none() || new.chain_type == old.chain_type)
                 })
                 .count();
-            for (i, old) in old_chains.iter().enumerate() {
-                if i >= kept {
-                    let old_name = CString::new(old.name.as_str()).unwrap_or_default();
-                    let chain = nftnl::Chain::new(&old_name, &table);
-                    b.add(
-                        &chain,
-                        MsgType::Del,
-                        format!("delete chain inet {name} {}", old.name),
-                    );
-                }
+            for old in old_chains.iter().skip(kept) {
+                b.text(
+                    MsgType::DelChain,
+                    flags::DELETE,
+                    Object::Chain(chain(name, &old.name, None)),
+                    format!("delete chain inet {name} {}", old.name),
+                );
             }
         }
-        let names: Vec<CString> = want
-            .chains
-            .iter()
-            .map(|c| CString::new(c.name).expect("chain names have no NUL"))
-            .collect();
-        let chains: Vec<nftnl::Chain> = want
-            .chains
-            .iter()
-            .zip(&names)
-            .map(|(c, n)| {
-                let mut chain = nftnl::Chain::new(n, &table);
-                if let Some(base) = c.base {
-                    chain.set_hook(
-                        match base.hook {
-                            Hook::Prerouting => nftnl::Hook::PreRouting,
-                            Hook::Output => nftnl::Hook::Out,
-                        },
-                        base.priority,
-                    );
-                    chain.set_type(nft_chain_type(base.kind));
-                }
-                chain
-            })
-            .collect();
-        for (c, chain) in want.chains.iter().zip(&chains) {
-            b.add(chain, MsgType::Add, AddChain(name, c).to_string());
+        for c in &want.chains {
+            b.add_chain(
+                chain(name, c.name, c.base.as_ref()),
+                AddChain(name, c).to_string(),
+            );
         }
-        for (c, chain) in want.chains.iter().zip(&chains) {
+        for c in &want.chains {
             for r in &c.rules {
-                b.rule(&table, chain, (name, c.name), r);
+                let what = What::Rule {
+                    table: name,
+                    chain: c.name,
+                    rule: Rc::new(r.clone()),
+                    part: RulePart::Rule,
+                };
+                b.rule(name, c.name, r, what);
             }
         }
     }
@@ -339,9 +413,7 @@ pub fn build_batch(spec: &Spec, existing: &Existing) -> Built {
 pub fn delete_batch(tables: &[String]) -> Built {
     let mut b = Builder::new();
     for name in tables {
-        let cname = CString::new(name.as_str()).unwrap_or_default();
-        let table = nftnl::Table::new(&cname, ProtoFamily::Inet);
-        b.add(&table, MsgType::Del, format!("delete table inet {name}"));
+        b.delete_table(name);
     }
     b.finish()
 }
@@ -349,14 +421,9 @@ pub fn delete_batch(tables: &[String]) -> Built {
 /// Sends a batch and checks every acknowledgement; the first refusal is reported with the
 /// object it concerned.
 pub fn send(nl: &mut NetlinkSocket, built: &Built) -> Result<(), BackendError> {
-    let seqs = built.batch.sequence_numbers();
-    // With acknowledged batch begin/end messages (kernel 6.10+) the range holds two more.
-    let first_msg_seq = if seqs.len() == built.whats.len() + 2 {
-        seqs.start + 1
-    } else {
-        seqs.start
-    };
-    nl.send(&built.bytes())
+    let seqs = built.batch.seqs.clone();
+    let first_msg_seq = built.batch.first_msg_seq;
+    nl.send(built.bytes())
         .map_err(|e| netlink_error("sending the nftables batch", &e))?;
     let acks = nl
         .acks(seqs)

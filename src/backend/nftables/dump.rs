@@ -1,134 +1,148 @@
-//! Reading meshcap's tables back from the kernel: which of them exist, their chains, and every
-//! chain's rules (with the elements of the sets they look up) in canonical text.
+//! Reading tables back from the kernel: which of meshcap's exist, their chains, and their
+//! [`Contents`] (chains, rules, and the elements of the sets the rules look up), all decoded by
+//! the codec.
 
-use super::decode::{ChainInfo, ChainTexts, chain_key, elements_text, rule_text};
+use super::batch::INET;
+use super::codec::{Chain, Message, MsgType, Object, Rule, SetElem, SetElems, Table};
+use super::contents::{Contents, SetKey};
 use super::names::is_our_table;
-use super::netlink_error;
-use super::object::{Payload, Set, Table, request};
-use super::socket::{Message, NetlinkSocket};
+use super::netlink::netlink_error;
+use super::socket::NetlinkSocket;
 use crate::backend::BackendError;
-use nftnl::nftnl_sys::{self as sys, libc};
-use std::collections::HashMap;
-use std::ffi::CString;
+use nix::libc;
+use std::collections::BTreeMap;
 
-/// Dumps the objects of `msg_type` (an `NFT_MSG_GET*`); `payload` narrows the request.
-fn dump(
+/// Sends `request` as a dump (its objects of one type) and decodes the answer.
+pub fn dump(
     nl: &mut NetlinkSocket,
     what: &str,
-    msg_type: libc::c_int,
-    payload: Payload<'_>,
+    msg_type: MsgType,
+    request: Object,
 ) -> Result<Vec<Message>, BackendError> {
     let seq = nl.next_seq();
-    let req = request(msg_type as u16, libc::NLM_F_DUMP as u16, seq, payload);
-    nl.dump(&req, seq).map_err(|e| netlink_error(what, &e))
+    let req = Message::new(msg_type, libc::NLM_F_DUMP as u16, request).to_bytes(seq);
+    let answers = nl.dump(&req, seq).map_err(|e| netlink_error(what, &e))?;
+    Ok(answers
+        .iter()
+        .filter_map(|bytes| Message::decode(bytes))
+        .map(|(_, m)| m)
+        .collect())
+}
+
+/// Every object of `msg_type` of `family` (`NFPROTO_UNSPEC`: every family).
+pub fn dump_all(
+    nl: &mut NetlinkSocket,
+    what: &str,
+    msg_type: MsgType,
+    family: u8,
+) -> Result<Vec<Object>, BackendError> {
+    Ok(dump(nl, what, msg_type, Object::Empty { family })?
+        .into_iter()
+        .map(|m| m.object)
+        .collect())
+}
+
+/// The inet tables.
+pub fn tables(nl: &mut NetlinkSocket) -> Result<Vec<Table>, BackendError> {
+    Ok(
+        dump_all(nl, "listing nftables tables", MsgType::GetTable, INET)?
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Table(t) if t.family == INET => Some(t),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Lists the inet tables among meshcap's (and Istio's) three.
 pub fn our_tables(nl: &mut NetlinkSocket) -> Result<Vec<String>, BackendError> {
-    let msgs = dump(
-        nl,
-        "listing nftables tables",
-        libc::NFT_MSG_GETTABLE,
-        Payload::None,
-    )?;
-    Ok(msgs
-        .iter()
-        .filter_map(Table::parse)
-        .filter(|t| t.u32(sys::NFTNL_TABLE_FAMILY) == libc::NFPROTO_INET as u32)
-        .map(|t| t.str(sys::NFTNL_TABLE_NAME))
+    Ok(tables(nl)?
+        .into_iter()
+        .map(|t| t.name)
         .filter(|name| is_our_table(name))
         .collect())
 }
 
 /// The chains of the inet tables named in `tables`.
-pub fn chains(nl: &mut NetlinkSocket, tables: &[String]) -> Result<Vec<ChainInfo>, BackendError> {
-    let msgs = dump(
-        nl,
-        "listing nftables chains",
-        libc::NFT_MSG_GETCHAIN,
-        Payload::None,
-    )?;
-    Ok(msgs
-        .iter()
-        .filter_map(ChainInfo::parse)
-        .filter(|c| tables.contains(&c.table))
-        .collect())
+pub fn chains(nl: &mut NetlinkSocket, tables: &[String]) -> Result<Vec<Chain>, BackendError> {
+    Ok(
+        dump_all(nl, "listing nftables chains", MsgType::GetChain, INET)?
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Chain(c) if tables.contains(&c.table) => Some(c),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
-/// The canonical text of the elements of each set in `tables`, by (table, set name).
-pub fn set_texts(
+/// The rules of every table of `family` (`NFPROTO_UNSPEC`: every family).
+pub fn rules(nl: &mut NetlinkSocket, family: u8) -> Result<Vec<Rule>, BackendError> {
+    Ok(
+        dump_all(nl, "listing nftables rules", MsgType::GetRule, family)?
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Rule(r) => Some(r),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The elements of each set of the inet tables in `tables`.
+pub fn set_elements(
     nl: &mut NetlinkSocket,
     tables: &[String],
-) -> Result<HashMap<(String, String), String>, BackendError> {
-    let msgs = dump(
-        nl,
-        "listing nftables sets",
-        libc::NFT_MSG_GETSET,
-        Payload::None,
-    )?;
-    let names: Vec<(String, String)> = msgs
-        .iter()
-        .filter_map(Set::parse)
-        .map(|s| (s.str(sys::NFTNL_SET_TABLE), s.str(sys::NFTNL_SET_NAME)))
-        .filter(|(table, _)| tables.contains(table))
+) -> Result<BTreeMap<SetKey, Vec<SetElem>>, BackendError> {
+    let sets: Vec<SetKey> = dump_all(nl, "listing nftables sets", MsgType::GetSet, INET)?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Set(s) if tables.contains(&s.table) => Some((s.table, s.name)),
+            _ => None,
+        })
         .collect();
-    let mut sets = HashMap::new();
-    for (table, name) in names {
-        let mut query = Set::new();
-        query.set_str(
-            sys::NFTNL_SET_TABLE,
-            &CString::new(table.as_str()).unwrap_or_default(),
-        );
-        query.set_str(
-            sys::NFTNL_SET_NAME,
-            &CString::new(name.as_str()).unwrap_or_default(),
-        );
+    let mut out = BTreeMap::new();
+    for (table, name) in sets {
+        let query = Object::SetElems(SetElems {
+            family: INET,
+            table: table.clone(),
+            set: name.clone(),
+            ..SetElems::default()
+        });
         let msgs = dump(
             nl,
             &format!("listing the elements of set {name} of inet {table}"),
-            libc::NFT_MSG_GETSETELEM,
-            Payload::SetElements(&query),
+            MsgType::GetSetElem,
+            query,
         )?;
-        let mut elements: Vec<(Vec<u8>, bool)> = msgs
-            .iter()
-            .filter_map(Set::parse_elements)
-            .flat_map(|s| s.elements())
+        let elements: Vec<SetElem> = msgs
+            .into_iter()
+            .filter_map(|m| match m.object {
+                Object::SetElems(e) => Some(e.elements),
+                _ => None,
+            })
+            .flatten()
             .collect();
-        sets.insert((table, name), elements_text(&mut elements));
-    }
-    Ok(sets)
-}
-
-/// What the kernel holds in `tables`, in canonical text.
-pub fn read_texts(nl: &mut NetlinkSocket, tables: &[String]) -> Result<ChainTexts, BackendError> {
-    let mut out = ChainTexts::new();
-    if tables.is_empty() {
-        return Ok(out);
-    }
-    for c in chains(nl, tables)? {
-        let entry = out.entry(chain_key(&c.table, &c.name)).or_default();
-        if let Some(h) = c.header_text() {
-            entry.push(h);
-        }
-    }
-    let sets = set_texts(nl, tables)?;
-    let msgs = dump(
-        nl,
-        "listing nftables rules",
-        libc::NFT_MSG_GETRULE,
-        Payload::None,
-    )?;
-    let set_text = |table: &str, name: &str, _: Option<u32>| {
-        sets.get(&(table.to_owned(), name.to_owned()))
-            .cloned()
-            .unwrap_or_else(|| format!("@{name}"))
-    };
-    for msg in &msgs {
-        if let Some((table, chain, text)) = rule_text(msg, &set_text)
-            && tables.contains(&table)
-        {
-            out.entry(chain_key(&table, &chain)).or_default().push(text);
-        }
+        out.insert((table, name), elements);
     }
     Ok(out)
+}
+
+/// What the kernel holds in the inet tables `tables`.
+pub fn contents(nl: &mut NetlinkSocket, tables: &[String]) -> Result<Contents, BackendError> {
+    if tables.is_empty() {
+        return Ok(Contents::default());
+    }
+    let chains = chains(nl, tables)?;
+    let sets = set_elements(nl, tables)?;
+    let rules = rules(nl, INET)?
+        .into_iter()
+        .filter(|r| tables.contains(&r.table))
+        .collect();
+    Ok(Contents {
+        chains,
+        rules,
+        sets,
+    })
 }

@@ -1,15 +1,18 @@
-//! The nftables expressions of one [`Item`], as nft generates them for the same text.
+//! The nf_tables expressions of one [`Item`], as nft generates them for the same text (checked
+//! with `nft --debug=netlink`), so that a ruleset installed over netlink lists like one loaded
+//! with `nft -f`.
 
-use super::expr;
+use super::codec::expr::{REG_1, REG32_01};
+use super::codec::{CmpOp, CtKey, Expr, MetaKey, PayloadBase, Verdict as NftVerdict};
 use super::ir::{AddrField, AddrValue, Dir, Gid, Item, PortField, PortValue, Verdict};
 use super::prefix::netmask;
 use crate::plan::{Family, Protocol};
-use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Conntrack, Counter, Immediate, Meta, Payload, Register, TcpHeaderField,
-    TransportHeaderField, UdpHeaderField,
-};
-use nftnl::nftnl_sys::libc;
-use std::ffi::CString;
+use nix::libc;
+
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`: nft sets it when a redirect names a port.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+/// `IFNAMSIZ`: nft compares a whole interface name buffer, NUL padded.
+const IFNAMSIZ: usize = 16;
 
 /// An address of `family` in network order (IPv4 in the low 32 bits of `v`).
 pub fn addr_bytes(family: Family, v: u128) -> Vec<u8> {
@@ -26,28 +29,85 @@ pub fn proto_num(p: Protocol) -> u8 {
     }
 }
 
+/// The `NFPROTO_*` of a family.
+pub fn nfproto(f: Family) -> u8 {
+    match f {
+        Family::V4 => libc::NFPROTO_IPV4 as u8,
+        Family::V6 => libc::NFPROTO_IPV6 as u8,
+    }
+}
+
+/// nft's `inet_proto . inet_service` key: a transport protocol and a port, each field padded to
+/// 4 bytes as registers hold them (`meta l4proto . tcp dport`).
+pub fn proto_port_key(proto: u8, port: u16) -> Vec<u8> {
+    let p = port.to_be_bytes();
+    vec![proto, 0, 0, 0, p[0], p[1], 0, 0]
+}
+
+/// nft's concatenated type id of [`proto_port_key`], 6 bits per field: inet_proto (12),
+/// inet_service (13).
+pub const PROTO_PORT_TYPE: u32 = (12 << 6) | 13;
+
 fn cmp_op(negated: bool) -> CmpOp {
     if negated { CmpOp::Neq } else { CmpOp::Eq }
 }
 
-/// The expressions of one item, as nft generates them for the same text.
-pub fn add_item(
-    rule: &mut nftnl::Rule,
-    item: &Item,
-    lookups: &mut impl Iterator<Item = (CString, u32)>,
-) {
+fn meta(key: MetaKey) -> Expr {
+    Expr::Meta { key, dreg: REG_1 }
+}
+
+fn cmp(op: CmpOp, data: impl Into<Vec<u8>>) -> Expr {
+    Expr::Cmp {
+        sreg: REG_1,
+        op,
+        data: data.into(),
+    }
+}
+
+fn bitwise(mask: Vec<u8>, xor: Vec<u8>) -> Expr {
+    Expr::Bitwise {
+        sreg: REG_1,
+        dreg: REG_1,
+        len: mask.len() as u32,
+        mask,
+        xor,
+    }
+}
+
+fn immediate(data: impl Into<Vec<u8>>) -> Expr {
+    Expr::Immediate {
+        dreg: REG_1,
+        data: data.into(),
+    }
+}
+
+/// A set the batch creates for a rule: its name and transaction id.
+#[derive(Clone, Debug)]
+pub struct SetRef {
+    pub name: String,
+    pub id: u32,
+}
+
+/// Appends the expressions of one item; `lookups` yields the sets created for the rule, in
+/// the order its items look them up.
+pub fn push_item(out: &mut Vec<Expr>, item: &Item, lookups: &mut dyn Iterator<Item = SetRef>) {
+    let mut lookup = |negated: bool| {
+        let set = lookups.next().expect("set created for the rule");
+        Expr::Lookup {
+            sreg: REG_1,
+            set: set.name,
+            set_id: Some(set.id),
+            invert: negated,
+        }
+    };
     match item {
         Item::NfProto(f) => {
-            rule.add_expr(&Meta::NfProto);
-            let v = match f {
-                Family::V4 => libc::NFPROTO_IPV4,
-                Family::V6 => libc::NFPROTO_IPV6,
-            };
-            rule.add_expr(&Cmp::new(CmpOp::Eq, v as u8));
+            out.push(meta(MetaKey::NfProto));
+            out.push(cmp(CmpOp::Eq, [nfproto(*f)]));
         }
         Item::L4Proto(p) => {
-            rule.add_expr(&Meta::L4Proto);
-            rule.add_expr(&Cmp::new(CmpOp::Eq, proto_num(*p)));
+            out.push(meta(MetaKey::L4Proto));
+            out.push(cmp(CmpOp::Eq, [proto_num(*p)]));
         }
         Item::Iface {
             dir,
@@ -55,19 +115,15 @@ pub fn add_item(
             prefix,
             negated,
         } => {
-            rule.add_expr(&match dir {
-                Dir::In => Meta::IifName,
-                Dir::Out => Meta::OifName,
-            });
-            let data: Vec<u8> = if *prefix {
-                name.as_bytes().to_vec()
-            } else {
-                // nft compares the whole IFNAMSIZ buffer, NUL padded.
-                let mut b = name.as_bytes().to_vec();
-                b.resize(libc::IFNAMSIZ, 0);
-                b
-            };
-            rule.add_expr(&Cmp::new(cmp_op(*negated), data.as_slice()));
+            out.push(meta(match dir {
+                Dir::In => MetaKey::IifName,
+                Dir::Out => MetaKey::OifName,
+            }));
+            let mut data = name.as_bytes().to_vec();
+            if !*prefix {
+                data.resize(IFNAMSIZ, 0);
+            }
+            out.push(cmp(cmp_op(*negated), data));
         }
         Item::Addr {
             family,
@@ -81,12 +137,13 @@ pub fn add_item(
                 (Family::V6, AddrField::Saddr) => (16, 8),
                 (Family::V6, AddrField::Daddr) => (16, 24),
             };
-            let load = |len: u32| expr::PayloadLoad {
-                base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+            let load = |len: u32| Expr::Payload {
+                base: PayloadBase::Network,
                 offset,
                 len,
-                dreg: expr::REG_1,
+                dreg: REG_1,
             };
+            let mask = |prefix: u8| addr_bytes(*family, netmask(*family, prefix));
             match value {
                 AddrValue::Prefix(net) => {
                     let bytes = match net.network() {
@@ -96,161 +153,160 @@ pub fn add_item(
                     let plen = net.prefix() as usize;
                     if plen > 0 && plen % 8 == 0 {
                         // Whole bytes: nft loads only the prefix bytes.
-                        rule.add_expr(&load((plen / 8) as u32));
-                        rule.add_expr(&Cmp::new(cmp_op(*negated), &bytes[..plen / 8]));
+                        out.push(load((plen / 8) as u32));
+                        out.push(cmp(cmp_op(*negated), &bytes[..plen / 8]));
                     } else {
-                        let mask = addr_bytes(*family, netmask(*family, plen as u8));
-                        let zero = vec![0u8; full as usize];
-                        rule.add_expr(&load(full));
-                        rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
-                        rule.add_expr(&Cmp::new(cmp_op(*negated), bytes.as_slice()));
+                        out.push(load(full));
+                        out.push(bitwise(mask(plen as u8), vec![0; full as usize]));
+                        out.push(cmp(cmp_op(*negated), bytes));
                     }
                 }
                 AddrValue::Range(iv) => {
-                    rule.add_expr(&load(full));
-                    rule.add_expr(&expr::Range {
+                    out.push(load(full));
+                    out.push(Expr::Range {
+                        sreg: REG_1,
+                        op: cmp_op(*negated),
                         from: addr_bytes(*family, iv.start),
                         to: addr_bytes(*family, iv.end),
-                        negated: *negated,
                     });
                 }
                 AddrValue::Networks { prefix, .. } => {
-                    rule.add_expr(&load(full));
-                    let plen = *prefix as usize;
-                    if plen < full as usize * 8 {
-                        let mask = addr_bytes(*family, netmask(*family, *prefix));
-                        let zero = vec![0u8; full as usize];
-                        rule.add_expr(&Bitwise::new(mask.as_slice(), zero.as_slice()));
+                    out.push(load(full));
+                    if u32::from(*prefix) < full * 8 {
+                        out.push(bitwise(mask(*prefix), vec![0; full as usize]));
                     }
-                    let (set_name, set_id) = lookups.next().expect("set created for the rule");
-                    rule.add_expr(&expr::Lookup {
-                        set_name,
-                        set_id,
-                        inverted: *negated,
-                    });
+                    out.push(lookup(*negated));
                 }
             }
         }
         Item::Port {
-            proto,
+            proto: _,
             field,
             negated,
             value,
         } => {
-            let header = match (proto, field) {
-                (Protocol::Tcp, PortField::Dport) => {
-                    TransportHeaderField::Tcp(TcpHeaderField::Dport)
-                }
-                (Protocol::Tcp, PortField::Sport) => {
-                    TransportHeaderField::Tcp(TcpHeaderField::Sport)
-                }
-                (Protocol::Udp, PortField::Dport) => {
-                    TransportHeaderField::Udp(UdpHeaderField::Dport)
-                }
-                (Protocol::Udp, PortField::Sport) => {
-                    TransportHeaderField::Udp(UdpHeaderField::Sport)
-                }
+            let offset = match field {
+                PortField::Sport => 0,
+                PortField::Dport => 2,
             };
             match value {
                 PortValue::One(p) => {
-                    rule.add_expr(&Payload::Transport(header));
-                    rule.add_expr(&Cmp::new(cmp_op(*negated), &p.to_be_bytes()[..]));
+                    out.push(Expr::Payload {
+                        base: PayloadBase::Transport,
+                        offset,
+                        len: 2,
+                        dreg: REG_1,
+                    });
+                    out.push(cmp(cmp_op(*negated), p.to_be_bytes()));
                 }
                 PortValue::Set(_) => {
                     // `meta l4proto . tcp dport`: the protocol in register 1, the port in the
-                    // next 32-bit register (see `ProtoPortKey`).
-                    rule.add_expr(&Meta::L4Proto);
-                    rule.add_expr(&expr::PayloadLoad {
-                        base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
-                        offset: match field {
-                            PortField::Sport => 0,
-                            PortField::Dport => 2,
-                        },
+                    // next 32-bit register (see `proto_port_key`).
+                    out.push(meta(MetaKey::L4Proto));
+                    out.push(Expr::Payload {
+                        base: PayloadBase::Transport,
+                        offset,
                         len: 2,
-                        dreg: expr::REG32_01,
+                        dreg: REG32_01,
                     });
-                    let (set_name, set_id) = lookups.next().expect("set created for the rule");
-                    rule.add_expr(&expr::Lookup {
-                        set_name,
-                        set_id,
-                        inverted: *negated,
-                    });
+                    out.push(lookup(*negated));
                 }
             }
         }
         Item::SkUid { uid, negated } => {
-            rule.add_expr(&Meta::SkUid);
-            rule.add_expr(&Cmp::new(cmp_op(*negated), *uid));
+            out.push(meta(MetaKey::SkUid));
+            out.push(cmp(cmp_op(*negated), uid.to_ne_bytes()));
         }
         Item::SkGid { gid, negated } => {
-            rule.add_expr(&Meta::SkGid);
+            out.push(meta(MetaKey::SkGid));
             // Names were resolved (or refused) before the batch was built; see `Spec::unresolved`.
             let gid = match gid {
                 Gid::Id(id) => *id,
                 Gid::Name(_) => u32::MAX,
             };
-            rule.add_expr(&Cmp::new(cmp_op(*negated), gid));
+            out.push(cmp(cmp_op(*negated), gid.to_ne_bytes()));
         }
         Item::Mark { value, negated } => {
-            rule.add_expr(&Meta::Mark { set: false });
-            rule.add_expr(&Cmp::new(cmp_op(*negated), *value));
+            out.push(meta(MetaKey::Mark));
+            out.push(cmp(cmp_op(*negated), value.to_ne_bytes()));
         }
         Item::CtMark(v) => {
-            rule.add_expr(&Conntrack::Mark { set: false });
-            rule.add_expr(&Cmp::new(CmpOp::Eq, *v));
+            out.push(ct(CtKey::Mark));
+            out.push(cmp(CmpOp::Eq, v.to_ne_bytes()));
         }
         Item::CtState(mask) => {
-            rule.add_expr(&Conntrack::State);
-            rule.add_expr(&Bitwise::new(*mask, 0u32));
-            rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+            out.push(ct(CtKey::State));
+            out.push(bitwise(mask.to_ne_bytes().to_vec(), vec![0; 4]));
+            out.push(cmp(CmpOp::Neq, [0; 4]));
         }
-        Item::Counter => rule.add_expr(&Counter),
+        Item::Counter => out.push(Expr::Counter {
+            packets: 0,
+            bytes: 0,
+        }),
         Item::SetMark { value, mask } => {
             if *mask == u32::MAX {
-                rule.add_expr(&Immediate::new(*value, Register::Reg1));
+                out.push(immediate(value.to_ne_bytes()));
             } else {
-                rule.add_expr(&Meta::Mark { set: false });
-                rule.add_expr(&Bitwise::new(!*mask, *value));
+                out.push(meta(MetaKey::Mark));
+                out.push(bitwise(
+                    (!*mask).to_ne_bytes().to_vec(),
+                    value.to_ne_bytes().to_vec(),
+                ));
             }
-            rule.add_expr(&Meta::Mark { set: true });
+            out.push(meta_set(MetaKey::Mark));
         }
         Item::SaveMark => {
-            rule.add_expr(&Meta::Mark { set: false });
-            rule.add_expr(&Conntrack::Mark { set: true });
+            out.push(meta(MetaKey::Mark));
+            out.push(Expr::CtSet {
+                key: CtKey::Mark,
+                sreg: REG_1,
+            });
         }
         Item::RestoreMark => {
-            rule.add_expr(&Conntrack::Mark { set: false });
-            rule.add_expr(&Meta::Mark { set: true });
+            out.push(ct(CtKey::Mark));
+            out.push(meta_set(MetaKey::Mark));
         }
         Item::CtZone(z) => {
             // nft's ct zone is a 16-bit host-order integer.
-            rule.add_expr(&Immediate::new(*z, Register::Reg1));
-            rule.add_expr(&expr::CtSet {
-                key: libc::NFT_CT_ZONE as u32,
+            out.push(immediate(z.to_ne_bytes()));
+            out.push(Expr::CtSet {
+                key: CtKey::Zone,
+                sreg: REG_1,
             });
         }
         Item::Redirect(port) => {
-            rule.add_expr(&Immediate::new(port.to_be_bytes(), Register::Reg1));
-            rule.add_expr(&expr::Redirect);
-        }
-        Item::Tproxy { family, port } => {
-            rule.add_expr(&Immediate::new(port.to_be_bytes(), Register::Reg1));
-            let nfproto = match family {
-                Some(Family::V4) => libc::NFPROTO_IPV4,
-                Some(Family::V6) => libc::NFPROTO_IPV6,
-                None => libc::NFPROTO_UNSPEC,
-            };
-            rule.add_expr(&expr::Tproxy {
-                nfproto: nfproto as u32,
+            out.push(immediate(port.to_be_bytes()));
+            out.push(Expr::Redir {
+                reg_proto_min: Some(REG_1),
+                reg_proto_max: None,
+                flags: Some(NF_NAT_RANGE_PROTO_SPECIFIED),
             });
         }
-        Item::Verdict(v) => rule.add_expr(&match v {
-            Verdict::Jump(c) => nftnl::expr::Verdict::Jump {
-                chain: CString::new(*c).expect("chain names have no NUL"),
-            },
-            Verdict::Return => nftnl::expr::Verdict::Return,
-            Verdict::Accept => nftnl::expr::Verdict::Accept,
-            Verdict::Drop => nftnl::expr::Verdict::Drop,
-        }),
+        Item::Tproxy { family, port } => {
+            out.push(immediate(port.to_be_bytes()));
+            out.push(Expr::Tproxy {
+                family: family.map_or(libc::NFPROTO_UNSPEC as u32, |f| u32::from(nfproto(f))),
+                reg_addr: None,
+                reg_port: Some(REG_1),
+            });
+        }
+        Item::Verdict(v) => out.push(Expr::Verdict(match v {
+            Verdict::Jump(c) => NftVerdict::Jump((*c).to_owned()),
+            Verdict::Return => NftVerdict::Return,
+            Verdict::Accept => NftVerdict::Accept,
+            Verdict::Drop => NftVerdict::Drop,
+        })),
     }
+}
+
+fn ct(key: CtKey) -> Expr {
+    Expr::Ct {
+        key,
+        direction: None,
+        dreg: REG_1,
+    }
+}
+
+fn meta_set(key: MetaKey) -> Expr {
+    Expr::MetaSet { key, sreg: REG_1 }
 }

@@ -7,11 +7,14 @@
 //! - [`ir`]: the one description of tables, chains, sets and rules; [`lower`] builds it from
 //!   the plan, with [`prefix`]'s address arithmetic; [`script`] spells it as the `--dry-run`
 //!   script (`nft -f` syntax);
-//! - [`batch`]: the netlink batch that installs it, its expressions from [`encode`] and
-//!   [`expr`] (those nftnl's safe API lacks);
-//! - [`socket`]: the netlink socket (send, receive, dumps, acknowledgements);
-//! - [`dump`] reads the tables back; [`decode`] spells a dump's or a batch's messages as the
-//!   canonical text that read-back compares; [`object`] owns the libnftnl objects both parse.
+//! - [`codec`]: the nf_tables messages, typed, with their encoder and decoder (safe Rust, no
+//!   C library);
+//! - [`batch`]: the batch of messages that installs it, each rule's expressions from
+//!   [`encode`];
+//! - [`socket`]: the netlink socket (send, receive, dumps, acknowledgements); [`netlink`]
+//!   opens it in the current namespace and names its failures;
+//! - [`dump`] reads the tables back as [`Contents`], which a batch's messages also give;
+//!   read-back and drift compare those values, and [`render`] spells them in `nft` syntax.
 //!
 //! Replacing: the tables present are looked up first. A fresh namespace gets plain additions (no
 //! table deletion, which would make the kernel wait for the commit). Present tables are
@@ -19,61 +22,53 @@
 //! configuration replaces the old rules atomically, never leaving a moment without rules and
 //! never adding duplicates.
 
-mod batch;
-mod decode;
-mod dump;
-mod encode;
-mod expr;
+pub mod batch;
+pub mod codec;
+pub mod contents;
+pub mod dump;
+pub mod encode;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-mod ir;
+pub mod ir;
 mod lower;
-mod names;
-mod object;
+pub mod names;
+pub mod netlink;
 mod prefix;
+pub mod render;
 mod script;
 pub mod socket;
-pub mod trace;
 
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, routing};
+use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
 use crate::plan::Plan;
 use batch::Existing;
+pub use contents::Contents;
 use ir::Spec;
-use nftnl::nftnl_sys::libc;
-use socket::NetlinkSocket;
+pub use netlink::{netlink_error, open};
 
 /// Installs the plan as nftables rules over netlink (no `nft` binary needed).
 #[derive(Clone, Debug, Default)]
 pub struct NftablesBackend;
 
-/// A failure of `what`, with the kernel's (or the socket's) errno `code` explained.
-fn kernel_error(what: impl Into<String>, code: i32) -> BackendError {
-    let text = std::io::Error::from_raw_os_error(code).to_string();
-    let reason = match code {
-        libc::EPERM => format!("{text} (CAP_NET_ADMIN is needed)"),
-        libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT => {
-            format!("{text} (is nf_tables available in this kernel?)")
-        }
-        _ => text,
-    };
-    BackendError::Netlink {
-        what: what.into(),
-        reason,
-    }
-}
-
-/// A failed socket operation of `what`.
-fn netlink_error(what: impl Into<String>, e: &std::io::Error) -> BackendError {
-    kernel_error(what, e.raw_os_error().unwrap_or(0))
-}
-
-fn open() -> Result<NetlinkSocket, BackendError> {
-    NetlinkSocket::open(netlink_sys::protocols::NETLINK_NETFILTER)
-        .map_err(|e| netlink_error("opening a netfilter netlink socket", &e))
+/// What an install of `spec` leaves in a namespace without meshcap's tables, canonical.
+pub fn expected_contents(spec: &Spec) -> Contents {
+    Contents::from_batch(&batch::build_batch(spec, &Existing::default()).messages).canonical()
 }
 
 impl NftablesBackend {
+    /// What the current namespace holds in meshcap's (and Istio's) tables, canonical (see
+    /// [`Contents::canonical`]).
+    pub fn contents(&self) -> Result<Contents, BackendError> {
+        let mut nl = open()?;
+        let tables = dump::our_tables(&mut nl)?;
+        Ok(dump::contents(&mut nl, &tables)?.canonical())
+    }
+
+    /// What installing `plan` leaves in a namespace without meshcap's tables, canonical.
+    pub fn expected_contents(&self, plan: &Plan) -> Contents {
+        expected_contents(&self.spec(plan))
+    }
+
     /// The description of `plan`, owner group names resolved on this system.
     pub fn spec(&self, plan: &Plan) -> Spec {
         Spec::build(plan, &gid_of)
@@ -144,28 +139,24 @@ impl Firewall for NftablesBackend {
         })
     }
 
-    fn read_back(&self, _plan: &Plan) -> Result<Ruleset, BackendError> {
-        let mut nl = open()?;
-        let tables = dump::our_tables(&mut nl)?;
-        Ok(Ruleset {
-            chains: dump::read_texts(&mut nl, &tables)?,
-        })
+    fn read_back(&self, plan: &Plan) -> Result<Ruleset, BackendError> {
+        Ok(self.read_typed(plan)?.ruleset())
     }
 
     fn expected(&self, plan: &Plan) -> Ruleset {
+        self.expected_typed(plan).ruleset()
+    }
+
+    fn read_typed(&self, _plan: &Plan) -> Result<TypedRules, BackendError> {
+        Ok(TypedRules::Nftables(self.contents()?))
+    }
+
+    fn expected_typed(&self, plan: &Plan) -> TypedRules {
         let spec = self.spec(plan);
-        if let Some(name) = spec.unresolved() {
-            // Nothing can be installed for this plan; say so where a diff will show it.
-            let mut ruleset = Ruleset::default();
-            ruleset.chains.insert(
-                "unresolvable".into(),
-                vec![format!("owner group {name:?} does not exist")],
-            );
-            return ruleset;
-        }
-        let built = batch::build_batch(&spec, &Existing::default());
-        Ruleset {
-            chains: decode::batch_texts(&built),
+        match spec.unresolved() {
+            // Nothing can be installed for this plan; say so where a diff or explain shows it.
+            Some(name) => TypedRules::Unusable(format!("owner group {name:?} does not exist")),
+            None => TypedRules::Nftables(expected_contents(&spec)),
         }
     }
 

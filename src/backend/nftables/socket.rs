@@ -10,7 +10,7 @@ use nix::libc;
 use std::collections::BTreeSet;
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 /// Messages start at 4-byte boundaries (`NLMSG_ALIGNTO`).
 const ALIGN: usize = 4;
@@ -19,48 +19,7 @@ const HEADER_LEN: usize = 16;
 /// Larger than any datagram the kernel sends at once (one part of a dump).
 const RECV_BUFFER: usize = 256 * 1024;
 /// How long to wait for acknowledgements that are not queued yet.
-const ACK_WAIT_MS: libc::c_int = 1000;
-
-/// One netlink message in storage aligned for `nlmsghdr`, as C parsers (libnftnl) read it.
-pub struct Message {
-    words: Vec<u32>,
-    len: usize,
-}
-
-impl Message {
-    /// A copy of one message's bytes.
-    pub fn copy(bytes: &[u8]) -> Message {
-        let mut words = vec![0u32; bytes.len().div_ceil(ALIGN)];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks(ALIGN)) {
-            let mut b = [0u8; ALIGN];
-            b[..chunk.len()].copy_from_slice(chunk);
-            *word = u32::from_ne_bytes(b);
-        }
-        Message {
-            words,
-            len: bytes.len(),
-        }
-    }
-
-    /// The first `len` bytes of `words` (written by a C message builder).
-    pub fn from_words(words: Vec<u32>, len: usize) -> Message {
-        assert!(
-            len <= words.len() * ALIGN,
-            "message longer than its storage"
-        );
-        Message { words, len }
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        // Safety: `words` holds at least `len` initialized bytes (checked when made), and bytes
-        // have no alignment or validity requirements.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
-    }
-
-    pub fn as_nlmsghdr(&self) -> *const libc::nlmsghdr {
-        self.words.as_ptr().cast()
-    }
-}
+const ACK_WAIT_MS: u16 = 1000;
 
 /// The messages of a datagram or a batch, in order, each exactly as long as its header says;
 /// a truncated message ends the sequence.
@@ -159,17 +118,17 @@ impl NetlinkSocket {
     }
 
     /// The messages of the next datagram.
-    pub fn recv(&mut self) -> io::Result<Vec<Message>> {
+    pub fn recv(&mut self) -> io::Result<Vec<Vec<u8>>> {
         self.recv_datagram(0)?;
         Ok(messages(&self.buf)
-            .map(|m| Message::copy(m.into_inner()))
+            .map(|m| m.into_inner().to_vec())
             .collect())
     }
 
     /// Sends a dump request (sequence number `seq`) and returns the answer's messages; the
     /// kernel's refusal as an errno.
-    pub fn dump(&mut self, request: &Message, seq: u32) -> io::Result<Vec<Message>> {
-        self.send_small(request.bytes())?;
+    pub fn dump(&mut self, request: &[u8], seq: u32) -> io::Result<Vec<Vec<u8>>> {
+        self.send_small(request)?;
         let mut out = Vec::new();
         loop {
             self.recv_datagram(0)?;
@@ -185,7 +144,7 @@ impl NetlinkSocket {
                             code => Err(io::Error::from_raw_os_error(code)),
                         };
                     }
-                    _ => out.push(Message::copy(msg.into_inner())),
+                    _ => out.push(msg.into_inner().to_vec()),
                 }
             }
         }
@@ -226,16 +185,10 @@ impl NetlinkSocket {
     }
 
     /// Whether a datagram arrives within `timeout_ms`.
-    fn wait_readable(&self, timeout_ms: libc::c_int) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        match unsafe { libc::poll(&mut pfd, 1, timeout_ms) } {
-            r if r < 0 => Err(io::Error::last_os_error()),
-            r => Ok(r > 0),
-        }
+    fn wait_readable(&self, timeout_ms: u16) -> io::Result<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        Ok(poll(&mut fds, PollTimeout::from(timeout_ms))? > 0)
     }
 }
 
@@ -287,16 +240,5 @@ mod tests {
         assert_eq!(parse(&short), (5, libc::EPERM));
         // Too short for an error code.
         assert_eq!(parse(&message(NLMSG_ERROR, 6, &[])), (6, libc::EPROTO));
-    }
-
-    #[test]
-    fn a_message_copy_keeps_its_bytes() {
-        let bytes = message(0x0a01, 3, &[9, 8, 7, 6, 5]);
-        let msg = Message::copy(&bytes[..21]);
-        assert_eq!(msg.bytes(), &bytes[..21]);
-        assert_eq!(
-            msg.as_nlmsghdr() as usize % std::mem::align_of::<libc::nlmsghdr>(),
-            0
-        );
     }
 }

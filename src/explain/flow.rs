@@ -1,6 +1,6 @@
 //! A flow to explain, from `key=value` words (`dir=out dst=198.51.100.10:80 uid=1000`).
 
-use super::super::Protocol;
+use crate::plan::Protocol;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;

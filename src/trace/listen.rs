@@ -2,7 +2,7 @@
 //! (`NFNLGRP_NFTRACE`) and the stop signals (SIGINT, SIGTERM, SIGHUP) as a signalfd, polled
 //! together, so a signal ends the wait like any other event and the caller cleans up.
 
-use super::super::socket::{Message, messages};
+use crate::backend::nftables::socket::messages;
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -19,7 +19,7 @@ const DATAGRAM: usize = 256 * 1024;
 
 /// What ended a wait.
 pub enum Wake {
-    Messages(Vec<Message>),
+    Messages(Vec<Vec<u8>>),
     Signal(Signal),
     /// The kernel dropped messages: the receive buffer overflowed.
     Overrun,
@@ -105,7 +105,7 @@ impl Listener {
         match self.sock.recv(&mut self.buf, libc::MSG_DONTWAIT) {
             Ok(_) => Ok(Some(Wake::Messages(
                 messages(&self.buf)
-                    .map(|m| Message::copy(m.into_inner()))
+                    .map(|m| m.into_inner().to_vec())
                     .collect(),
             ))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),

@@ -1,11 +1,28 @@
 //! `meshcap explain`: where a connection goes under the rules of a configuration (its plan) or
-//! under the rules the kernel holds (`--kernel`), rule by rule. The walk itself is
-//! [`crate::plan::explain`]; this is the command's edge: arguments, the kernel read, printing.
+//! under the rules the kernel holds (`--kernel`), rule by rule.
+//!
+//! - this file is the command's edge: arguments, the rules (from the namespace session or the
+//!   plan), printing;
+//! - [`simulate`]: the walk of one packet through the hooks, tables and chains;
+//! - [`rules`]: the typed rules it walks, as the backends hand them over, and per rule its
+//!   evaluator, [`iptables`] (saved rules) or [`nftables`] (a register machine over the
+//!   codec's expressions), both on the [`packet`] they change;
+//! - [`flow`]: the `--flow` words.
+
+mod flow;
+mod iptables;
+mod nftables;
+mod packet;
+mod rules;
+mod simulate;
+
+pub use flow::{Direction, Flow, FlowError, State};
+pub use rules::{Rules, RulesError};
+pub use simulate::{Explanation, Listeners, Step, Verdict, explain};
 
 use crate::backend::Ruleset;
 use crate::backend::session::{self, Namespace, Session, Waits};
 use crate::config::{BackendKind, Config};
-use crate::plan::explain::{Explanation, Flow, Listeners, Rules, explain};
 use crate::plan::{Family, Plan};
 use anyhow::Context;
 use std::ffi::OsString;
@@ -111,8 +128,8 @@ fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Res
     let (rules, source) = if kernel {
         kernel_rules(config, &plan)?
     } else {
-        let rules = Rules::parse(&session::expected(&config.run, &plan).chains)
-            .context("the plan's rules in the backend's spelling")?;
+        let rules = Rules::from_typed(&session::expected_typed(&config.run, &plan))
+            .context("the plan's rules")?;
         let what = match config.run.backend {
             BackendKind::Iptables => "plan (iptables spelling)",
             BackendKind::Nftables => "plan (nftables spelling)",
@@ -164,7 +181,7 @@ fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)>
         let name = reading.backend;
         drift.extend(diff_lines(name, &reading.read, &reading.expected));
         rules.extend(
-            Rules::parse(&reading.read.chains).with_context(|| format!("the {name} rules"))?,
+            Rules::from_typed(&reading.rules).with_context(|| format!("the {name} rules"))?,
         );
     }
     if readings.is_empty() {
@@ -201,7 +218,7 @@ fn family_name(ex: &Explanation) -> &'static str {
 
 fn to_text(ex: &Explanation) -> String {
     let mut out = format!("flow {} ({})\n", ex.flow, family_name(ex));
-    let place = |s: &crate::plan::explain::Step| format!("{} {} {}", s.hook, s.table, s.chain);
+    let place = |s: &Step| format!("{} {} {}", s.hook, s.table, s.chain);
     let width = ex.steps.iter().map(|s| place(s).len()).max().unwrap_or(0);
     for s in &ex.steps {
         let place = format!("{:<width$}", place(s));

@@ -7,7 +7,7 @@
 use crate::backend::iptables::{SavedTables, program};
 use crate::config::IptablesVariant;
 use crate::plan::Family;
-use nftnl::nftnl_sys::libc;
+use nix::libc;
 use std::collections::HashMap;
 use std::process::Command;
 

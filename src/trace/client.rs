@@ -3,28 +3,15 @@
 //! per traced packet every rule it matched (in any nf_tables table: the nftables backend's and
 //! iptables-nft's alike, spelled as read-back spells them), the chains' policies and returns,
 //! and the verdicts; then it removes its table, also when stopped by a signal or `--timeout`.
-//!
-//! - [`table`]: the temporary table's batch (and its removal, a drop guard);
-//! - [`listen`]: the trace group socket and the stop signals;
-//! - [`event`]: one trace message, and the packet headers it carries;
-//! - [`rules`]: rule handle to rule text ([`iptables_nft`]: iptables' spelling of
-//!   iptables-nft's rules).
 
-mod event;
-mod iptables_nft;
-mod listen;
-mod rules;
-mod table;
-
-pub use table::TRACE_TABLE;
-
-use super::{netlink_error, open};
+use super::event::{Event, Kind, Packet, family_name};
+use super::filter::Filter;
+use super::listen::{Listener, Wake};
+use super::rules::RuleBook;
+use super::table::{self, TRACE_TABLE};
 use crate::backend::BackendError;
-use crate::trace::filter::Filter;
-use event::{Event, Kind, Packet, family_name};
-use listen::{Listener, Wake};
-use nftnl::nftnl_sys::libc;
-use rules::RuleBook;
+use crate::backend::nftables::netlink::{netlink_error, open};
+use nix::libc;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -88,19 +75,14 @@ struct Traced {
     last_seen: Instant,
 }
 
-/// Whether a rule's text redirects the packet: the backend's `redir`/`tproxy` expressions, or
-/// iptables-nft's REDIRECT/TPROXY targets (in iptables' spelling, or as expressions).
+/// Whether a rule's text redirects the packet: nft's `redirect` and `tproxy` statements, or
+/// iptables-nft's REDIRECT/TPROXY targets (in iptables' spelling, or as raw expressions).
 fn captures(text: &str) -> bool {
-    [
-        "[redir ",
-        "[tproxy ",
-        "-j REDIRECT",
-        "-j TPROXY",
-        "name REDIRECT",
-        "name TPROXY",
-    ]
-    .iter()
-    .any(|word| text.contains(word))
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.iter().any(|w| *w == "redirect" || *w == "tproxy")
+        || words
+            .windows(2)
+            .any(|w| matches!(w, ["-j" | "[target", "REDIRECT" | "TPROXY"]))
 }
 
 fn is_final(code: i32) -> bool {
@@ -285,7 +267,7 @@ pub fn run(
                  a narrower filter helps"
             ),
             Wake::Messages(msgs) => {
-                for e in msgs.iter().filter_map(Event::parse) {
+                for e in msgs.iter().filter_map(|m| Event::parse(m)) {
                     tracing::debug!("trace message: {e:?}");
                     let mut text = |family: u32, table: &str, handle: u64| {
                         book.text(&mut nl, family, table, handle)
@@ -306,8 +288,8 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::event::{Event, Kind, Packet, Verdict};
     use super::*;
+    use crate::trace::event::Verdict;
 
     fn event(id: u32, table: &str, chain: &str, kind: Kind) -> Event {
         Event {
@@ -341,7 +323,7 @@ mod tests {
             count,
         };
         let mut text = |_: u32, _: &str, handle: u64| match handle {
-            14 => "[immediate r1 3a99] [redir port r1 flags 2]".to_owned(),
+            14 => "meta l4proto tcp counter redirect to :15001".to_owned(),
             h => format!("[rule {h}]"),
         };
         for e in events {
@@ -405,7 +387,7 @@ mod tests {
              \x20 inet istio-proxy-nat output: policy accept\n\
              packet 1 (trace id 0x00000007), continued:\n\
              \x20 mark: 0x00000539\n\
-             \x20 inet istio-proxy-nat istio-redirect: rule 14: [immediate r1 3a99] [redir port r1 flags 2] => accept\n\
+             \x20 inet istio-proxy-nat istio-redirect: rule 14: meta l4proto tcp counter redirect to :15001 => accept\n\
              verdict packet 1: captured by inet istio-proxy-nat istio-redirect rule 14\n\
              verdict packet 2: not captured (accept by the policy of inet istio-proxy-nat output)\n"
         );

@@ -1,9 +1,9 @@
 //! Where a connection goes: walks one packet through netfilter rules as the kernel would.
 //!
-//! The rules are read from the text a backend reads back from the kernel ([`Rules::parse`]):
-//! `iptables-save` lines, or the nftables backend's canonical expression text. The same text is
-//! what a backend expects for a plan (`Firewall::expected`), so `explain` of a plan and of the
-//! kernel's rules run the same code, and every rule is shown in the backend's own spelling.
+//! The rules are typed, as the backends hand them over ([`Rules`]): the iptables backend's saved
+//! rules, the nftables backend's codec rules. A plan's rules come in the same forms as the
+//! kernel's, so `explain` of a plan and of the kernel's rules run the same code, and every rule
+//! is shown in its backend's own spelling (iptables-save's line, `nft` syntax).
 //!
 //! For a [`Flow`] the walk visits, per hook, every base chain of the flow's family in priority
 //! order (raw, mangle, nat: -300, -150, -100), follows jumps, gotos and returns, applies marks,
@@ -12,27 +12,12 @@
 //! address, or redirected to a local port) it then walks PREROUTING on `lo`, except the nat
 //! chains: NAT is decided once per connection. An inbound flow walks PREROUTING. Pure: no I/O.
 
-mod flow;
-mod iptables;
-mod nftables;
-mod rules;
-
-pub use flow::{Direction, Flow, FlowError, State};
-pub use rules::{Rules, RulesError};
-
-use super::{Family, Protocol};
+use super::flow::{Direction, Flow, State};
+use super::packet::{Action, Hook, Packet, ct};
+use super::rules::{self, Rules};
 use crate::config::CaptureConfig;
-use rules::{Action, Body, Hook};
+use crate::plan::Family;
 use std::fmt;
-use std::net::IpAddr;
-
-/// Conntrack state bits as nftables numbers them (`ct state`).
-pub(crate) mod ct {
-    pub const INVALID: u32 = 1;
-    pub const ESTABLISHED: u32 = 2;
-    pub const RELATED: u32 = 4;
-    pub const NEW: u32 = 8;
-}
 
 /// Where the connection lands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +75,7 @@ impl Listeners {
         Listeners {
             outbound: cfg.proxy_port,
             inbound: cfg.inbound_capture_port,
-            dns: super::build::DNS_CAPTURE_PORT,
+            dns: crate::plan::DNS_CAPTURE_PORT,
         }
     }
 
@@ -133,82 +118,6 @@ pub struct Explanation {
     /// What the walk assumed or skipped, in order.
     pub notes: Vec<String>,
     pub verdict: Verdict,
-}
-
-/// The packet as the walk changes it.
-#[derive(Clone, Debug)]
-pub(crate) struct Packet {
-    pub family: Family,
-    pub proto: Protocol,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// Ephemeral: 0, which no port rule names.
-    pub sport: u16,
-    pub dport: u16,
-    pub iif: Option<String>,
-    pub oif: Option<String>,
-    /// Socket owner (uid, gid): only locally generated packets in OUTPUT have one.
-    pub owner: Option<(u32, u32)>,
-    pub mark: u32,
-    pub ctmark: u32,
-    pub ctstate: u32,
-    pub zone: u16,
-    pub hook: Hook,
-    /// Port a REDIRECT sent the connection to.
-    pub redirect: Option<u16>,
-    /// Port a TPROXY delivered the packet to.
-    pub tproxy: Option<u16>,
-}
-
-impl Packet {
-    fn new(flow: &Flow) -> Packet {
-        Packet {
-            family: if flow.dst.is_ipv4() {
-                Family::V4
-            } else {
-                Family::V6
-            },
-            proto: flow.proto,
-            src: flow.source(),
-            dst: flow.dst.ip(),
-            sport: 0,
-            dport: flow.dst.port(),
-            iif: None,
-            oif: None,
-            owner: None,
-            mark: flow.mark,
-            ctmark: 0,
-            ctstate: match flow.state {
-                State::New => ct::NEW,
-                State::Established => ct::ESTABLISHED,
-            },
-            zone: 0,
-            hook: Hook::Output,
-            redirect: None,
-            tproxy: None,
-        }
-    }
-
-    /// REDIRECT: to the local port; locally generated packets go to the loopback address.
-    pub(crate) fn redirect_to(&mut self, port: u16) {
-        self.redirect = Some(port);
-        self.dport = port;
-        if self.hook == Hook::Output {
-            self.dst = match self.family {
-                Family::V4 => IpAddr::from([127, 0, 0, 1]),
-                Family::V6 => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-            };
-            self.oif = Some("lo".into());
-        }
-    }
-}
-
-/// What evaluating one rule did.
-#[derive(Debug)]
-pub(crate) struct RuleResult {
-    pub matched: bool,
-    pub action: Action,
-    pub effects: Vec<String>,
 }
 
 /// Walks `flow` through `rules` and says where it lands.
@@ -361,10 +270,7 @@ fn run_base(
             continue;
         };
         index += 1;
-        let result = match &rule.body {
-            Body::Iptables(r) => r.eval(p),
-            Body::Nftables(r) => r.eval(p),
-        };
+        let result = rule.eval(p);
         let action = match &result.action {
             _ if !result.matched => String::new(),
             Action::Continue => String::new(),

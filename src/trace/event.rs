@@ -1,13 +1,11 @@
-//! One message of the nftables trace group (`NFT_MSG_TRACE`), parsed by libnftnl: which packet
+//! One message of the nftables trace group (`NFT_MSG_TRACE`), decoded by the codec: which packet
 //! (trace id), where it was (table, chain, rule handle), what happened (rule verdict, chain
 //! policy or return), and the packet's headers when the kernel sent them.
 
-use super::super::socket::Message;
-use nftnl::nftnl_sys::{self as sys, libc};
-use std::ffi::CStr;
+use crate::backend::nftables::codec::{self, Message, Object};
+use nix::libc;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::ptr::NonNull;
 
 /// What a trace message reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,73 +86,31 @@ pub fn family_name(family: u32) -> String {
     }
 }
 
-/// A parsed libnftnl trace, freed on drop.
-struct Trace(NonNull<sys::nftnl_trace>);
-
-impl Drop for Trace {
-    fn drop(&mut self) {
-        unsafe { sys::nftnl_trace_free(self.0.as_ptr()) }
-    }
-}
-
-impl Trace {
-    fn has(&self, attr: u32) -> bool {
-        unsafe { sys::nftnl_trace_is_set(self.0.as_ptr(), attr as u16) }
-    }
-
-    fn u32(&self, attr: u32) -> Option<u32> {
-        self.has(attr)
-            .then(|| unsafe { sys::nftnl_trace_get_u32(self.0.as_ptr(), attr as u16) })
-    }
-
-    fn u64(&self, attr: u32) -> Option<u64> {
-        self.has(attr)
-            .then(|| unsafe { sys::nftnl_trace_get_u64(self.0.as_ptr(), attr as u16) })
-    }
-
-    fn str(&self, attr: u32) -> String {
-        if !self.has(attr) {
-            return String::new();
-        }
-        let p = unsafe { sys::nftnl_trace_get_str(self.0.as_ptr(), attr as u16) };
-        if p.is_null() {
-            return String::new();
-        }
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-
-    fn data(&self, attr: u32) -> Vec<u8> {
-        if !self.has(attr) {
-            return Vec::new();
-        }
-        let mut len = 0u32;
-        let p = unsafe { sys::nftnl_trace_get_data(self.0.as_ptr(), attr as u16, &mut len) };
-        if p.is_null() {
-            return Vec::new();
-        }
-        unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) }.to_vec()
-    }
-}
-
-const NFT_TYPE_TRACE: u16 = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | libc::NFT_MSG_TRACE as u16;
-
 impl Event {
-    /// The event a message reports; `None` for other messages and ones libnftnl cannot parse.
-    pub fn parse(msg: &Message) -> Option<Event> {
-        let header = netlink_packet_core::NetlinkBuffer::new_checked(msg.bytes()).ok()?;
-        if header.message_type() != NFT_TYPE_TRACE {
+    /// The event a message reports; `None` for other messages and trace messages without an id.
+    pub fn parse(bytes: &[u8]) -> Option<Event> {
+        let (_, Message { object, .. }) = Message::decode(bytes)?;
+        let Object::Trace(trace) = object else {
             return None;
-        }
-        let trace = Trace(NonNull::new(unsafe { sys::nftnl_trace_alloc() })?);
-        if unsafe { sys::nftnl_trace_nlmsg_parse(msg.as_nlmsghdr(), trace.0.as_ptr()) } < 0 {
-            return None;
-        }
-        let verdict = || Verdict {
-            code: trace.u32(sys::NFTNL_TRACE_VERDICT).unwrap_or(0) as i32,
-            chain: Some(trace.str(sys::NFTNL_TRACE_JUMP_TARGET)).filter(|c| !c.is_empty()),
         };
-        let kind = match trace.u32(sys::NFTNL_TRACE_TYPE).unwrap_or(0) as i32 {
-            libc::NFT_TRACETYPE_RULE => match trace.u64(sys::NFTNL_TRACE_RULE_HANDLE) {
+        Event::from_trace(&trace)
+    }
+
+    pub fn from_trace(trace: &codec::Trace) -> Option<Event> {
+        let verdict = || {
+            trace.verdict.as_ref().map_or(
+                Verdict {
+                    code: 0,
+                    chain: None,
+                },
+                |v| Verdict {
+                    code: v.code(),
+                    chain: v.chain().map(str::to_owned),
+                },
+            )
+        };
+        let kind = match trace.trace_type.unwrap_or(0) as i32 {
+            libc::NFT_TRACETYPE_RULE => match trace.rule_handle {
                 Some(handle) => Kind::Rule {
                     handle,
                     verdict: verdict(),
@@ -163,22 +119,23 @@ impl Event {
             },
             libc::NFT_TRACETYPE_RETURN => Kind::Return,
             libc::NFT_TRACETYPE_POLICY => Kind::Policy(Verdict {
-                code: trace.u32(sys::NFTNL_TRACE_POLICY).unwrap_or(0) as i32,
+                code: trace.policy.unwrap_or(0) as i32,
                 chain: None,
             }),
             other => Kind::Other(other as u32),
         };
+        let empty = Vec::new();
         Some(Event {
-            id: trace.u32(sys::NFTNL_TRACE_ID)?,
-            family: trace.u32(sys::NFTNL_TRACE_FAMILY).unwrap_or(0),
-            table: trace.str(sys::NFTNL_TRACE_TABLE),
-            chain: trace.str(sys::NFTNL_TRACE_CHAIN),
+            id: trace.id?,
+            family: u32::from(trace.family),
+            table: trace.table.clone().unwrap_or_default(),
+            chain: trace.chain.clone().unwrap_or_default(),
             kind,
             packet: Packet::parse(
-                &trace.data(sys::NFTNL_TRACE_NETWORK_HEADER),
-                &trace.data(sys::NFTNL_TRACE_TRANSPORT_HEADER),
+                trace.network_header.as_ref().unwrap_or(&empty),
+                trace.transport_header.as_ref().unwrap_or(&empty),
             ),
-            mark: trace.u32(sys::NFTNL_TRACE_MARK),
+            mark: trace.mark,
         })
     }
 }

@@ -2,42 +2,35 @@
 //! ahead of every table meshcap, Istio or iptables-nft installs, whose rules set `meta nftrace`
 //! on the packets the filter names. Added and removed in a batch each.
 
-use super::super::batch::{self, Built, What};
-use super::super::encode::add_item;
-use super::super::ir::{AddrField, AddrValue, Item, PortField, PortValue, RuleSpec};
-use super::super::object::{Payload, Table, request};
-use super::super::socket::NetlinkSocket;
-use super::super::{netlink_error, open};
+use super::filter::Filter;
 use crate::backend::BackendError;
-use crate::trace::filter::Filter;
+use crate::backend::nftables::batch::{self, Builder, Built, INET, What};
+use crate::backend::nftables::codec::expr::REG_1;
+use crate::backend::nftables::codec::{Chain, ChainHook, Expr, MetaKey};
+use crate::backend::nftables::dump::tables;
+use crate::backend::nftables::ir::{AddrField, AddrValue, Item, PortField, PortValue, RuleSpec};
+use crate::backend::nftables::netlink::open;
+use crate::backend::nftables::socket::NetlinkSocket;
 use ipnetwork::IpNetwork;
-use nftnl::expr::{Expression, Immediate, Register};
-use nftnl::nftnl_sys::{self as sys, libc};
-use nftnl::{Batch, Chain, ChainType, Hook, MsgType, Policy, ProtoFamily, Rule};
-use std::collections::HashMap;
-use std::ptr::NonNull;
+use nix::libc;
 
 /// The table's name (family inet).
 pub const TRACE_TABLE: &str = "meshcap-trace";
 /// Before the raw tables (-300), so every table that can change the packet's fate is traced.
 pub const TRACE_PRIORITY: i32 = -350;
 
-/// `meta nftrace set 1` (register 1 holds the 1): the statement nftnl's safe API lacks.
-struct SetNftrace;
-
-impl Expression for SetNftrace {
-    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
-        // libnftnl returns NULL only when out of memory; abort as nftnl does.
-        let e = NonNull::new(unsafe { sys::nftnl_expr_alloc(c"meta".as_ptr()) })
-            .unwrap_or_else(|| std::process::abort());
-        unsafe {
-            let key = libc::NFT_META_NFTRACE as u32;
-            sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_META_KEY as u16, key);
-            let sreg = libc::NFT_REG_1 as u32;
-            sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_META_SREG as u16, sreg);
-        }
-        e
-    }
+/// `meta nftrace set 1`: a 1 in register 1, then the statement.
+fn set_nftrace() -> [Expr; 2] {
+    [
+        Expr::Immediate {
+            dreg: REG_1,
+            data: vec![1],
+        },
+        Expr::MetaSet {
+            key: MetaKey::NfTrace,
+            sreg: REG_1,
+        },
+    ]
 }
 
 /// The match part of each rule the filter needs (one per protocol: a port without `proto=`
@@ -81,44 +74,41 @@ pub fn match_rules(filter: &Filter) -> Vec<RuleSpec> {
 
 /// The batch that adds the table, its two chains and the marking rules.
 pub fn add_batch(filter: &Filter) -> Built {
-    let mut batch = Batch::new();
-    let mut whats = Vec::new();
-    let table = nftnl::Table::new(c"meshcap-trace", ProtoFamily::Inet);
-    batch.add(&table, MsgType::Add);
-    whats.push(What::Text(format!("add table inet {TRACE_TABLE}")));
+    let mut b = Builder::new();
+    b.add_table(TRACE_TABLE);
     let rules = match_rules(filter);
-    for (name, cname, hook) in [
-        ("prerouting", c"prerouting", Hook::PreRouting),
-        ("output", c"output", Hook::Out),
+    for (name, hooknum) in [
+        ("prerouting", libc::NF_INET_PRE_ROUTING),
+        ("output", libc::NF_INET_LOCAL_OUT),
     ] {
-        let mut chain = Chain::new(cname, &table);
-        chain.set_hook(hook, TRACE_PRIORITY);
-        chain.set_type(ChainType::Filter);
-        chain.set_policy(Policy::Accept);
-        batch.add(&chain, MsgType::Add);
-        whats.push(What::Text(format!(
-            "add chain inet {TRACE_TABLE} {name} {{ type filter hook {name} priority \
-             {TRACE_PRIORITY} ; }}"
-        )));
+        let chain = Chain {
+            family: INET,
+            table: TRACE_TABLE.to_owned(),
+            name: name.to_owned(),
+            hook: Some(ChainHook {
+                hooknum: hooknum as u32,
+                priority: TRACE_PRIORITY,
+            }),
+            policy: Some(libc::NF_ACCEPT as u32),
+            chain_type: Some("filter".to_owned()),
+            ..Chain::default()
+        };
+        b.add_chain(
+            chain,
+            format!(
+                "add chain inet {TRACE_TABLE} {name} {{ type filter hook {name} priority \
+                 {TRACE_PRIORITY} ; }}"
+            ),
+        );
         for spec in &rules {
-            let mut rule = Rule::new(&chain);
-            for item in &spec.items {
-                add_item(&mut rule, item, &mut std::iter::empty());
-            }
-            rule.add_expr(&Immediate::new(1u8, Register::Reg1));
-            rule.add_expr(&SetNftrace);
-            batch.add(&rule, MsgType::Add);
-            whats.push(What::Text(format!(
+            let what = What::Text(format!(
                 "add rule inet {TRACE_TABLE} {name} {}",
                 rule_text(spec)
-            )));
+            ));
+            b.rule_with(TRACE_TABLE, name, spec, &set_nftrace(), what);
         }
     }
-    Built {
-        batch: batch.finalize(),
-        whats,
-        sets: HashMap::new(),
-    }
+    b.finish()
 }
 
 /// A marking rule in nft syntax.
@@ -133,20 +123,7 @@ pub fn rule_text(spec: &RuleSpec) -> String {
 
 /// Whether the namespace holds the table already (another trace runs, or one was killed).
 pub fn exists(nl: &mut NetlinkSocket) -> Result<bool, BackendError> {
-    let seq = nl.next_seq();
-    let req = request(
-        libc::NFT_MSG_GETTABLE as u16,
-        libc::NLM_F_DUMP as u16,
-        seq,
-        Payload::None,
-    );
-    let msgs = nl
-        .dump(&req, seq)
-        .map_err(|e| netlink_error("listing nftables tables", &e))?;
-    Ok(msgs
-        .iter()
-        .filter_map(Table::parse)
-        .any(|t| t.str(sys::NFTNL_TABLE_NAME) == TRACE_TABLE))
+    Ok(tables(nl)?.iter().any(|t| t.name == TRACE_TABLE))
 }
 
 /// Adds the table; the returned guard removes it when dropped (or, reporting the outcome,
