@@ -2,7 +2,8 @@
 # Builds meshcap's runtime image without a registry: stages the root filesystem of MESHCAP_BINARY
 # (deploy/stage-rootfs.sh, the Dockerfile's own script) in a temporary directory and builds
 # deploy/Containerfile (FROM scratch, COPY of that root) with podman. `make image` runs it for
-# localhost/meshcap:dev and, with --nftables-only, localhost/meshcap:dev-nft.
+# localhost/meshcap:dev and, with --nftables-only, localhost/meshcap:dev-nft: a scratch image of
+# the static binary alone (and its meshcap-cni link).
 #
 #   deploy/build-image.sh [--nftables-only] TAG MESHCAP_BINARY
 set -eu
@@ -18,8 +19,19 @@ meshcap=$2
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/meshcap-rootfs.XXXXXX")
 trap 'rm -rf "$root"' EXIT
-# shellcheck disable=SC2086 # $option is empty or one word
-sh "$here/stage-rootfs.sh" $option "$root/rootfs" "$meshcap"
+if [ -n "$option" ]; then
+    # nftables only: the static binary needs nothing from its root (it speaks netlink itself
+    # and links no shared library), so the image holds that one file and its CNI name.
+    if readelf -d "$meshcap" 2>/dev/null | grep -q NEEDED; then
+        echo "build-image: --nftables-only needs the static binary of \`make build\`; $meshcap links shared libraries" >&2
+        exit 1
+    fi
+    mkdir -p "$root/rootfs/usr/local/bin"
+    install -m 0755 "$meshcap" "$root/rootfs/usr/local/bin/meshcap"
+    ln -s meshcap "$root/rootfs/usr/local/bin/meshcap-cni"
+else
+    sh "$here/stage-rootfs.sh" "$root/rootfs" "$meshcap"
+fi
 old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 # --layers=false: one image, no intermediate ones left in the storage.
 new=$(podman build --quiet --layers=false -f "$here/Containerfile" -t "$tag" "$root/rootfs")
