@@ -193,6 +193,8 @@ impl Firewall for NftablesBackend {
         let tables = dump::our_tables(&mut nl)?;
         if !tables.is_empty() {
             batch::send(&mut nl, &batch::delete_batch(&tables))?;
+            // Deleting leaves the kernel freeing the tables; do not wait for that here.
+            nl.close_in_background();
         }
         routing::clean(&plan.routing)
     }
