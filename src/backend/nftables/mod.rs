@@ -136,7 +136,11 @@ impl Firewall for NftablesBackend {
         let replaced = !tables.is_empty();
         // Same configuration again (an init container re-run after a node restart): leave the
         // kernel alone. Only re-runs pay for this read; a fresh pod has no tables to read.
-        if replaced && self.read_back(plan)?.diff(&self.expected(plan)).is_empty() {
+        // Typed values compared: the kernel's dump against what this batch would leave.
+        if replaced
+            && dump::contents_with_chains(&mut nl, &tables, chains.clone())?.canonical()
+                == expected_contents(&spec)
+        {
             routing::apply(&plan.routing)?;
             return Ok(Applied::AlreadyInPlace);
         }
