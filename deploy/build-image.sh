@@ -19,18 +19,19 @@ meshcap=$2
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/meshcap-rootfs.XXXXXX")
 trap 'rm -rf "$root"' EXIT
-if [ -n "$option" ]; then
-    # nftables only: the static binary needs nothing from its root (it speaks netlink itself
-    # and links no shared library), so the image holds that one file and its CNI name.
-    if readelf -d "$meshcap" 2>/dev/null | grep -q NEEDED; then
-        echo "build-image: --nftables-only needs the static binary of \`make build\`; $meshcap links shared libraries" >&2
-        exit 1
-    fi
+if [ -n "$option" ] && command -v readelf >/dev/null &&
+    ! readelf -d "$meshcap" 2>/dev/null | grep -q NEEDED; then
+    # nftables only, static binary (`make build`): it needs nothing from its root (it speaks
+    # netlink itself and links no shared library), so the image holds that one file and its
+    # CNI name.
     mkdir -p "$root/rootfs/usr/local/bin"
     install -m 0755 "$meshcap" "$root/rootfs/usr/local/bin/meshcap"
     ln -s meshcap "$root/rootfs/usr/local/bin/meshcap-cni"
 else
-    sh "$here/stage-rootfs.sh" "$root/rootfs" "$meshcap"
+    # Both backends; or nftables only from a dynamic binary (a test build): the shared
+    # libraries it links come along.
+    # shellcheck disable=SC2086 # $option is empty or one word
+    sh "$here/stage-rootfs.sh" $option "$root/rootfs" "$meshcap"
 fi
 old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 # --layers=false: one image, no intermediate ones left in the storage.
