@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what meshcap needs to build, run and test on Debian, when it is missing:
-# iptables (legacy and nft variants), nftables, libnftnl-dev, libmnl-dev, pkg-config,
-# iproute2 (ip netns), util-linux (setpriv, nsenter), socat (the proxy benchmark's peer),
+# iptables (legacy and nft variants), nftables, iproute2 (ip netns), util-linux (setpriv,
+# nsenter, unshare), socat (the proxy benchmark's peer), gcc (the linker; glibc's static
+# libraries come with it), for the tests only libnftnl-dev, libmnl-dev and pkg-config (the nftnl
+# dev-dependency: libnftnl is the oracle of meshcap's own nf_tables encoder; the release build
+# needs none of them),
 # and for the CNI and pod tests: podman with runc and its CNI network backend
 # (containernetworking-plugins: bridge, host-local), buildah (images from a directory, no
 # registry), busybox-static (the test pods' app) and catatonit (the init process of Podman's own

@@ -11,7 +11,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 backend=${1:-nftables}
-meshcap=${MESHCAP_BIN:-$PWD/target/release/meshcap}
+meshcap=${MESHCAP_BIN:-$PWD/target/x86_64-unknown-linux-gnu/release/meshcap}
 [ "$(id -u)" -eq 0 ] || { echo "try-cni: needs root (network namespaces, podman)" >&2; exit 1; }
 [ -x "$meshcap" ] || { echo "try-cni: $meshcap missing: run make build first" >&2; exit 1; }
 command -v podman >/dev/null || { echo "try-cni: podman missing: run scripts/setup.sh" >&2; exit 1; }

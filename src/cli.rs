@@ -585,6 +585,7 @@ mod tests {
         // this variable, and it must not.
         unsafe { std::env::set_var("MESHCAP_BACKEND", "nftables") };
         let inputs = Inputs::parse_from(["meshcap"], Vec::new()).unwrap();
+        // SAFETY: as above.
         unsafe { std::env::remove_var("MESHCAP_BACKEND") };
         let backend = inputs.get(Opt::Backend).unwrap();
         assert_eq!(backend.text, "iptables");

@@ -10,7 +10,9 @@
 //! The one named difference: the padding after an attribute whose length is not a multiple of
 //! 4. The codec writes zeros; libmnl 1.0.4 (Debian 12) leaves whatever the batch buffer held
 //! there (it shows when a page is reused), and the kernel never reads it. The comparison
-//! zeroes padding on both sides, walking the attributes (nested ones recursively).
+//! zeroes padding on both sides, walking the attributes (nested ones recursively); and as root,
+//! both batches installed in two throwaway namespaces leave dumps that decode to equal contents,
+//! equal to what the codec expects.
 //!
 //! And every message decodes to the value it was encoded from, and every prefix of it decodes
 //! without panicking.
@@ -25,6 +27,7 @@ use meshcap::backend::nftables::NftablesBackend;
 use meshcap::backend::nftables::batch::{Existing, build_batch, delete_batch};
 use meshcap::backend::nftables::codec::{Chain, Message};
 use meshcap::backend::nftables::socket::messages;
+use netns_test_harness::{Netns, require_root};
 
 /// Every configuration (see common::configs), and 5000 ports.
 fn cases() -> Vec<Case> {
@@ -170,4 +173,63 @@ fn truncated_messages_decode_without_panic() {
             let _ = Message::decode(&cut);
         }
     }
+}
+
+/// Sends a whole batch on a fresh netfilter socket in the current namespace and checks that
+/// every message was acknowledged without error.
+fn send_raw(bytes: &[u8]) {
+    use meshcap::backend::nftables::socket::NetlinkSocket;
+    let seqs: Vec<u32> = messages(bytes).map(|m| m.sequence_number()).collect();
+    let (first, last) = (
+        *seqs.iter().filter(|s| **s != 0).min().unwrap(),
+        *seqs.iter().max().unwrap(),
+    );
+    let mut nl = NetlinkSocket::open(netlink_sys::protocols::NETLINK_NETFILTER).expect("socket");
+    nl.send(bytes).expect("send");
+    let acks = nl.acks(first..last + 1).expect("acks");
+    assert_eq!(acks.first_refusal, None, "refused");
+    assert_eq!(acks.unanswered, 0, "unanswered");
+}
+
+#[test]
+fn kernel_dumps_of_both_installs_are_equal() {
+    if !require_root("kernel_dumps_of_both_installs_are_equal") {
+        return;
+    }
+    let all = cases();
+    let picked = all.iter().filter(|c| {
+        c.name == "Istio's CNI defaults"
+            || c.name.starts_with("1000 ports")
+            || c.name.starts_with("5000 ports")
+            || c.args.iter().any(|a| a.eq_ignore_ascii_case("tproxy"))
+    });
+    let mut compared = 0;
+    for case in picked {
+        let spec = NftablesBackend.spec(&plan_of(case));
+        let ours = build_batch(&spec, &Existing::default()).bytes().to_vec();
+        let theirs = oracle::build_batch(&spec, &Existing::default());
+        let (a, b) = (Netns::new("codeca"), Netns::new("codecb"));
+        let got_ours = a.run(move || {
+            send_raw(&ours);
+            NftablesBackend.contents().expect("read back")
+        });
+        let got_theirs = b.run(move || {
+            send_raw(&theirs);
+            NftablesBackend.contents().expect("read back")
+        });
+        assert!(!got_ours.rules.is_empty(), "{}: rules installed", case.name);
+        assert_eq!(
+            got_ours, got_theirs,
+            "{}: the kernel's dumps differ",
+            case.name
+        );
+        assert_eq!(
+            got_ours,
+            meshcap::backend::nftables::expected_contents(&spec),
+            "{}: the dump differs from what the codec expects",
+            case.name
+        );
+        compared += 1;
+    }
+    assert!(compared >= 3, "compared {compared} configurations");
 }

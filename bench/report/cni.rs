@@ -1,8 +1,8 @@
 //! CNI mode's cost as a share of a pod's network set-up: the `ADD` of Debian's bridge plugin
-//! (with host-local) against meshcap-cni's `ADD` chained after it, each into a fresh pod
-//! namespace, every plugin run as a runtime runs it (`nsenter --net=HOST PLUGIN`, the CNI
-//! variables, the configuration on stdin); and 20 `ADD`s into 20 namespaces at once against 20
-//! in a row.
+//! (with host-local) against meshcap-cni's `ADD` chained after it and its `DEL`, each into a
+//! fresh pod namespace, every plugin run as a runtime runs it (`nsenter --net=HOST PLUGIN`, the
+//! CNI variables, the configuration on stdin); and 20 `ADD`s into 20 namespaces at once against
+//! 20 in a row. The meshcap binary is the static release binary `make build` ships.
 
 use crate::Settings;
 use crate::stats::{self, Summary};
@@ -16,23 +16,38 @@ use std::time::Instant;
 /// Debian's containernetworking-plugins.
 const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
 
-/// What one timed `ADD` is.
+/// What one timed plugin command is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// bridge + host-local (the median of the round's bridge ADDs, one per pod).
+    /// bridge + host-local's ADD (the median of the round's bridge ADDs, one per pod).
     Bridge,
-    /// meshcap-cni after it, with this backend and list length.
+    /// meshcap-cni's ADD after it, with this backend and list length.
     Meshcap { nftables: bool, n: usize },
+    /// meshcap-cni's DEL of what that ADD installed (the runtime's DEL runs it first).
+    Del { nftables: bool, n: usize },
 }
 
 impl Step {
     pub fn label(self) -> String {
+        let backend = |nftables: bool| {
+            if nftables {
+                "nftables (netlink)"
+            } else {
+                "iptables (iptables-restore)"
+            }
+        };
         match self {
             Step::Bridge => "bridge + host-local".into(),
-            Step::Meshcap { nftables: true, .. } => "meshcap-cni, nftables (netlink)".into(),
-            Step::Meshcap {
-                nftables: false, ..
-            } => "meshcap-cni, iptables (iptables-restore)".into(),
+            Step::Meshcap { nftables, .. } => format!("meshcap-cni, {}", backend(nftables)),
+            Step::Del { nftables, .. } => format!("meshcap-cni DEL, {}", backend(nftables)),
+        }
+    }
+
+    /// The DEL of a meshcap-cni ADD step.
+    pub fn del(self) -> Option<Step> {
+        match self {
+            Step::Meshcap { nftables, n } => Some(Step::Del { nftables, n }),
+            _ => None,
         }
     }
 }
@@ -87,9 +102,14 @@ impl CniBench {
         self.series.iter().find(|s| s.step == step)
     }
 
-    /// meshcap-cni's ADD over bridge's, paired by round.
+    /// A meshcap-cni command's time over bridge's ADD, paired by round.
     pub fn ratio_to_bridge(&self, step: Step) -> Option<Summary> {
         stats::paired(&self.get(step)?.samples, &self.get(Step::Bridge)?.samples)
+    }
+
+    /// A DEL step's time over its ADD's, paired by round.
+    pub fn del_to_add(&self, add: Step) -> Option<Summary> {
+        stats::paired(&self.get(add.del()?)?.samples, &self.get(add)?.samples)
     }
 }
 
@@ -216,7 +236,8 @@ fn parse(out: &Output, plugin: &Path) -> Result<Value, String> {
 }
 
 /// One round: a fresh node, a warm-up ADD (the bridge device exists afterwards, as on a node
-/// that runs pods), then per step a fresh pod: bridge's ADD, meshcap-cni's ADD, both timed.
+/// that runs pods), then per step a fresh pod: bridge's ADD, meshcap-cni's ADD, both timed, a
+/// CHECK (untimed) and meshcap-cni's DEL, timed.
 fn round(settings: &Settings, r: usize) -> Result<Vec<(Step, f64)>, String> {
     let node = Node::new(settings, &format!("round{r}"));
     let warm = Netns::new("cnibench");
@@ -236,6 +257,10 @@ fn round(settings: &Settings, r: usize) -> Result<Vec<(Step, f64)>, String> {
         node.timed(&node.meshcap(), &pod, &id, "CHECK", &conf)
             .map_err(|e| format!("{}: the installed rules do not check: {e}", step.label()))?;
         got.push((step, secs));
+        let mut del_conf = conf.clone();
+        del_conf.as_object_mut().expect("conf").remove("prevResult");
+        let (_, secs) = node.timed(&node.meshcap(), &pod, &id, "DEL", &del_conf)?;
+        got.push((step.del().expect("a meshcap step"), secs));
     }
     got.push((
         Step::Bridge,
@@ -298,6 +323,7 @@ pub fn run(settings: &Settings) -> CniBench {
     let mut errors = Vec::new();
     let mut samples: Vec<(Step, Vec<(usize, f64)>)> = std::iter::once(Step::Bridge)
         .chain(STEPS)
+        .chain(STEPS.iter().filter_map(|s| s.del()))
         .map(|s| (s, Vec::new()))
         .collect();
     // One warm-up round, then the kept ones.
@@ -324,7 +350,7 @@ pub fn run(settings: &Settings) -> CniBench {
             let summary = Summary::of(&secs);
             if let Some(sm) = summary {
                 let n = match step {
-                    Step::Meshcap { n, .. } => n,
+                    Step::Meshcap { n, .. } | Step::Del { n, .. } => n,
                     Step::Bridge => 0,
                 };
                 eprintln!(
@@ -375,6 +401,16 @@ pub fn run(settings: &Settings) -> CniBench {
 }
 
 /// The report's section.
+/// meshcap-cni's ADD (nftables, Istio's CNI defaults) at most this share of bridge's ADD.
+pub const ADD_TARGET: f64 = 0.25;
+/// meshcap-cni's DEL at most this share of its ADD.
+pub const DEL_TARGET: f64 = 1.0;
+/// The step both targets are about: nftables, Istio's CNI defaults (N=0).
+pub const DEFAULTS: Step = Step::Meshcap {
+    nftables: true,
+    n: 0,
+};
+
 pub fn section(cni: &CniBench) -> String {
     let cell = |step: Step| match cni.get(step).and_then(|s| s.summary) {
         Some(s) => format!(
@@ -390,20 +426,22 @@ pub fn section(cni: &CniBench) -> String {
         Some(r) => format!("{r:.2}×"),
         None => "—".into(),
     };
-    let mut out = String::from("## CNI mode: meshcap-cni's ADD against the bridge plugin's\n\n");
+    let mut out =
+        String::from("## CNI mode: meshcap-cni's ADD and DEL against the bridge plugin's ADD\n\n");
     out.push_str(&format!(
         "What a pod's network set-up costs with and without meshcap-cni chained after Debian's \
          `bridge` plugin (with `host-local`). Each sample is a fresh pod namespace; every plugin \
          runs as a runtime runs it (`nsenter --net=HOST PLUGIN`, the CNI variables, the \
          configuration on stdin, meshcap-cni with bridge's result as `prevResult`), and each \
-         meshcap-cni ADD is followed by a CHECK that the rules are complete (not timed). Medians \
-         of {} rounds (min – max); ratios are taken within a round. N = that many excluded \
-         inbound ports and as many excluded CIDRs in the stanza's `capture`.\n\n",
+         meshcap-cni ADD is followed by a CHECK that the rules are complete (not timed), then \
+         by meshcap-cni's DEL (timed). meshcap-cni is the static release binary. Medians of {} \
+         rounds (min – max); ratios are taken within a round. N = that many excluded inbound \
+         ports and as many excluded CIDRs in the stanza's `capture`.\n\n",
         cni.samples
     ));
-    out.push_str("| ADD | N | time | ÷ bridge's ADD |\n|---|---:|---:|---:|\n");
+    out.push_str("| command | N | time | ÷ bridge's ADD |\n|---|---:|---:|---:|\n");
     out.push_str(&format!(
-        "| {} | – | {} | 1 |\n",
+        "| {} ADD | – | {} | 1 |\n",
         Step::Bridge.label(),
         cell(Step::Bridge)
     ));
@@ -411,35 +449,22 @@ pub fn section(cni: &CniBench) -> String {
         let Step::Meshcap { n, .. } = step else {
             continue;
         };
-        out.push_str(&format!(
-            "| {} | {n} | {} | {} |\n",
-            step.label(),
-            cell(step),
-            ratio_cell(step)
-        ));
+        for (what, step) in [("ADD", step), ("DEL", step.del().expect("meshcap step"))] {
+            let label = match step {
+                Step::Del { .. } => step.label(),
+                _ => format!("{} {what}", step.label()),
+            };
+            out.push_str(&format!(
+                "| {label} | {n} | {} | {} |\n",
+                cell(step),
+                ratio_cell(step)
+            ));
+        }
     }
-    let verdict = |r: Option<f64>, limit: f64| match r {
-        Some(r) if r <= limit => format!("**met** ({r:.2}× ≤ {limit}×)"),
-        Some(r) => format!("**not met** ({r:.2}× > {limit}×)"),
-        None => "not measured".into(),
-    };
     out.push_str(&format!(
-        "\nTargets: meshcap-cni's ADD (nftables, Istio's CNI defaults) at most 0.5× bridge's ADD: \
-         {}; with 1000 ports + 1000 CIDRs at most 1.5×: {}.\n\n",
-        verdict(
-            ratio(Step::Meshcap {
-                nftables: true,
-                n: 0
-            }),
-            0.5
-        ),
-        verdict(
-            ratio(Step::Meshcap {
-                nftables: true,
-                n: 1000
-            }),
-            1.5
-        )
+        "\nTargets: {}; {}.\n\n",
+        add_target(cni).1,
+        del_target(cni).1
     ));
     out.push_str(
         "Pods started together: meshcap-cni ADDs into that many fresh pod namespaces (bridge's \
@@ -469,4 +494,30 @@ pub fn section(cni: &CniBench) -> String {
         out.push_str(&format!("\nNot measured: {e}\n"));
     }
     out
+}
+
+fn verdict(r: Option<f64>, limit: f64) -> (Option<bool>, String) {
+    match r {
+        Some(r) if r <= limit => (Some(true), format!("**met** ({r:.2}× ≤ {limit}×)")),
+        Some(r) => (Some(false), format!("**not met** ({r:.2}× > {limit}×)")),
+        None => (None, "not measured".into()),
+    }
+}
+
+/// (met, text) of "ADD (nftables, Istio's CNI defaults) ≤ 0.25× bridge's ADD".
+pub fn add_target(cni: &CniBench) -> (Option<bool>, String) {
+    let (met, v) = verdict(cni.ratio_to_bridge(DEFAULTS).map(|s| s.median), ADD_TARGET);
+    (
+        met,
+        format!(
+            "meshcap-cni's ADD (nftables, Istio's CNI defaults) at most {ADD_TARGET}× bridge's \
+             ADD: {v}"
+        ),
+    )
+}
+
+/// (met, text) of "DEL no slower than ADD" (nftables, Istio's CNI defaults).
+pub fn del_target(cni: &CniBench) -> (Option<bool>, String) {
+    let (met, v) = verdict(cni.del_to_add(DEFAULTS).map(|s| s.median), DEL_TARGET);
+    (met, format!("its DEL at most {DEL_TARGET}× its ADD: {v}"))
 }

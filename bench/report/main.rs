@@ -143,6 +143,7 @@ fn main() {
         load_end: sys::loadavg(),
         settings: &settings,
         apply: &apply,
+        cni: &cni,
         datapath: &datapath,
         footprint: &footprint,
         proxy: proxy.as_ref(),

@@ -114,10 +114,7 @@ impl HostFacts for SystemHost {
     }
 
     fn uid_of(&self, user: &str) -> Option<u32> {
-        nix::unistd::User::from_name(user)
-            .ok()
-            .flatten()
-            .map(|u| u.uid.as_raw())
+        crate::backend::host::uid_of(user)
     }
 }
 

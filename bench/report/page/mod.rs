@@ -17,6 +17,7 @@ pub use figures::figures;
 
 use crate::Settings;
 use crate::apply::{self, Apply};
+use crate::cni::CniBench;
 use crate::datapath::{self, Datapath};
 use crate::footprint::Footprint;
 use crate::proxy::Proxy;
@@ -28,6 +29,7 @@ pub struct Report<'a> {
     pub load_end: String,
     pub settings: &'a Settings,
     pub apply: &'a Apply,
+    pub cni: &'a CniBench,
     pub datapath: &'a Datapath,
     pub footprint: &'a Footprint,
     pub proxy: Result<&'a Proxy, &'a String>,

@@ -61,7 +61,8 @@ impl Contents {
 
     /// The same contents without what only the kernel knows or names (handles, use counts,
     /// counter values, a base chain's default policy, flags), anonymous sets renamed `__setN`
-    /// in the order their table's rules first look them up, and set elements sorted.
+    /// in the order their table's rules first look them up, and set elements sorted (empty
+    /// element flags as none).
     pub fn canonical(&self) -> Contents {
         let chains = self
             .chains
@@ -93,7 +94,17 @@ impl Contents {
                                 format!("__set{}", *n - 1)
                             })
                             .clone();
-                        let mut elements = self.sets.get(&key).cloned().unwrap_or_default();
+                        let mut elements: Vec<SetElem> = self
+                            .sets
+                            .get(&key)
+                            .into_iter()
+                            .flatten()
+                            // A batch writes empty flags, the kernel's dump omits them.
+                            .map(|e| SetElem {
+                                key: e.key.clone(),
+                                flags: e.flags.filter(|f| *f != 0),
+                            })
+                            .collect();
                         elements.sort();
                         sets.insert((r.table.clone(), name.clone()), elements);
                         *set = name;

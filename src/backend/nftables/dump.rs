@@ -135,6 +135,15 @@ pub fn contents(nl: &mut NetlinkSocket, tables: &[String]) -> Result<Contents, B
         return Ok(Contents::default());
     }
     let chains = chains(nl, tables)?;
+    contents_with_chains(nl, tables, chains)
+}
+
+/// As [`contents`], with the chains already read.
+pub fn contents_with_chains(
+    nl: &mut NetlinkSocket,
+    tables: &[String],
+    chains: Vec<Chain>,
+) -> Result<Contents, BackendError> {
     let sets = set_elements(nl, tables)?;
     let rules = rules(nl, INET)?
         .into_iter()

@@ -110,7 +110,11 @@ impl Firewall for NftablesBackend {
         let replaced = !tables.is_empty();
         // Same configuration again (an init container re-run after a node restart): leave the
         // kernel alone. Only re-runs pay for this read; a fresh pod has no tables to read.
-        if replaced && self.read_back(plan)?.diff(&self.expected(plan)).is_empty() {
+        // Typed values compared: the kernel's dump against what this batch would leave.
+        if replaced
+            && dump::contents_with_chains(&mut nl, &tables, chains.clone())?.canonical()
+                == expected_contents(&spec)
+        {
             routing::apply(&plan.routing)?;
             return Ok(Applied::AlreadyInPlace);
         }
@@ -166,6 +170,8 @@ impl Firewall for NftablesBackend {
         let tables = dump::our_tables(&mut nl)?;
         if !tables.is_empty() {
             batch::send(&mut nl, &batch::delete_batch(&tables))?;
+            // Deleting leaves the kernel freeing the tables; do not wait for that here.
+            nl.close_in_background();
         }
         routing::clean(&plan.routing)
     }

@@ -184,6 +184,35 @@ impl NetlinkSocket {
         })
     }
 
+    /// Closes the socket without waiting for the kernel to free what a batch deleted.
+    ///
+    /// nf_tables frees deleted tables, chains and rules after an RCU grace period, in a work
+    /// item; whoever releases an nf_tables netlink socket while such work is pending waits for
+    /// it (the `NETLINK_URELEASE` handler flushes the work). That is milliseconds on an idle
+    /// machine, more on a busy one, and a CNI DEL would spend them on the runtime's critical
+    /// path. So a short-lived child (this binary's `--version`) inherits the socket: our copy
+    /// closes at once, and the child's exit drops the last reference and does the waiting.
+    /// Best effort: when the child cannot be started, the socket is closed here, as before.
+    pub fn close_in_background(self) {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        // Inherited across exec (the process is single-threaded here: no other spawn sees it).
+        if fcntl(&self.sock, FcntlArg::F_SETFD(FdFlag::empty())).is_err() {
+            return;
+        }
+        // Not waited for: only short-lived processes (the CNI plugin's DEL, the installer's
+        // cleanup) clean up, and init reaps the child once they have exited.
+        #[allow(clippy::zombie_processes)]
+        let _ = Command::new("/proc/self/exe")
+            .arg0("meshcap")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
     /// Whether a datagram arrives within `timeout_ms`.
     fn wait_readable(&self, timeout_ms: u16) -> io::Result<bool> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};

@@ -5,9 +5,14 @@ use super::kubeconfig::Kubeconfig;
 use super::pod::Pod;
 use super::{K8sError, PodRef};
 use crate::inputs::shortened;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use ureq::config::Config;
+use ureq::http::Uri;
 use ureq::tls::{RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// How long [`fetch_pod`] keeps trying. Attempts stop once `budget` has passed since the first
 /// one started; no attempt runs past it.
@@ -105,7 +110,7 @@ fn agent(config: &Kubeconfig) -> ureq::Agent {
         .root_certs(roots)
         .client_cert(config.client_cert.clone())
         .build();
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .tls_config(tls)
         .https_only(true)
         .http_status_as_error(false)
@@ -113,8 +118,48 @@ fn agent(config: &Kubeconfig) -> ureq::Agent {
         .max_redirects(0)
         .max_redirects_will_error(false)
         .user_agent(concat!("meshcap-cni/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
+        .build();
+    ureq::Agent::with_parts(config, DefaultConnector::default(), HostsFirst::default())
+}
+
+/// Resolves the API server's host name through the root's /etc/hosts first, read in Rust: the
+/// release binary is static, and a static glibc may find no NSS modules on the node (see
+/// [`crate::backend::host`]). Names the file does not hold (and addresses) go to the default
+/// resolver.
+#[derive(Debug, Default)]
+struct HostsFirst(DefaultResolver);
+
+/// Where the host names are (the root's own: the CNI plugin runs in the node's root).
+const HOSTS: &str = "/etc/hosts";
+
+impl Resolver for HostsFirst {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port_u16().or(match uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
+        // An address literal (IPv6 ones in brackets) needs no lookup.
+        let literal = host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok();
+        if let (Some(port), false) = (port, literal) {
+            let found = crate::backend::host::hosts_file_lookup(Path::new(HOSTS), host);
+            if !found.is_empty() {
+                let mut out = self.empty();
+                for ip in found.into_iter().take(16) {
+                    out.push(SocketAddr::new(ip, port));
+                }
+                tracing::debug!(host, addresses = ?out, "resolved through {HOSTS}");
+                return Ok(out);
+            }
+        }
+        self.0.resolve(uri, config, timeout)
+    }
 }
 
 fn attempt(

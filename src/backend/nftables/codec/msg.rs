@@ -260,7 +260,7 @@ impl Object {
             Object::Rule(r) => r.family,
             Object::Set(s) => s.family,
             Object::SetElems(s) => s.family,
-            Object::Trace(t) => t.nfproto.unwrap_or(0) as u8,
+            Object::Trace(t) => t.family,
             Object::Empty { family } | Object::Unknown { family, .. } => *family,
         }
     }

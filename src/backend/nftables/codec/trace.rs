@@ -84,3 +84,60 @@ impl Trace {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::attr::Writer;
+    use super::super::msg::{Message, MsgType, Object};
+    use super::*;
+    use nix::libc;
+
+    /// A trace message as the kernel sends one: header, then the attributes.
+    fn message(attrs: impl FnOnce(&mut Writer<'_>)) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let kind = MsgType::Trace.netlink_type();
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&0u16.to_ne_bytes());
+        buf.extend_from_slice(&[0; 8]);
+        buf.extend_from_slice(&[libc::NFPROTO_INET as u8, 0, 0, 0]);
+        attrs(&mut Writer::new(&mut buf));
+        let len = buf.len() as u32;
+        buf[..4].copy_from_slice(&len.to_ne_bytes());
+        buf
+    }
+
+    #[test]
+    fn a_rule_trace_decodes_with_its_verdict_and_headers() {
+        let bytes = message(|w| {
+            w.str(TRACE_TABLE, "istio-proxy-nat");
+            w.str(TRACE_CHAIN, "output");
+            w.u64(TRACE_RULE_HANDLE, 8);
+            w.u32(TRACE_TYPE, libc::NFT_TRACETYPE_RULE as u32);
+            w.nest(TRACE_VERDICT, |w| {
+                w.u32(VERDICT_CODE, libc::NFT_JUMP as u32);
+                w.str(VERDICT_CHAIN, "istio-output");
+            });
+            w.u32(TRACE_ID, 0xabcd);
+            w.bytes(TRACE_NETWORK_HEADER, &[0x45, 0, 0, 20]);
+            w.u32(TRACE_MARK, 1337);
+            w.u32(TRACE_NFPROTO, libc::NFPROTO_IPV4 as u32);
+        });
+        let (_, m) = Message::decode(&bytes).unwrap();
+        let Object::Trace(t) = m.object else {
+            panic!("{m:?}")
+        };
+        assert_eq!(t.family, libc::NFPROTO_INET as u8);
+        assert_eq!(t.table.as_deref(), Some("istio-proxy-nat"));
+        assert_eq!(t.rule_handle, Some(8));
+        assert_eq!(t.verdict, Some(Verdict::Jump("istio-output".into())));
+        assert_eq!(t.id, Some(0xabcd));
+        assert_eq!(t.mark, Some(1337));
+        assert_eq!(t.network_header.as_deref(), Some(&[0x45, 0, 0, 20][..]));
+        assert_eq!(t.transport_header, None);
+        // Cut anywhere: no panic.
+        for len in 0..bytes.len() {
+            let _ = Message::decode(&bytes[..len]);
+        }
+    }
+}
