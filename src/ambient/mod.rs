@@ -13,6 +13,8 @@
 //! - [`cli`]: `meshcap ambient pod|host`.
 
 pub mod config;
+pub mod iptables;
+pub mod nftables;
 pub mod plan;
 
 /// The mark ztunnel puts on its own sockets' packets (under [`MARK_MASK`]): never captured.
