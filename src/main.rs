@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Some("proxy") => return meshcap::proxy::main(args[1..].to_vec()),
         Some("explain") => return meshcap::explain::main(args[1..].to_vec()),
         Some("trace") => return meshcap::trace::main(args[1..].to_vec()),
+        Some("ambient") => return meshcap::ambient::cli::main(args[1..].to_vec()),
         Some("cni") => return meshcap::cni::install::main(args[1..].to_vec()),
         Some(validation::DIAL_SUBCOMMAND) if args.len() == 4 => {
             let (local, probe) = (args[2].to_string_lossy(), args[3].to_string_lossy());

@@ -12,6 +12,7 @@
 //!   probe set;
 //! - [`cli`]: `meshcap ambient pod|host`.
 
+pub mod cli;
 pub mod config;
 pub mod iptables;
 pub mod nftables;
