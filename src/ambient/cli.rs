@@ -5,7 +5,8 @@
 
 use super::config::{HostConfig, NodeSettings, PodConfig, PodOverrides, ProbeSource};
 use super::plan::{self, AmbientPlan};
-use super::{iptables, nftables};
+use super::{apply, iptables, nftables};
+use crate::backend::Applied;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -232,6 +233,56 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         print!("{}", render(&plan, backend));
         return ExitCode::SUCCESS;
     }
-    eprintln!("meshcap ambient: only --dry-run is implemented so far");
-    ExitCode::from(1)
+    let namespace = match &cli.command {
+        Command::Pod(args) => args.network_namespace.as_deref(),
+        Command::Host(_) => None,
+    };
+    match run(common, backend, &plan, namespace) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshcap ambient: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Exit status of `--diff` when the namespace differs from the plan.
+const EXIT_DRIFTED: u8 = 3;
+
+fn run(
+    common: &Common,
+    backend: Backend,
+    plan: &AmbientPlan,
+    namespace: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    if backend == Backend::Nftables {
+        anyhow::bail!(
+            "the nftables backend only prints ambient rules so far (--dry-run); \
+             installing them over netlink is not implemented yet (use --backend iptables)"
+        );
+    }
+    if let Some(path) = namespace {
+        crate::backend::enter_namespace(path)?;
+    }
+    let variant = apply::variant();
+    if common.diff {
+        let diff = apply::drift(plan, variant)?;
+        if diff.is_empty() {
+            println!("in sync: the namespace holds exactly the planned rules");
+            return Ok(ExitCode::SUCCESS);
+        }
+        print!("{diff}");
+        return Ok(ExitCode::from(EXIT_DRIFTED));
+    }
+    if common.cleanup {
+        apply::clean(plan, variant)?;
+        tracing::info!("removed ambient's rules");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match apply::install(plan, variant)? {
+        Applied::Installed => tracing::info!("rules installed"),
+        Applied::AlreadyInPlace => tracing::info!("rules already in place; nothing changed"),
+        Applied::Replaced => tracing::info!("rules of other settings replaced"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -10,13 +10,17 @@
 //!   and the iptables install;
 //! - [`routing`] and [`ipset`]: the fwmark rule and `local` routes of table 100, the host's
 //!   probe set;
+//! - [`apply`]: all of a plan installed, checked or removed in the current namespace;
 //! - [`cli`]: `meshcap ambient pod|host`.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod ipset;
 pub mod iptables;
 pub mod nftables;
 pub mod plan;
+pub mod routing;
 
 /// The mark ztunnel puts on its own sockets' packets (under [`MARK_MASK`]): never captured.
 pub const ZTUNNEL_MARK: u32 = 0x539;

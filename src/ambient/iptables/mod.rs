@@ -4,6 +4,9 @@
 use super::config::ProbeSource;
 use super::plan::{AmbientPlan, CONNECTION, Chain, Masked, Op, Position, Rule, Table, ZTUNNEL};
 use crate::plan::Family;
+use std::net::IpAddr;
+
+pub mod install;
 
 pub use crate::backend::iptables::spell::table_name;
 
@@ -83,31 +86,61 @@ fn mark(m: Masked) -> String {
     format!("{:#x}/{:#x}", m.value, m.mask)
 }
 
+/// How a rule is written: as Istio's agent writes it (the restore input), or as
+/// `iptables-save` prints it back (what read-back compares with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    Istio,
+    Saved,
+}
+
 /// The rule's matches and target, spelled as Istio's agent writes them.
 pub fn spec(rule: &Rule) -> String {
+    spell(rule, Form::Istio)
+}
+
+/// An address as a host network, as iptables-save prints `-s`/`-d` (`/32`, `/128`); Istio writes
+/// the bare address.
+fn host(addr: &IpAddr, form: Form) -> String {
+    match (form, addr) {
+        (Form::Istio, _) => addr.to_string(),
+        (Form::Saved, IpAddr::V4(_)) => format!("{addr}/32"),
+        (Form::Saved, IpAddr::V6(_)) => format!("{addr}/128"),
+    }
+}
+
+/// The rule in `form`. iptables-save differs from Istio's text in three ways: host addresses
+/// get their prefix length, a port match names its module (`-m tcp`), and `--to-port` is
+/// `--to-ports`; and it prints `-p` before the matches.
+pub fn spell(rule: &Rule, form: Form) -> String {
     let ztunnel = mark(ZTUNNEL);
     let connection = mark(CONNECTION);
+    let saved = form == Form::Saved;
+    let tcp_port = if saved { "-p tcp -m tcp" } else { "-p tcp" };
     match rule {
         Rule::Jump(target) => format!("-j {}", chain_name(*target)),
         Rule::RerouteVirtualInterface { interface, to_port } => {
             format!("-i {interface} -p tcp -j REDIRECT --to-ports {to_port}")
         }
         Rule::ReturnVirtualInterface { interface } => format!("-i {interface} -p tcp -j RETURN"),
-        Rule::AcceptProbe { from } => format!("-s {from} -p tcp -m tcp -j ACCEPT"),
-        Rule::AcceptProbeReply { to } => format!("-d {to} -p tcp -m tcp -j ACCEPT"),
+        Rule::AcceptProbe { from } => format!("-s {} -p tcp -m tcp -j ACCEPT", host(from, form)),
+        Rule::AcceptProbeReply { to } => format!("-d {} -p tcp -m tcp -j ACCEPT", host(to, form)),
         Rule::RedirectInbound {
             loopback,
             hbone_port,
             to_port,
         } => format!(
-            "! -d {loopback} -p tcp ! --dport {hbone_port} -m mark ! --mark {ztunnel} -j REDIRECT --to-ports {to_port}"
+            "! -d {loopback} {tcp_port} ! --dport {hbone_port} -m mark ! --mark {ztunnel} -j REDIRECT --to-ports {to_port}"
         ),
-        // `--to-port` (singular) here and only here: Istio's spelling, which iptables accepts.
-        Rule::RedirectDnsUdp { to_port } => format!(
-            "! -o lo -p udp -m mark ! --mark {ztunnel} -m udp --dport 53 -j REDIRECT --to-port {to_port}"
-        ),
+        Rule::RedirectDnsUdp { to_port } => {
+            // `--to-port` (singular) in Istio's text only; iptables reads it as `--to-ports`.
+            let to = if saved { "--to-ports" } else { "--to-port" };
+            format!(
+                "! -o lo -p udp -m mark ! --mark {ztunnel} -m udp --dport 53 -j REDIRECT {to} {to_port}"
+            )
+        }
         Rule::RedirectDnsTcp { loopback, to_port } => format!(
-            "! -d {loopback} -p tcp --dport 53 -m mark ! --mark {ztunnel} -j REDIRECT --to-ports {to_port}"
+            "! -d {loopback} {tcp_port} --dport 53 -m mark ! --mark {ztunnel} -j REDIRECT --to-ports {to_port}"
         ),
         Rule::AcceptConnectionMarked => format!("-p tcp -m mark --mark {connection} -j ACCEPT"),
         Rule::AcceptLoopback { loopback } => format!("! -d {loopback} -o lo -j ACCEPT"),
@@ -128,10 +161,15 @@ pub fn spec(rule: &Rule) -> String {
         }
         Rule::SnatProbe { source, set, to } => {
             let owner = match source {
-                ProbeSource::AnyLocalSocket => "--socket-exists".to_owned(),
-                ProbeSource::Uid(uid) => format!("--uid-owner {uid}"),
+                ProbeSource::AnyLocalSocket => "-m owner --socket-exists".to_owned(),
+                ProbeSource::Uid(uid) => format!("-m owner --uid-owner {uid}"),
             };
-            format!("-m owner {owner} -p tcp -m set --match-set {set} dst -j SNAT --to-source {to}")
+            let set = format!("-m set --match-set {set} dst -j SNAT --to-source {to}");
+            if saved {
+                format!("-p tcp {owner} {set}")
+            } else {
+                format!("{owner} -p tcp {set}")
+            }
         }
     }
 }
