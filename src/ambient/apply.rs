@@ -42,6 +42,16 @@ pub fn clean(plan: &AmbientPlan, variant: IptablesVariant) -> Result<(), Backend
     let _lock = namespace_lock()?;
     rules::clean(plan, variant)?;
     routing::clean(&plan.routing)?;
+    if !plan.routing.is_empty() && !plan.ipv6 {
+        // IPv6 may have been on at install time; without IPv6 in the kernel this fails, fine.
+        let v6: Vec<_> = super::plan::routing(true)
+            .into_iter()
+            .filter(|step| !plan.routing.contains(step))
+            .collect();
+        if let Err(e) = routing::clean(&v6) {
+            tracing::debug!("IPv6 routing not cleaned: {e}");
+        }
+    }
     // After the rules: a set a rule references cannot go.
     for set in &plan.probe_sets {
         ipset::destroy(&set.name)?;

@@ -316,27 +316,32 @@ pub fn pod(config: &PodConfig) -> AmbientPlan {
         to_port: OUTBOUND_PORT,
     });
 
-    let families = families(config.ipv6);
-    // The routes first, so that no marked packet ever looks up an empty table.
-    let mut routing: Vec<RoutingStep> = families
+    AmbientPlan {
+        ipv6: config.ipv6,
+        ops: ops.ops,
+        routing: routing(config.ipv6),
+        probe_sets: Vec::new(),
+    }
+}
+
+/// The in-pod policy routing: the `local` default routes first, so that no marked packet ever
+/// looks up an empty table, then the fwmark rules.
+pub fn routing(ipv6: bool) -> Vec<RoutingStep> {
+    let families = families(ipv6);
+    let mut steps: Vec<RoutingStep> = families
         .iter()
         .map(|&family| RoutingStep::LocalDefaultRoute {
             family,
             table: ROUTE_TABLE,
         })
         .collect();
-    routing.extend(families.iter().map(|&family| RoutingStep::FwmarkRule {
+    steps.extend(families.iter().map(|&family| RoutingStep::FwmarkRule {
         family,
         mark: CONNECTION,
         priority: RULE_PRIORITY,
         table: ROUTE_TABLE,
     }));
-    AmbientPlan {
-        ipv6: config.ipv6,
-        ops: ops.ops,
-        routing,
-        probe_sets: Vec::new(),
-    }
+    steps
 }
 
 /// The node's probe rule and the sets it reads.
