@@ -12,15 +12,15 @@
 //! Without ../shared the tests skip (MESHCAP_REQUIRE_SHARED=1 makes that a failure); the
 //! nftables one also needs root.
 
+mod ambient_common;
 mod common;
 
-use common::{MESHCAP, repo};
+use common::repo;
 use netns_test_harness::Netns;
 use netns_test_harness::install::load_nft;
 use netns_test_harness::skip::{Need, skip};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
 
 fn shared(test: &str) -> Option<PathBuf> {
     let dir = repo().join("../shared/conformance/istio-ambient");
@@ -124,14 +124,7 @@ fn golden(dir: &std::path::Path, backend: &str, name: &str) -> String {
 
 /// meshcap's dry-run output for `args`; panics unless it succeeds.
 fn dry_run(args: &[String]) -> String {
-    let out = Command::new(MESHCAP)
-        .args(args)
-        .env_remove("HOST_PROBE_SNAT_IP")
-        .env_remove("HOST_PROBE_SNAT_IPV6")
-        .env_remove("AMBIENT_DNS_CAPTURE")
-        .env_remove("AMBIENT_IPV6")
-        .output()
-        .unwrap();
+    let out = ambient_common::meshcap(args);
     assert!(
         out.status.success(),
         "meshcap {}: {}",

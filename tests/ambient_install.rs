@@ -3,24 +3,13 @@
 //! sets), a re-run that changes nothing, a re-run with other settings that replaces, `--diff`,
 //! and `--cleanup` removing exactly ambient's rules. Needs root.
 
+mod ambient_common;
 mod common;
 
+use ambient_common::meshcap;
 use common::MESHCAP;
 use meshcap::ambient::ipset;
 use netns_test_harness::{Netns, require_root};
-use std::process::{Command, Output};
-
-fn meshcap(args: &[&str]) -> Output {
-    Command::new(MESHCAP)
-        .args(args)
-        .env_remove("HOST_PROBE_SNAT_IP")
-        .env_remove("HOST_PROBE_SNAT_IPV6")
-        .env_remove("AMBIENT_DNS_CAPTURE")
-        .env_remove("AMBIENT_IPV6")
-        .env("MESHCAP_LOG", "info")
-        .output()
-        .unwrap()
-}
 
 /// `meshcap ambient pod ARGS --network-namespace NS`; returns stderr (the log), panics on failure.
 fn pod(ns: &Netns, args: &[&str]) -> String {
