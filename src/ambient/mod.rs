@@ -21,6 +21,7 @@ pub mod iptables;
 pub mod nftables;
 pub mod plan;
 pub mod routing;
+pub mod zds;
 
 /// The mark ztunnel puts on its own sockets' packets (under [`MARK_MASK`]): never captured.
 pub const ZTUNNEL_MARK: u32 = 0x539;
