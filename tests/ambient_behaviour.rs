@@ -157,23 +157,12 @@ fn io_outcome(e: &std::io::Error) -> Outcome {
     }
 }
 
-/// One of ztunnel's own connections: a socket marked 0x539, optionally transparent and bound to
-/// `spoof` (the peer whose connection ztunnel passes on), as ztunnel opens them.
-fn ztunnel_tcp(dst: SocketAddr, spoof: Option<IpAddr>, timeout: Duration) -> Outcome {
+/// One of ztunnel's own connections (the stand-in's upstream socket: marked 0x539, optionally
+/// transparent and bound to `spoof`, the peer whose connection ztunnel passes on).
+fn ztunnel_tcp(dst: SocketAddr, spoof: Option<IpAddr>) -> Outcome {
     let attempt = || -> std::io::Result<String> {
-        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
-        socket.set_mark(meshcap::ambient::ZTUNNEL_MARK)?;
-        if let Some(src) = spoof {
-            match src {
-                IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
-                IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
-            }
-            socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
-        }
-        socket.connect_timeout(&SockAddr::from(dst), timeout)?;
-        socket.set_read_timeout(Some(timeout))?;
         let mut token = String::new();
-        std::net::TcpStream::from(socket).read_to_string(&mut token)?;
+        ambient_common::standin::upstream(dst, spoof)?.read_to_string(&mut token)?;
         Ok(token)
     };
     match attempt() {
@@ -342,7 +331,7 @@ fn ztunnels_own() -> Vec<Own> {
         rows.push((
             format!("ztunnel mark 0x539 tcp {dst}"),
             text_outcome(seen),
-            Box::new(move |t| ztunnel_tcp(dst, None, t)),
+            Box::new(move |_| ztunnel_tcp(dst, None)),
         ));
     }
     for (dst, seen) in [
@@ -372,7 +361,7 @@ fn ztunnels_own() -> Vec<Own> {
         rows.push((
             format!("ztunnel mark 0x539 transparent tcp {dst} src {src}"),
             text_outcome(seen),
-            Box::new(move |t| ztunnel_tcp(dst, Some(src), t)),
+            Box::new(move |_| ztunnel_tcp(dst, Some(src))),
         ));
     }
     rows
