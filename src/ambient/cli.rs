@@ -29,6 +29,13 @@ pub enum Command {
     Pod(PodArgs),
     /// The node's rule: SNAT of the kubelet's probes to enrolled pods.
     Host(HostArgs),
+    /// The node agent: the node's rule, a control socket for the CNI plugin (enrol a pod at
+    /// ADD, let it go at DEL) and ZDS to ztunnel; runs until SIGTERM.
+    Agent(super::daemon::AgentArgs),
+    /// Ask the agent to enrol a pod (what the CNI plugin does at ADD).
+    Enroll(super::daemon::EnrollArgs),
+    /// Ask the agent to let a pod go (what the CNI plugin does at DEL).
+    Unenroll(super::daemon::UnenrollArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -37,21 +44,9 @@ pub enum Backend {
     Nftables,
 }
 
-/// The agent's flags, shared by both subcommands.
+/// The node agent's settings, shared by every subcommand.
 #[derive(Args, Debug)]
-pub struct Common {
-    /// Print the rules (iptables-restore input, or an nft -f script) and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-
-    /// The backend [default: iptables].
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
-
-    /// Istio's spelling of --backend nftables.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
-    pub native_nftables: Option<bool>,
-
+pub struct NodeFlags {
     /// Send the pod's DNS (UDP and TCP port 53) to ztunnel's DNS proxy (15053).
     #[arg(long, env = "AMBIENT_DNS_CAPTURE", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub ambient_dns_capture: bool,
@@ -67,6 +62,36 @@ pub struct Common {
     /// The source address the node gives the kubelet's probes (IPv6).
     #[arg(long, env = "HOST_PROBE_SNAT_IPV6", default_value_t = super::config::DEFAULT_PROBE_SNAT_V6)]
     pub host_probe_snat_ipv6: Ipv6Addr,
+}
+
+impl NodeFlags {
+    pub fn settings(&self) -> NodeSettings {
+        NodeSettings {
+            dns_capture: self.ambient_dns_capture,
+            ipv6: self.ambient_ipv6,
+            probe_snat_v4: self.host_probe_snat_ip,
+            probe_snat_v6: self.host_probe_snat_ipv6,
+        }
+    }
+}
+
+/// The flags of `pod` and `host`.
+#[derive(Args, Debug)]
+pub struct Common {
+    /// Print the rules (iptables-restore input, or an nft -f script) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The backend [default: iptables].
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+
+    /// Istio's spelling of --backend nftables.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub native_nftables: Option<bool>,
+
+    #[command(flatten)]
+    pub node: NodeFlags,
 
     /// Remove the rules instead of installing them.
     #[arg(long, conflicts_with_all = ["dry_run", "diff"])]
@@ -105,7 +130,7 @@ pub struct HostArgs {
 }
 
 /// Go's strconv.ParseBool, as Istio's flags parse booleans.
-fn parse_bool(text: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
     match text {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
@@ -113,7 +138,7 @@ fn parse_bool(text: &str) -> Result<bool, String> {
     }
 }
 
-fn key_value(text: &str) -> Result<(String, String), String> {
+pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_owned(), value.to_owned()))
@@ -140,12 +165,7 @@ impl Common {
     }
 
     pub fn node(&self) -> NodeSettings {
-        NodeSettings {
-            dns_capture: self.ambient_dns_capture,
-            ipv6: self.ambient_ipv6,
-            probe_snat_v4: self.host_probe_snat_ip,
-            probe_snat_v6: self.host_probe_snat_ipv6,
-        }
+        self.node.settings()
     }
 }
 
@@ -221,6 +241,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 .backend()
                 .and_then(|b| Ok((b, host_plan(args, b)?))),
         ),
+        Command::Agent(args) => return super::daemon::agent(args),
+        Command::Enroll(args) => return super::daemon::enroll(args),
+        Command::Unenroll(args) => return super::daemon::unenroll(args),
     };
     let (backend, plan) = match planned {
         Ok(planned) => planned,
@@ -235,7 +258,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
     let namespace = match &cli.command {
         Command::Pod(args) => args.network_namespace.as_deref(),
-        Command::Host(_) => None,
+        _ => None,
     };
     match run(common, backend, &plan, namespace) {
         Ok(code) => code,
@@ -276,6 +299,10 @@ fn run(
     }
     if common.cleanup {
         apply::clean(plan, variant)?;
+        if namespace.is_some() {
+            // The pod's namespace is going away: its lock file would pile up in /run.
+            crate::backend::remove_namespace_lock()?;
+        }
         tracing::info!("removed ambient's rules");
         return Ok(ExitCode::SUCCESS);
     }

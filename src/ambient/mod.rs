@@ -16,9 +16,12 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod ipset;
 pub mod iptables;
 pub mod nftables;
+pub mod node;
 pub mod plan;
 pub mod routing;
 pub mod zds;
