@@ -11,13 +11,18 @@
 //! - [`routing`] and [`ipset`]: the fwmark rule and `local` routes of table 100, the host's
 //!   probe set;
 //! - [`apply`]: all of a plan installed, checked or removed in the current namespace;
-//! - [`cli`]: `meshcap ambient pod|host`.
+//! - [`cli`]: `meshcap ambient pod|host|agent|enroll|unenroll`.
+//!
+//! The node agent: [`enrolment`] decides which pods are enrolled, [`node`] enrols them (rules,
+//! probe set, ztunnel) and remembers them across restarts, [`zds`] speaks to ztunnel,
+//! [`control`] is the socket the CNI plugin asks through, [`daemon`] runs it all.
 
 pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod enrolment;
 pub mod ipset;
 pub mod iptables;
 pub mod nftables;
