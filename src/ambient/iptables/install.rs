@@ -65,7 +65,7 @@ fn current(saved: &SavedTables, family: Family, owned: &[&str]) -> Ruleset {
     ruleset
 }
 
-/// The plan of `family` in the same spelling and keys as [`current`].
+/// The plan of `family` in the same spelling and keys as what the namespace holds is read in.
 pub fn expected(plan: &AmbientPlan, family: Family) -> Ruleset {
     let ops: Vec<&Op> = plan.ops_for(family).collect();
     let mut ruleset = Ruleset::default();
