@@ -128,9 +128,10 @@ impl Node {
             path: pod.netns.clone(),
             reason: e.to_string(),
         })?;
-        self.in_pod(&pod.netns, |v| apply::install(&plan, v))??;
         let result = self
-            .add_probe_addresses(&pod)
+            .in_pod(&pod.netns, |v| apply::install(&plan, v))
+            .and_then(|installed| Ok(installed.map(drop)?))
+            .and_then(|()| self.add_probe_addresses(&pod))
             .and_then(|()| Ok(self.zds.add(&pod.uid, info(&pod), netns)?));
         if let Err(e) = result {
             self.undo(&pod, &plan);
