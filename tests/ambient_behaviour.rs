@@ -19,10 +19,14 @@ mod ambient_common;
 mod common;
 
 use common::MESHCAP;
+use meshcap::ambient::config::{NodeSettings, PodConfig, PodOverrides};
+use meshcap::ambient::explain::{Direction, Flow, explain};
 use meshcap::ambient::ipset;
+use meshcap::ambient::plan::pod as pod_plan;
+use meshcap::plan::Protocol;
 use netns_test_harness::install::load_nft;
 use netns_test_harness::pod::{APP, Pod};
-use netns_test_harness::probe::{Class, From, Outcome, Probe};
+use netns_test_harness::probe::{Class, From, Outcome, Probe, Proto};
 use netns_test_harness::{Netns, require_root};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::io::Read;
@@ -319,6 +323,79 @@ fn standard(dns: bool) -> Vec<(Probe, Outcome)> {
 /// ztunnel's own traffic: (label, expected, how to run it in the pod).
 type Own = (String, Outcome, Box<dyn FnOnce(Duration) -> Outcome + Send>);
 
+/// What `meshcap ambient explain` is asked for a probe: the first packet as the rules see it.
+fn flow_of(probe: &Probe) -> Flow {
+    let (direction, in_iface) = match &probe.from {
+        From::Pod(_) => (Direction::Out, None),
+        From::Peer(role) => {
+            let iface = match role.as_str() {
+                "net" => "net0",
+                "vm0" => "virt0",
+                "vm1" => "virt1",
+                other => panic!("no interface for {other}"),
+            };
+            (Direction::In, Some(iface.to_owned()))
+        }
+    };
+    let dst = probe.dst.ip();
+    let own = ["192.0.2.1", "2001:db8:100::1"].contains(&dst.to_string().as_str());
+    Flow {
+        direction,
+        protocol: match probe.proto {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+        },
+        dst,
+        port: probe.dst.port(),
+        src: probe.src,
+        in_iface,
+        via_lo: direction == Direction::Out && (dst.is_loopback() || own),
+        mark: 0,
+    }
+}
+
+/// The flows of ztunnel's own rows, in [`ztunnels_own`]'s order: marked, the spoofed ones to
+/// the pod's own address by lo.
+fn ztunnel_flows() -> Vec<Flow> {
+    [
+        ("tcp", "198.51.100.10:80"),
+        ("tcp", "[2001:db8:1::10]:80"),
+        ("udp", "192.0.2.53:53"),
+        ("udp", "[2001:db8::53]:53"),
+        ("tcp", "192.0.2.1:8080"),
+        ("tcp", "[2001:db8:100::1]:8080"),
+    ]
+    .iter()
+    .map(|(proto, dst)| {
+        let mut flow: Flow = format!("out {proto} {dst} mark 0x539").parse().unwrap();
+        flow.via_lo = dst.contains("192.0.2.1:") || dst.contains("2001:db8:100::1");
+        flow
+    })
+    .collect()
+}
+
+/// `meshcap ambient explain`'s class for every row of the table (same order).
+fn explained(dns: bool) -> Vec<&'static str> {
+    let plan = pod_plan(&PodConfig::new(
+        &NodeSettings {
+            dns_capture: dns,
+            ipv6: true,
+            probe_snat_v4: PROBE_V4.parse().unwrap(),
+            probe_snat_v6: PROBE_V6.parse().unwrap(),
+        },
+        &PodOverrides {
+            virtual_interfaces: vec!["virt0".into()],
+            ..PodOverrides::default()
+        },
+    ));
+    standard(dns)
+        .iter()
+        .map(|(p, _)| flow_of(p))
+        .chain(ztunnel_flows())
+        .map(|flow| explain(&plan, &flow).verdict.class())
+        .collect()
+}
+
 fn ztunnels_own() -> Vec<Own> {
     let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
     let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
@@ -509,10 +586,17 @@ fn both_backends_classify_every_probe_as_the_table_says() {
     for backend in [Backend::Iptables, Backend::Nftables] {
         for dns in [true, false] {
             install(&pod, backend, dns);
-            let mut runs = vec![(
-                format!("{backend:?}, DNS capture {dns}"),
-                run_table(&pod, dns),
-            )];
+            let table = run_table(&pod, dns);
+            // meshcap ambient explain, from the plan alone, agrees with the kernel.
+            for ((row, seen), said) in table.0.iter().zip(explained(dns)) {
+                if seen.class.name() != said {
+                    failures.push(format!(
+                        "explain ({backend:?}, DNS {dns}): {row}: kernel {}, explain {said}",
+                        seen.class.name()
+                    ));
+                }
+            }
+            let mut runs = vec![(format!("{backend:?}, DNS capture {dns}"), table)];
             if !dns {
                 // The node's rule, with the pod's rules in place.
                 runs.push((format!("{backend:?}, node rule"), host_rows(&pod, backend)));

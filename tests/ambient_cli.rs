@@ -139,3 +139,50 @@ fn the_nftables_install_is_not_built_yet_and_says_so() {
         "not implemented yet",
     );
 }
+
+#[test]
+fn explain_names_ztunnels_ports_and_the_deciding_rule() {
+    let out = meshcap(&[
+        "ambient",
+        "explain",
+        "--ambient-dns-capture",
+        "--flow",
+        "out tcp 198.51.100.10:80",
+        "--flow",
+        "out tcp 198.51.100.10:80 mark 0x539",
+        "--flow",
+        "in tcp 192.0.2.1:8080 from 169.254.7.127",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "out tcp 198.51.100.10:80 -> captured-outbound 15001  [nat ISTIO_OUTPUT: ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001]",
+            "out tcp 198.51.100.10:80 mark 0x539 -> direct (ztunnel's own)  [no rule matched]",
+            "in tcp 192.0.2.1:8080 from 169.254.7.127 -> direct (kubelet probe)  [nat ISTIO_PRERT: -s 169.254.7.127 -p tcp -m tcp -j ACCEPT]",
+        ]
+    );
+    fails(
+        &["ambient", "explain", "--flow", "out tcp nowhere"],
+        2,
+        "--flow",
+    );
+    fails(
+        &[
+            "ambient",
+            "explain",
+            "--flow",
+            "out tcp 1.2.3.4:5",
+            "--annotation",
+            "ambient.istio.io/dns-capture=x",
+        ],
+        2,
+        "ambient.istio.io/dns-capture",
+    );
+}

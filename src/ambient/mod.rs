@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod enrolment;
+pub mod explain;
 pub mod ipset;
 pub mod iptables;
 pub mod nftables;
