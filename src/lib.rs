@@ -4,6 +4,7 @@
 //! [`plan`] (which rules exist, backend-neutral, pure) → a [`backend`] (how they are spelled and
 //! applied).
 
+pub mod ambient;
 pub mod backend;
 pub mod cli;
 pub mod cni;

@@ -36,6 +36,10 @@ fn main() -> ExitCode {
             default_logging();
             return meshcap::cni::install::main(args[1..].to_vec());
         }
+        Some("ambient") => {
+            default_logging();
+            return meshcap::ambient::cli::main(args[1..].to_vec());
+        }
         Some(validation::DIAL_SUBCOMMAND) => return validation::dial_main(args[1..].to_vec()),
         // `meshcap diff FLAGS…`: the installer's flags, compared instead of applied.
         Some("diff") => {

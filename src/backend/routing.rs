@@ -255,7 +255,7 @@ fn fwmark_rule(family: Family, mark: u32, table: u32, priority: Option<u32>) -> 
 
 /// `local default dev lo table TABLE`: type local, scope host, no destination (prefix length 0).
 /// `ip route add` marks its routes proto boot (which `ip route` does not print).
-fn local_default_route(
+pub(crate) fn local_default_route(
     family: Family,
     table: u32,
     protocol: RouteProtocol,
@@ -328,7 +328,7 @@ fn added_by_meshcap(nl: &mut Rtnl, addr: &IpNetwork) -> Result<bool, RtnlError> 
 }
 
 /// lo's interface index in the current namespace (1 in practice, but not by contract).
-fn loopback_index() -> Result<u32, RtnlError> {
+pub(crate) fn loopback_index() -> Result<u32, RtnlError> {
     nix::net::if_::if_nametoindex("lo").map_err(|e| RtnlError {
         errno: Some(e),
         reason: format!("no interface lo: {}", e.desc()),
@@ -337,11 +337,11 @@ fn loopback_index() -> Result<u32, RtnlError> {
 
 /// The header's 8-bit table field: the table itself when it fits, else RT_TABLE_UNSPEC so the
 /// kernel takes the 32-bit table attribute (which is always sent too), as `ip` does.
-fn header_table(table: u32) -> u8 {
+pub(crate) fn header_table(table: u32) -> u8 {
     u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC)
 }
 
-fn address_family(family: Family) -> AddressFamily {
+pub(crate) fn address_family(family: Family) -> AddressFamily {
     match family {
         Family::V4 => AddressFamily::Inet,
         Family::V6 => AddressFamily::Inet6,
@@ -365,7 +365,7 @@ fn ip_version(addr: &IpNetwork) -> u8 {
 /// Why an [`Rtnl`] request failed: the errno the kernel answered with, if it did, and a text for
 /// the user. The errno decides whether a step counts as in place; [`RtnlError::into_error`]
 /// makes the [`BackendError`] once the caller names the `ip` command.
-struct RtnlError {
+pub(crate) struct RtnlError {
     errno: Option<Errno>,
     reason: String,
 }
@@ -395,14 +395,14 @@ impl RtnlError {
     }
 
     /// Success when the kernel refused with one of `errnos` (the state asked for is there already).
-    fn tolerate(self, errnos: &[Errno]) -> Result<(), RtnlError> {
+    pub(crate) fn tolerate(self, errnos: &[Errno]) -> Result<(), RtnlError> {
         match self.errno {
             Some(e) if errnos.contains(&e) => Ok(()),
             _ => Err(self),
         }
     }
 
-    fn into_error(self, what: &str) -> BackendError {
+    pub(crate) fn into_error(self, what: &str) -> BackendError {
         BackendError::Netlink {
             what: what.to_owned(),
             reason: self.reason,
@@ -411,13 +411,13 @@ impl RtnlError {
 }
 
 /// A blocking rtnetlink socket connected to the kernel.
-struct Rtnl {
+pub(crate) struct Rtnl {
     socket: Socket,
     seq: u32,
 }
 
 impl Rtnl {
-    fn open() -> Result<Rtnl, BackendError> {
+    pub(crate) fn open() -> Result<Rtnl, BackendError> {
         let open = || -> std::io::Result<Socket> {
             let mut socket = Socket::new(NETLINK_ROUTE)?;
             socket.bind_auto()?;
@@ -476,7 +476,11 @@ impl Rtnl {
     }
 
     /// Sends a change and waits for its acknowledgement: Ok for an ACK, the kernel's errno else.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), RtnlError> {
+    pub(crate) fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), RtnlError> {
         let seq = self.send(msg, flags | NLM_F_ACK)?;
         self.receive(seq, |payload| match payload {
             NetlinkPayload::Error(e) => Some(match e.code {
@@ -488,7 +492,10 @@ impl Rtnl {
     }
 
     /// Sends a dump request and collects every object of the answer.
-    fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
+    pub(crate) fn dump(
+        &mut self,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
         let seq = self.send(msg, NLM_F_DUMP)?;
         let mut objects = Vec::new();
         self.receive(seq, |payload| match payload {

@@ -61,7 +61,11 @@ pub fn program(family: Family, variant: IptablesVariant, tool: &str) -> String {
 }
 
 /// Runs a program, feeding `stdin`, and returns its standard output.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BackendError> {
+pub(crate) fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, BackendError> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -191,7 +195,7 @@ fn jumps_to_istio(rule: &str) -> bool {
         .any(|w| w[0] == "-j" && is_istio_chain(w[1]))
 }
 
-fn family_label(family: Family) -> &'static str {
+pub(crate) fn family_label(family: Family) -> &'static str {
     match family {
         Family::V4 => "ipv4",
         Family::V6 => "ipv6",

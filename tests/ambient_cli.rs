@@ -1,0 +1,188 @@
+//! `meshcap ambient`'s command line: bad flags and annotations exit 2 naming them, before
+//! anything is touched; what is not built yet says so (exit 1). No root needed.
+
+mod ambient_common;
+
+use ambient_common::meshcap;
+
+fn fails(args: &[&str], code: i32, names: &str) {
+    let out = meshcap(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(names),
+        "{args:?}: {stderr} does not name {names}"
+    );
+    assert!(out.stdout.is_empty(), "{args:?}");
+}
+
+#[test]
+fn a_bad_annotation_exits_2_naming_it() {
+    for (annotation, key) in [
+        (
+            "ambient.istio.io/dns-capture=yes",
+            "ambient.istio.io/dns-capture",
+        ),
+        (
+            "ambient.istio.io/bypass-inbound-capture=",
+            "ambient.istio.io/bypass-inbound-capture",
+        ),
+        (
+            "istio.io/reroute-virtual-interfaces=eth0,a/b",
+            "istio.io/reroute-virtual-interfaces",
+        ),
+        (
+            "istio.io/reroute-virtual-interfaces=averyverylongname0",
+            "istio.io/reroute-virtual-interfaces",
+        ),
+    ] {
+        fails(
+            &["ambient", "pod", "--dry-run", "--annotation", annotation],
+            2,
+            key,
+        );
+    }
+    fails(
+        &["ambient", "pod", "--dry-run", "--annotation", "novalue"],
+        2,
+        "--annotation",
+    );
+    // Annotations that do not count are ignored.
+    assert!(
+        meshcap(&["ambient", "pod", "--dry-run", "--annotation", "x.io/y=z"])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_naming_them() {
+    fails(
+        &["ambient", "pod", "--dry-run", "--ambient-ipv6=maybe"],
+        2,
+        "--ambient-ipv6",
+    );
+    fails(
+        &[
+            "ambient",
+            "host",
+            "--dry-run",
+            "--host-probe-snat-ip",
+            "::1",
+        ],
+        2,
+        "--host-probe-snat-ip",
+    );
+    fails(
+        &["ambient", "pod", "--dry-run", "--backend", "pf"],
+        2,
+        "--backend",
+    );
+    fails(
+        &[
+            "ambient",
+            "pod",
+            "--dry-run",
+            "--backend",
+            "iptables",
+            "--native-nftables",
+        ],
+        2,
+        "--native-nftables",
+    );
+    fails(
+        &["ambient", "pod", "--dry-run", "--cleanup"],
+        2,
+        "--cleanup",
+    );
+}
+
+#[test]
+fn the_environment_sets_the_probe_addresses() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcap"))
+        .args(["ambient", "host", "--dry-run", "--ambient-ipv6"])
+        .env("HOST_PROBE_SNAT_IP", "198.51.100.127")
+        .env("HOST_PROBE_SNAT_IPV6", "2001:db8::127")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--to-source 198.51.100.127\n"), "{text}");
+    assert!(text.contains("--to-source 2001:db8::127\n"), "{text}");
+    // A flag beats its variable.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshcap"))
+        .args([
+            "ambient",
+            "host",
+            "--dry-run",
+            "--host-probe-snat-ip",
+            "203.0.113.127",
+        ])
+        .env("HOST_PROBE_SNAT_IP", "198.51.100.127")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--to-source 203.0.113.127\n"));
+}
+
+#[test]
+fn the_nftables_install_is_not_built_yet_and_says_so() {
+    // A namespace that cannot be entered: should the install ever come first, the test fails
+    // instead of touching the machine's own namespace.
+    fails(
+        &[
+            "ambient",
+            "pod",
+            "--native-nftables",
+            "--network-namespace",
+            "/nonexistent/netns",
+        ],
+        1,
+        "not implemented yet",
+    );
+}
+
+#[test]
+fn explain_names_ztunnels_ports_and_the_deciding_rule() {
+    let out = meshcap(&[
+        "ambient",
+        "explain",
+        "--ambient-dns-capture",
+        "--flow",
+        "out tcp 198.51.100.10:80",
+        "--flow",
+        "out tcp 198.51.100.10:80 mark 0x539",
+        "--flow",
+        "in tcp 192.0.2.1:8080 from 169.254.7.127",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "out tcp 198.51.100.10:80 -> captured-outbound 15001  [nat ISTIO_OUTPUT: ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001]",
+            "out tcp 198.51.100.10:80 mark 0x539 -> direct (ztunnel's own)  [no rule matched]",
+            "in tcp 192.0.2.1:8080 from 169.254.7.127 -> direct (kubelet probe)  [nat ISTIO_PRERT: -s 169.254.7.127 -p tcp -m tcp -j ACCEPT]",
+        ]
+    );
+    fails(
+        &["ambient", "explain", "--flow", "out tcp nowhere"],
+        2,
+        "--flow",
+    );
+    fails(
+        &[
+            "ambient",
+            "explain",
+            "--flow",
+            "out tcp 1.2.3.4:5",
+            "--annotation",
+            "ambient.istio.io/dns-capture=x",
+        ],
+        2,
+        "ambient.istio.io/dns-capture",
+    );
+}
