@@ -13,9 +13,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The README's build (its setup step installs iptables, libnftnl-dev, libmnl-dev, pkg-config).
+# The README's build: one static file (scripts/build-static.sh), whatever the build stage links.
 RUN make build \
- && sh deploy/stage-rootfs.sh /rootfs target/release/meshcap
+ && sh deploy/stage-rootfs.sh /rootfs target/x86_64-unknown-linux-gnu/release/meshcap
 
 FROM scratch
 COPY --from=build /rootfs/ /
