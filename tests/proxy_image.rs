@@ -34,7 +34,7 @@ fn dockerfile_runs_the_readme_build_and_stages_the_rootfs() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     for want in [
         "RUN make build",
-        "sh deploy/stage-rootfs.sh /rootfs target/release/meshcap",
+        "sh deploy/stage-rootfs.sh /rootfs target/x86_64-unknown-linux-gnu/release/meshcap",
         "FROM scratch",
         "COPY --from=build /rootfs/ /",
         "ENTRYPOINT [\"/usr/local/bin/meshcap\"]",
