@@ -136,15 +136,47 @@ pub struct NodeFlags {
     /// The source address the node gives the kubelet's probes (IPv6).
     #[arg(long, env = "HOST_PROBE_SNAT_IPV6", default_value_t = super::config::DEFAULT_PROBE_SNAT_V6)]
     pub host_probe_snat_ipv6: Ipv6Addr,
+
+    /// The backend [default: iptables].
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+
+    /// Istio's spelling of --backend nftables.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub native_nftables: Option<bool>,
+
+    /// The kubelet's uid, whose probes the node's nftables rule matches (host, agent) [default:
+    /// the uid of the running kubelet process].
+    #[arg(long)]
+    pub kubelet_uid: Option<u32>,
 }
 
 impl NodeFlags {
     pub fn settings(&self) -> NodeSettings {
+        // Conflicting flags are refused by `pod` and `host` (Common::backend); the agent goes
+        // by --backend.
+        let nftables = self.backend().unwrap_or(Backend::Iptables) == Backend::Nftables;
         NodeSettings {
             dns_capture: self.ambient_dns_capture,
             ipv6: self.ambient_ipv6,
             probe_snat_v4: self.host_probe_snat_ip,
             probe_snat_v6: self.host_probe_snat_ipv6,
+            nftables,
+            // Only nftables' rule needs it: no /proc scan otherwise.
+            kubelet_uid: self
+                .kubelet_uid
+                .or_else(|| nftables.then(kubelet_uid).flatten()),
+        }
+    }
+
+    pub fn backend(&self) -> Result<Backend, BadInput> {
+        match (self.backend, self.native_nftables) {
+            (Some(Backend::Iptables), Some(true)) => Err(BadInput(
+                "--backend iptables and --native-nftables cannot be used together".into(),
+            )),
+            (Some(b), _) => Ok(b),
+            (None, Some(true)) => Ok(Backend::Nftables),
+            (None, _) => Ok(Backend::Iptables),
         }
     }
 }
@@ -155,14 +187,6 @@ pub struct Common {
     /// Print the rules (iptables-restore input, or an nft -f script) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-
-    /// The backend [default: iptables].
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
-
-    /// Istio's spelling of --backend nftables.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
-    pub native_nftables: Option<bool>,
 
     #[command(flatten)]
     pub node: NodeFlags,
@@ -196,11 +220,6 @@ pub struct PodArgs {
 pub struct HostArgs {
     #[command(flatten)]
     pub common: Common,
-
-    /// The kubelet's uid, whose probes the nftables rule matches [default: the uid of the
-    /// running kubelet process].
-    #[arg(long)]
-    pub kubelet_uid: Option<u32>,
 }
 
 /// Go's strconv.ParseBool, as Istio's flags parse booleans.
@@ -228,14 +247,7 @@ pub struct BadInput(String);
 
 impl Common {
     pub fn backend(&self) -> Result<Backend, BadInput> {
-        match (self.backend, self.native_nftables) {
-            (Some(Backend::Iptables), Some(true)) => Err(BadInput(
-                "--backend iptables and --native-nftables cannot be used together".into(),
-            )),
-            (Some(b), _) => Ok(b),
-            (None, Some(true)) => Ok(Backend::Nftables),
-            (None, _) => Ok(Backend::Iptables),
-        }
+        self.node.backend()
     }
 
     pub fn node(&self) -> NodeSettings {
@@ -259,7 +271,7 @@ pub fn pod_plan(args: &PodArgs) -> Result<AmbientPlan, BadInput> {
 pub fn host_plan(args: &HostArgs, backend: Backend) -> Result<AmbientPlan, BadInput> {
     let source = match backend {
         Backend::Iptables => ProbeSource::AnyLocalSocket,
-        Backend::Nftables => match args.kubelet_uid.or_else(kubelet_uid) {
+        Backend::Nftables => match args.common.node().kubelet_uid {
             Some(uid) => ProbeSource::Uid(uid),
             None => {
                 return Err(BadInput(
@@ -353,12 +365,6 @@ fn run(
     plan: &AmbientPlan,
     namespace: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    if backend == Backend::Nftables {
-        anyhow::bail!(
-            "the nftables backend only prints ambient rules so far (--dry-run); \
-             installing them over netlink is not implemented yet (use --backend iptables)"
-        );
-    }
     // The work runs inside the pod's namespace and comes back: nothing after it (logging, the
     // exit) runs there.
     let ns = match namespace {
@@ -366,7 +372,7 @@ fn run(
         None => Namespace::current(),
     };
     ns.run(|| -> anyhow::Result<ExitCode> {
-        let variant = apply::variant();
+        let variant = apply::Backend::pick(backend == Backend::Nftables);
         if common.diff {
             let diff = apply::drift(plan, variant)?;
             if diff.is_empty() {

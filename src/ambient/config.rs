@@ -33,6 +33,10 @@ pub struct NodeSettings {
     pub probe_snat_v4: Ipv4Addr,
     /// `--host-probe-snat-ipv6`.
     pub probe_snat_v6: Ipv6Addr,
+    /// `--backend nftables`: the agent installs with nftables over netlink, and keeps nft sets.
+    pub nftables: bool,
+    /// `--kubelet-uid` (nftables' node rule matches the kubelet's sockets).
+    pub kubelet_uid: Option<u32>,
 }
 
 impl Default for NodeSettings {
@@ -42,6 +46,8 @@ impl Default for NodeSettings {
             ipv6: false,
             probe_snat_v4: DEFAULT_PROBE_SNAT_V4,
             probe_snat_v6: DEFAULT_PROBE_SNAT_V6,
+            nftables: false,
+            kubelet_uid: None,
         }
     }
 }

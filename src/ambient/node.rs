@@ -6,18 +6,17 @@
 //! already done are undone and the error is returned, so the CNI ADD fails and the pod does not
 //! start without its rules or without ztunnel.
 //!
-//! Rules go in with the iptables backend (the nftables install is not built yet).
+//! Rules go in with the backend of `--backend` (iptables, or nftables over netlink), and the
+//! probe sets are that backend's ([`apply::ProbeSets`]).
 
 use super::apply;
 use super::config::{
     AnnotationError, HostConfig, NodeSettings, PodConfig, PodOverrides, ProbeSource,
 };
-use super::ipset;
 use super::plan::{self, AmbientPlan, probe_set_name};
 use super::zds::agent::{Agent, ZdsError};
 use super::zds::messages::WorkloadInfo;
 use crate::backend::BackendError;
-use crate::config::IptablesVariant;
 use crate::plan::Family;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -62,7 +61,7 @@ pub enum NodeError {
 /// The node agent.
 pub struct Node {
     settings: NodeSettings,
-    variant: IptablesVariant,
+    variant: apply::Backend,
     zds: Agent,
     state: PathBuf,
     pods: Mutex<Vec<PodRef>>,
@@ -79,8 +78,13 @@ impl Node {
         ack_timeout: Duration,
         reconcile: bool,
     ) -> Result<Node, NodeError> {
-        let variant = apply::variant();
-        let host = plan::host(&HostConfig::new(&settings, ProbeSource::AnyLocalSocket));
+        let variant = apply::Backend::pick(settings.nftables);
+        // nftables matches the kubelet's uid when known (Istio's rule), else any local socket.
+        let source = match (variant, settings.kubelet_uid) {
+            (apply::Backend::Nftables, Some(uid)) => ProbeSource::Uid(uid),
+            _ => ProbeSource::AnyLocalSocket,
+        };
+        let host = plan::host(&HostConfig::new(&settings, source));
         apply::install(&host, variant)?;
         let zds = Agent::listen(zds_socket, ack_timeout).map_err(|e| NodeError::State {
             path: zds_socket.to_owned(),
@@ -168,7 +172,8 @@ impl Node {
 
     fn undo(&self, pod: &PodRef, plan: &AmbientPlan) {
         for addr in &pod.ips {
-            if let Err(e) = ipset::del(&probe_set_name(family(addr)), *addr) {
+            let sets = self.variant.probe_sets();
+            if let Err(e) = sets.del(&probe_set_name(family(addr)), *addr) {
                 tracing::warn!("pod {}: {e}", pod.uid);
             }
         }
@@ -187,7 +192,8 @@ impl Node {
             if family(addr) == Family::V6 && !self.settings.ipv6 {
                 continue;
             }
-            ipset::add(&probe_set_name(family(addr)), *addr, Some(&pod.uid))?;
+            let sets = self.variant.probe_sets();
+            sets.add(&probe_set_name(family(addr)), *addr, Some(&pod.uid))?;
         }
         Ok(())
     }
@@ -207,7 +213,7 @@ impl Node {
 
     /// Runs `f` inside the namespace at `path` (iptables-restore and the rtnetlink socket it
     /// opens live there), and comes back.
-    fn in_pod<T>(&self, path: &Path, f: impl FnOnce(IptablesVariant) -> T) -> Result<T, NodeError> {
+    fn in_pod<T>(&self, path: &Path, f: impl FnOnce(apply::Backend) -> T) -> Result<T, NodeError> {
         let failed = |e: crate::backend::session::NamespaceError| NodeError::Namespace {
             path: path.to_owned(),
             reason: e.to_string(),

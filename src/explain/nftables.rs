@@ -296,6 +296,11 @@ pub(crate) fn eval(rule: &NftRule, p: &mut Packet) -> RuleResult {
                 effects.push(format!("tproxy to port {port}"));
                 true
             }
+            // Only the node's probe rule uses it (postrouting, which explain does not walk).
+            Expr::Nat { .. } => {
+                effects.push("nat (not modelled)".into());
+                return result(true, Action::Accept, effects);
+            }
             // Refused before the walk (see `Rules::from_nftables`).
             Expr::Unknown { .. } => false,
         };

@@ -60,6 +60,22 @@ impl Expression for Tproxy {
     }
 }
 
+/// `nat snat|dnat FAMILY addr_min reg 1`, with the flags given.
+struct Nat {
+    family: u32,
+    flags: u32,
+}
+impl Expression for Nat {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let e = alloc(c"nat");
+        set_u32(e, sys::NFTNL_EXPR_NAT_TYPE, libc::NFT_NAT_SNAT as u32);
+        set_u32(e, sys::NFTNL_EXPR_NAT_FAMILY, self.family);
+        set_u32(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG_1);
+        set_u32(e, sys::NFTNL_EXPR_NAT_FLAGS, self.flags);
+        e
+    }
+}
+
 struct CtSet(u32);
 impl Expression for CtSet {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
@@ -89,7 +105,8 @@ impl Expression for PayloadLoad {
 
 struct Lookup {
     set_name: CString,
-    set_id: u32,
+    /// None: a named set, looked up by name alone.
+    set_id: Option<u32>,
     inverted: bool,
 }
 impl Expression for Lookup {
@@ -103,7 +120,9 @@ impl Expression for Lookup {
                 self.set_name.as_ptr(),
             );
         }
-        set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID, self.set_id);
+        if let Some(id) = self.set_id {
+            set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID, id);
+        }
         if self.inverted {
             set_u32(
                 e,
@@ -310,7 +329,7 @@ fn add_item(rule: &mut Rule, item: &Item, lookups: &mut impl Iterator<Item = (CS
                     let (set_name, set_id) = lookups.next().expect("set");
                     rule.add_expr(&Lookup {
                         set_name,
-                        set_id,
+                        set_id: Some(set_id),
                         inverted: *negated,
                     });
                 }
@@ -355,7 +374,7 @@ fn add_item(rule: &mut Rule, item: &Item, lookups: &mut impl Iterator<Item = (CS
                     let (set_name, set_id) = lookups.next().expect("set");
                     rule.add_expr(&Lookup {
                         set_name,
-                        set_id,
+                        set_id: Some(set_id),
                         inverted: *negated,
                     });
                 }
@@ -385,6 +404,65 @@ fn add_item(rule: &mut Rule, item: &Item, lookups: &mut impl Iterator<Item = (CS
             rule.add_expr(&Conntrack::State);
             rule.add_expr(&Bitwise::new(*mask, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+        }
+        Item::MarkMasked {
+            value,
+            mask,
+            negated,
+        } => {
+            rule.add_expr(&Meta::Mark { set: false });
+            rule.add_expr(&Bitwise::new(*mask, 0u32));
+            rule.add_expr(&Cmp::new(cmp_op(*negated), *value));
+        }
+        Item::CtMarkMasked { value, mask } => {
+            rule.add_expr(&Conntrack::Mark { set: false });
+            rule.add_expr(&Bitwise::new(*mask, 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, *value));
+        }
+        Item::HasSocketOwner => {
+            rule.add_expr(&Meta::SkUid);
+            rule.add_expr(&Cmp::new(CmpOp::Gte, 0u32));
+        }
+        Item::AddrInSet { family, field, set } => {
+            let (offset, len) = match (family, field) {
+                (Family::V4, AddrField::Saddr) => (12, 4),
+                (Family::V4, AddrField::Daddr) => (16, 4),
+                (Family::V6, AddrField::Saddr) => (8, 16),
+                (Family::V6, AddrField::Daddr) => (24, 16),
+            };
+            rule.add_expr(&PayloadLoad {
+                base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                offset,
+                len,
+                dreg: REG_1,
+            });
+            rule.add_expr(&Lookup {
+                set_name: CString::new(set.as_str()).unwrap(),
+                set_id: None,
+                inverted: false,
+            });
+        }
+        Item::SetCtMark { value, mask } => {
+            rule.add_expr(&Conntrack::Mark { set: false });
+            rule.add_expr(&Bitwise::new(!*mask, *value));
+            rule.add_expr(&Conntrack::Mark { set: true });
+        }
+        Item::Snat(addr) => {
+            let family = match addr {
+                std::net::IpAddr::V4(a) => {
+                    rule.add_expr(&Immediate::new(a.octets(), Register::Reg1));
+                    libc::NFPROTO_IPV4
+                }
+                std::net::IpAddr::V6(a) => {
+                    rule.add_expr(&Immediate::new(a.octets(), Register::Reg1));
+                    libc::NFPROTO_IPV6
+                }
+            };
+            // NF_NAT_RANGE_MAP_IPS
+            rule.add_expr(&Nat {
+                family: family as u32,
+                flags: 1,
+            });
         }
         Item::Counter => rule.add_expr(&Counter),
         Item::SetMark { value, mask } => {
@@ -538,6 +616,7 @@ pub fn build_batch(spec: &Spec, existing: &Existing) -> Vec<u8> {
                         match base.hook {
                             Hook::Prerouting => nftnl::Hook::PreRouting,
                             Hook::Output => nftnl::Hook::Out,
+                            Hook::Postrouting => nftnl::Hook::PostRouting,
                         },
                         base.priority,
                     );

@@ -9,7 +9,7 @@ use super::codec::{
     Table,
 };
 use super::encode::{PROTO_PORT_TYPE, SetRef, addr_bytes, proto_num, proto_port_key, push_item};
-use super::ir::{AddrValue, Item, PortValue, RuleSpec, Spec, TableSpec};
+use super::ir::{AddrValue, Item, NamedSet, PortValue, RuleSpec, Spec, TableSpec};
 use super::names::{BaseChain, Hook, TABLES, table_name};
 use super::netlink::{kernel_error, netlink_error};
 use super::script::AddChain;
@@ -105,6 +105,7 @@ pub fn chain_hook(base: &BaseChain) -> (ChainHook, &'static str) {
     let hooknum = match base.hook {
         Hook::Prerouting => libc::NF_INET_PRE_ROUTING as u32,
         Hook::Output => libc::NF_INET_LOCAL_OUT as u32,
+        Hook::Postrouting => libc::NF_INET_POST_ROUTING as u32,
     };
     (
         ChainHook {
@@ -306,6 +307,31 @@ impl Builder {
         self.add(MsgType::NewRule, flags::ADD_RULE, Object::Rule(rule), what);
     }
 
+    /// Declares a named set (created when absent; an existing one keeps its elements).
+    pub fn named_set(&mut self, table: &str, set: &NamedSet) {
+        self.next_set_id += 1;
+        let (key_type, key_len, kind) = match set.family {
+            Family::V4 => (IPV4_ADDR_TYPE, 4, "ipv4_addr"),
+            Family::V6 => (IPV6_ADDR_TYPE, 16, "ipv6_addr"),
+        };
+        self.text(
+            MsgType::NewSet,
+            flags::ADD_SET,
+            Object::Set(Set {
+                family: INET,
+                table: table.to_owned(),
+                name: set.name.clone(),
+                flags: Some(0),
+                key_type: Some(key_type),
+                key_len: Some(key_len),
+                id: Some(self.next_set_id),
+                desc_size: None,
+                handle: None,
+            }),
+            format!("add set inet {table} {} {{ type {kind} ; }}", set.name),
+        );
+    }
+
     pub fn add_table(&mut self, name: &str) {
         self.text(
             MsgType::NewTable,
@@ -339,8 +365,14 @@ impl Builder {
 /// differ from `spec` (see below), so the new rules replace the old in the same transaction
 /// without the cost of deleting the table; present tables `spec` does not use are deleted.
 pub fn build_batch(spec: &Spec, existing: &Existing) -> Built {
+    build_batch_in(spec, existing, &TABLES.map(table_name))
+}
+
+/// As [`build_batch`], for a spec whose tables are among `tables` (in creation order): present
+/// tables of `tables` that the spec does not use are deleted; no other table is touched.
+pub fn build_batch_in(spec: &Spec, existing: &Existing, tables: &[&'static str]) -> Built {
     let mut b = Builder::new();
-    for name in TABLES.map(table_name) {
+    for &name in tables {
         let want: Option<&TableSpec> = spec.tables.iter().find(|t| t.name == name);
         let exists = existing.tables.iter().any(|t| t == name);
         let Some(want) = want else {
@@ -387,6 +419,9 @@ pub fn build_batch(spec: &Spec, existing: &Existing) -> Built {
                     format!("delete chain inet {name} {}", old.name),
                 );
             }
+        }
+        for set in &want.sets {
+            b.named_set(name, set);
         }
         for c in &want.chains {
             b.add_chain(

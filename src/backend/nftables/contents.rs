@@ -60,7 +60,8 @@ impl Contents {
     }
 
     /// The same contents without what only the kernel knows or names (handles, use counts,
-    /// counter values, a base chain's default policy, flags), anonymous sets renamed `__setN`
+    /// counter values, a base chain's default policy, flags), named sets by name alone (without
+    /// their elements), anonymous sets renamed `__setN`
     /// in the order their table's rules first look them up, and set elements sorted (empty
     /// element flags as none).
     pub fn canonical(&self) -> Contents {
@@ -85,6 +86,12 @@ impl Contents {
                 let mut r = r.comparable();
                 for e in &mut r.exprs {
                     if let Expr::Lookup { set, set_id, .. } = e {
+                        // A named set is compared by name; its elements are someone else's
+                        // (ambient's probe sets: the agent's pods).
+                        if !is_anonymous(set) {
+                            *set_id = None;
+                            continue;
+                        }
                         let key = (r.table.clone(), set.clone());
                         let name = renamed
                             .entry(key.clone())
@@ -138,6 +145,12 @@ impl Contents {
             .get(&(table.to_owned(), name.to_owned()))
             .map(Vec::as_slice)
     }
+}
+
+/// Whether `name` is an anonymous set's: the kernel's `__setN`, nft's `__set%d`, a batch's
+/// `#id`.
+pub fn is_anonymous(name: &str) -> bool {
+    name.starts_with("__set") || name.starts_with('#')
 }
 
 /// How a batch's set is named before the kernel names it.

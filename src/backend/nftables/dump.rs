@@ -64,6 +64,15 @@ pub fn our_tables(nl: &mut NetlinkSocket) -> Result<Vec<String>, BackendError> {
         .collect())
 }
 
+/// The inet tables among `names`, in the kernel's order.
+pub fn tables_among(nl: &mut NetlinkSocket, names: &[&str]) -> Result<Vec<String>, BackendError> {
+    Ok(tables(nl)?
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|name| names.contains(&name.as_str()))
+        .collect())
+}
+
 /// The chains of the inet tables named in `tables`.
 pub fn chains(nl: &mut NetlinkSocket, tables: &[String]) -> Result<Vec<Chain>, BackendError> {
     Ok(

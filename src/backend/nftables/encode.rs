@@ -3,7 +3,7 @@
 //! with `nft -f`.
 
 use super::codec::expr::{REG_1, REG32_01};
-use super::codec::{CmpOp, CtKey, Expr, MetaKey, PayloadBase, Verdict as NftVerdict};
+use super::codec::{CmpOp, CtKey, Expr, MetaKey, NatType, PayloadBase, Verdict as NftVerdict};
 use super::ir::{AddrField, AddrValue, Dir, Gid, Item, PortField, PortValue, Verdict};
 use super::prefix::netmask;
 use crate::plan::{Family, Protocol};
@@ -11,6 +11,8 @@ use nix::libc;
 
 /// `NF_NAT_RANGE_PROTO_SPECIFIED`: nft sets it when a redirect names a port.
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+/// `NF_NAT_RANGE_MAP_IPS`: a NAT to an address.
+const NF_NAT_RANGE_MAP_IPS: u32 = 1;
 /// `IFNAMSIZ`: nft compares a whole interface name buffer, NUL padded.
 const IFNAMSIZ: usize = 16;
 
@@ -131,12 +133,7 @@ pub fn push_item(out: &mut Vec<Expr>, item: &Item, lookups: &mut dyn Iterator<It
             negated,
             value,
         } => {
-            let (full, offset) = match (family, field) {
-                (Family::V4, AddrField::Saddr) => (4, 12),
-                (Family::V4, AddrField::Daddr) => (4, 16),
-                (Family::V6, AddrField::Saddr) => (16, 8),
-                (Family::V6, AddrField::Daddr) => (16, 24),
-            };
+            let (offset, full) = addr_offset(*family, *field);
             let load = |len: u32| Expr::Payload {
                 base: PayloadBase::Network,
                 offset,
@@ -234,6 +231,70 @@ pub fn push_item(out: &mut Vec<Expr>, item: &Item, lookups: &mut dyn Iterator<It
             out.push(ct(CtKey::Mark));
             out.push(cmp(CmpOp::Eq, v.to_ne_bytes()));
         }
+        Item::MarkMasked {
+            value,
+            mask,
+            negated,
+        } => {
+            out.push(meta(MetaKey::Mark));
+            out.push(bitwise(mask.to_ne_bytes().to_vec(), vec![0; 4]));
+            out.push(cmp(cmp_op(*negated), value.to_ne_bytes()));
+        }
+        Item::CtMarkMasked { value, mask } => {
+            out.push(ct(CtKey::Mark));
+            out.push(bitwise(mask.to_ne_bytes().to_vec(), vec![0; 4]));
+            out.push(cmp(CmpOp::Eq, value.to_ne_bytes()));
+        }
+        Item::HasSocketOwner => {
+            out.push(meta(MetaKey::SkUid));
+            out.push(cmp(CmpOp::Gte, 0u32.to_ne_bytes()));
+        }
+        Item::AddrInSet { family, field, set } => {
+            let (offset, len) = addr_offset(*family, *field);
+            out.push(Expr::Payload {
+                base: PayloadBase::Network,
+                offset,
+                len,
+                dreg: REG_1,
+            });
+            // By name: the set is the table's own, declared before the rule (nft also sends
+            // the set's transaction id when the batch creates it; the kernel finds it by name).
+            out.push(Expr::Lookup {
+                sreg: REG_1,
+                set: set.clone(),
+                set_id: None,
+                invert: false,
+            });
+        }
+        Item::SetCtMark { value, mask } => {
+            out.push(ct(CtKey::Mark));
+            out.push(bitwise(
+                (!*mask).to_ne_bytes().to_vec(),
+                value.to_ne_bytes().to_vec(),
+            ));
+            out.push(Expr::CtSet {
+                key: CtKey::Mark,
+                sreg: REG_1,
+            });
+        }
+        Item::Snat(addr) => {
+            let (family, bytes) = match addr {
+                std::net::IpAddr::V4(a) => (Family::V4, a.octets().to_vec()),
+                std::net::IpAddr::V6(a) => (Family::V6, a.octets().to_vec()),
+            };
+            out.push(immediate(bytes));
+            out.push(Expr::Nat {
+                kind: NatType::Snat,
+                family: u32::from(nfproto(family)),
+                reg_addr_min: Some(REG_1),
+                reg_addr_max: None,
+                reg_proto_min: None,
+                reg_proto_max: None,
+                // The kernel sets MAP_IPS for an address and dumps it; sent so that the
+                // read-back equals the batch.
+                flags: Some(NF_NAT_RANGE_MAP_IPS),
+            });
+        }
         Item::CtState(mask) => {
             out.push(ct(CtKey::State));
             out.push(bitwise(mask.to_ne_bytes().to_vec(), vec![0; 4]));
@@ -296,6 +357,16 @@ pub fn push_item(out: &mut Vec<Expr>, item: &Item, lookups: &mut dyn Iterator<It
             Verdict::Accept => NftVerdict::Accept,
             Verdict::Drop => NftVerdict::Drop,
         })),
+    }
+}
+
+/// Where an address field lies in the network header: (offset, length).
+fn addr_offset(family: Family, field: AddrField) -> (u32, u32) {
+    match (family, field) {
+        (Family::V4, AddrField::Saddr) => (12, 4),
+        (Family::V4, AddrField::Daddr) => (16, 4),
+        (Family::V6, AddrField::Saddr) => (8, 16),
+        (Family::V6, AddrField::Daddr) => (24, 16),
     }
 }
 

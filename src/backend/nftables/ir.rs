@@ -15,7 +15,17 @@ pub struct Spec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableSpec {
     pub name: &'static str,
+    /// Named sets the table declares (their elements are kept by someone else: a re-install
+    /// leaves them as they are).
+    pub sets: Vec<NamedSet>,
     pub chains: Vec<ChainSpec>,
+}
+
+/// A named set of addresses of one family (ambient's probe sets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedSet {
+    pub name: String,
+    pub family: Family,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +133,25 @@ pub enum Item {
         negated: bool,
     },
     CtMark(u32),
+    /// `meta mark & MASK == VALUE` (`!=` when negated).
+    MarkMasked {
+        value: u32,
+        mask: u32,
+        negated: bool,
+    },
+    /// `ct mark & MASK == VALUE`.
+    CtMarkMasked {
+        value: u32,
+        mask: u32,
+    },
+    /// `meta skuid >= 0`: the packet has a local full socket (iptables' `--socket-exists`).
+    HasSocketOwner,
+    /// The address is in the table's named set `set`.
+    AddrInSet {
+        family: Family,
+        field: AddrField,
+        set: String,
+    },
     /// Conntrack state bit mask (nft's `ct state` bits).
     CtState(u32),
     Counter,
@@ -133,6 +162,13 @@ pub enum Item {
     },
     /// `ct mark set meta mark`.
     SaveMark,
+    /// `ct mark set ct mark & !MASK | VALUE`: the bits of `mask` become `value`.
+    SetCtMark {
+        value: u32,
+        mask: u32,
+    },
+    /// `snat ip|ip6 to ADDR`.
+    Snat(std::net::IpAddr),
     /// `meta mark set ct mark`.
     RestoreMark,
     CtZone(u16),

@@ -84,6 +84,7 @@ impl Spec {
                 });
             }
             tables.push(TableSpec {
+                sets: Vec::new(),
                 name: table_name(table),
                 chains: specs,
             });

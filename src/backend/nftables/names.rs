@@ -54,7 +54,23 @@ impl ChainType {
     }
 }
 
-pub use crate::plan::Hook;
+/// A netfilter hook a base chain sits on: the plan's two, and postrouting (ambient's node rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
 
 /// Hook, type and priority of a base chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,9 +89,9 @@ pub fn base_chain(table: Table, chain: Chain) -> Option<BaseChain> {
     };
     let (kind, priority) = match (table, hook) {
         (Table::Nat, _) => (ChainType::Nat, -100),
-        (Table::Mangle, Hook::Prerouting) => (ChainType::Filter, -150),
         // `route` re-routes locally generated packets whose mark changed (iptables' mangle OUTPUT).
         (Table::Mangle, Hook::Output) => (ChainType::Route, -150),
+        (Table::Mangle, _) => (ChainType::Filter, -150),
         (Table::Raw, _) => (ChainType::Filter, -300),
     };
     Some(BaseChain {

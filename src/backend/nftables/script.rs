@@ -16,6 +16,17 @@ impl fmt::Display for Spec {
         for t in &self.tables {
             writeln!(f, "add table inet {}", t.name)?;
             writeln!(f, "flush table inet {}", t.name)?;
+            for set in &t.sets {
+                let kind = match set.family {
+                    Family::V4 => "ipv4_addr",
+                    Family::V6 => "ipv6_addr",
+                };
+                writeln!(
+                    f,
+                    "add set inet {} {} {{ type {kind} ; }}",
+                    t.name, set.name
+                )?;
+            }
             for c in &t.chains {
                 writeln!(f, "{}", AddChain(t.name, c))?;
             }
@@ -202,6 +213,34 @@ impl fmt::Display for Item {
                     .collect();
                 write!(f, "ct state {}", names.join(","))
             }
+            Item::MarkMasked {
+                value,
+                mask,
+                negated,
+            } => write!(
+                f,
+                "meta mark & {mask:#x} {} {value:#x}",
+                if *negated { "!=" } else { "==" }
+            ),
+            Item::CtMarkMasked { value, mask } => write!(f, "ct mark & {mask:#x} == {value:#x}"),
+            Item::HasSocketOwner => f.write_str("meta skuid >= 0"),
+            Item::AddrInSet { family, field, set } => write!(
+                f,
+                "{} {} @{set}",
+                family_word(*family),
+                match field {
+                    AddrField::Saddr => "saddr",
+                    AddrField::Daddr => "daddr",
+                }
+            ),
+            Item::SetCtMark { value, mask } => {
+                write!(f, "ct mark set ct mark & {:#x} | {value:#x}", !mask)
+            }
+            Item::Snat(addr) => write!(
+                f,
+                "snat {} to {addr}",
+                if addr.is_ipv4() { "ip" } else { "ip6" }
+            ),
             Item::Counter => f.write_str("counter"),
             Item::SetMark { value, mask } if *mask == u32::MAX => {
                 write!(f, "meta mark set {value}")

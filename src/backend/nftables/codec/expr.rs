@@ -73,6 +73,13 @@ const RANGE_SREG: u16 = 1;
 const RANGE_OP: u16 = 2;
 const RANGE_FROM: u16 = 3;
 const RANGE_TO: u16 = 4;
+const NAT_TYPE: u16 = 1;
+const NAT_FAMILY: u16 = 2;
+const NAT_REG_ADDR_MIN: u16 = 3;
+const NAT_REG_ADDR_MAX: u16 = 4;
+const NAT_REG_PROTO_MIN: u16 = 5;
+const NAT_REG_PROTO_MAX: u16 = 6;
+const NAT_FLAGS: u16 = 7;
 
 /// A key enum with named wire numbers and [`Other`](MetaKey::Other) for the rest.
 macro_rules! wire_enum {
@@ -137,6 +144,14 @@ wire_enum!(
         Lte = libc::NFT_CMP_LTE,
         Gt = libc::NFT_CMP_GT,
         Gte = libc::NFT_CMP_GTE,
+    }
+);
+
+wire_enum!(
+    /// `enum nft_nat_types`.
+    NatType {
+        Snat = libc::NFT_NAT_SNAT,
+        Dnat = libc::NFT_NAT_DNAT,
     }
 );
 
@@ -290,6 +305,18 @@ pub enum Expr {
         from: Vec<u8>,
         to: Vec<u8>,
     },
+    /// Source or destination NAT of `family` (an `NFPROTO_*`) to the address (range) and port
+    /// (range) in registers (`flags`: `NF_NAT_RANGE_*`). Like [`Expr::Redir`], a dump names one
+    /// register as min and max alike; the max decodes as `None` then.
+    Nat {
+        kind: NatType,
+        family: u32,
+        reg_addr_min: Option<u32>,
+        reg_addr_max: Option<u32>,
+        reg_proto_min: Option<u32>,
+        reg_proto_max: Option<u32>,
+        flags: Option<u32>,
+    },
     /// Any other expression, or one with attributes this model does not hold: its name and the
     /// raw attributes of its `NFTA_EXPR_DATA`.
     Unknown { name: String, data: Vec<u8> },
@@ -326,6 +353,7 @@ impl Expr {
             Expr::Redir { .. } => "redir",
             Expr::Tproxy { .. } => "tproxy",
             Expr::Range { .. } => "range",
+            Expr::Nat { .. } => "nat",
             Expr::Unknown { name, .. } => name,
         }
     }
@@ -457,6 +485,29 @@ impl Expr {
                 w.u32(RANGE_OP, op.to_wire());
                 data_value(w, RANGE_FROM, from);
                 data_value(w, RANGE_TO, to);
+            }
+            Expr::Nat {
+                kind,
+                family,
+                reg_addr_min,
+                reg_addr_max,
+                reg_proto_min,
+                reg_proto_max,
+                flags,
+            } => {
+                w.u32(NAT_TYPE, kind.to_wire());
+                w.u32(NAT_FAMILY, *family);
+                for (attr, reg) in [
+                    (NAT_REG_ADDR_MIN, reg_addr_min),
+                    (NAT_REG_ADDR_MAX, reg_addr_max),
+                    (NAT_REG_PROTO_MIN, reg_proto_min),
+                    (NAT_REG_PROTO_MAX, reg_proto_max),
+                    (NAT_FLAGS, flags),
+                ] {
+                    if let Some(v) = reg {
+                        w.u32(attr, *v);
+                    }
+                }
             }
             Expr::Unknown { data, .. } => {
                 // Raw attributes, already padded.
@@ -620,6 +671,29 @@ impl Expr {
                 from: value(RANGE_FROM)?,
                 to: value(RANGE_TO)?,
             },
+            "nat"
+                if only(&[
+                    NAT_TYPE,
+                    NAT_FAMILY,
+                    NAT_REG_ADDR_MIN,
+                    NAT_REG_ADDR_MAX,
+                    NAT_REG_PROTO_MIN,
+                    NAT_REG_PROTO_MAX,
+                    NAT_FLAGS,
+                ]) =>
+            {
+                let addr_min = opt(NAT_REG_ADDR_MIN)?;
+                let proto_min = opt(NAT_REG_PROTO_MIN)?;
+                Expr::Nat {
+                    kind: NatType::from_wire(req(NAT_TYPE)?),
+                    family: req(NAT_FAMILY)?,
+                    reg_addr_min: addr_min,
+                    reg_addr_max: opt(NAT_REG_ADDR_MAX)?.filter(|m| Some(*m) != addr_min),
+                    reg_proto_min: proto_min,
+                    reg_proto_max: opt(NAT_REG_PROTO_MAX)?.filter(|m| Some(*m) != proto_min),
+                    flags: opt(NAT_FLAGS)?,
+                }
+            }
             _ => return None,
         })
     }
@@ -721,6 +795,15 @@ mod tests {
                 op: CmpOp::Eq,
                 from: vec![10, 0, 0, 0],
                 to: vec![10, 0, 2, 255],
+            },
+            Expr::Nat {
+                kind: NatType::Snat,
+                family: libc::NFPROTO_IPV4 as u32,
+                reg_addr_min: Some(1),
+                reg_addr_max: None,
+                reg_proto_min: Some(2),
+                reg_proto_max: Some(3),
+                flags: Some(1),
             },
             Expr::Unknown {
                 name: "target".into(),

@@ -5,7 +5,7 @@
 //!
 //! - [`attr`]: netlink attributes (type, length, value), nested;
 //! - [`expr`]: the expressions of a rule ([`Expr`]: meta, cmp, payload, bitwise, lookup,
-//!   immediate and verdicts, ct, counter, redir, tproxy, range, and `Unknown`);
+//!   immediate and verdicts, ct, counter, redir, tproxy, range, nat, and `Unknown`);
 //! - [`msg`]: tables, chains, sets, set elements, rules ([`Message`]), and the atomic
 //!   [`Batch`];
 //! - [`trace`]: the trace messages `meshcap trace` reads.
@@ -20,7 +20,7 @@ pub mod expr;
 pub mod msg;
 pub mod trace;
 
-pub use expr::{CmpOp, CtKey, Expr, MetaKey, PayloadBase, Verdict};
+pub use expr::{CmpOp, CtKey, Expr, MetaKey, NatType, PayloadBase, Verdict};
 pub use msg::{
     Batch, Chain, ChainHook, FinishedBatch, Header, Message, MsgType, Object, Rule, Set, SetElem,
     SetElems, Table,

@@ -18,7 +18,7 @@ mod value;
 pub use chain::{header_text, hook_name};
 
 use super::codec::attr::{attrs, be_u32, string};
-use super::codec::expr::{CmpOp, Expr, PayloadBase, Verdict};
+use super::codec::expr::{CmpOp, Expr, NatType, PayloadBase, Verdict};
 use super::codec::{Rule, SetElem};
 use super::contents::{Contents, SetKey};
 use fields::{Context, Val, ct_field, meta_field, payload_field, raw_payload, reg32, words};
@@ -333,7 +333,7 @@ fn step(
                 (_, true) => "!= ",
                 (true, false) => "== ",
             };
-            let anonymous = set.starts_with("__set") || set.starts_with('#');
+            let anonymous = super::contents::is_anonymous(set);
             let right = match elements {
                 Some(elements) if anonymous => set_text(&fields, elements),
                 _ => format!("@{set}"),
@@ -429,6 +429,71 @@ fn step(
                 Some(_) => return false,
             };
             out.push(format!("tproxy{family_word} to {addr}{port}"));
+            true
+        }
+        Expr::Nat {
+            kind,
+            family,
+            reg_addr_min,
+            reg_addr_max,
+            reg_proto_min,
+            reg_proto_max,
+            flags,
+        } => {
+            let word = match kind {
+                NatType::Snat => "snat",
+                NatType::Dnat => "dnat",
+                NatType::Other(_) => return false,
+            };
+            let (family_word, addr_kind) = match *family as i32 {
+                libc::NFPROTO_IPV4 => ("ip", Kind::Ipv4),
+                libc::NFPROTO_IPV6 => ("ip6", Kind::Ipv6),
+                _ => return false,
+            };
+            let imm = |reg: Option<u32>| match reg {
+                None => Some(None),
+                Some(r) => match regs.get(r) {
+                    Some(Val::Imm(d)) => Some(Some(d.clone())),
+                    _ => None,
+                },
+            };
+            let (Some(amin), Some(amax), Some(pmin), Some(pmax)) = (
+                imm(*reg_addr_min),
+                imm(*reg_addr_max),
+                imm(*reg_proto_min),
+                imm(*reg_proto_max),
+            ) else {
+                return false;
+            };
+            let addr = |d: &[u8]| match addr_kind {
+                Kind::Ipv6 if pmin.is_some() => format!("[{}]", value_text(addr_kind, d)),
+                _ => value_text(addr_kind, d),
+            };
+            let mut text = format!("{word} {family_word} to ");
+            if let Some(a) = &amin {
+                text.push_str(&addr(a));
+                if let Some(b) = amax.as_ref().filter(|b| *b != a) {
+                    text.push_str(&format!("-{}", addr(b)));
+                }
+            }
+            if let Some(p) = &pmin {
+                text.push_str(&format!(":{}", value_text(Kind::BigEndian, p)));
+                if let Some(q) = pmax.as_ref().filter(|q| *q != p) {
+                    text.push_str(&format!("-{}", value_text(Kind::BigEndian, q)));
+                }
+            }
+            // MAP_IPS (1) and PROTO_SPECIFIED (2) go with the address and the port.
+            let mut rest = flags.unwrap_or(0) & !3;
+            for (bit, word) in [(4, "random"), (8, "persistent"), (16, "fully-random")] {
+                if rest & bit != 0 {
+                    text.push_str(&format!(" {word}"));
+                    rest &= !bit;
+                }
+            }
+            if rest != 0 {
+                text.push_str(&format!(" [flags {rest:#x}]"));
+            }
+            out.push(text);
             true
         }
         Expr::Unknown { .. } => false,

@@ -9,7 +9,11 @@
 //! - the host script also declares the probe sets (Istio creates them elsewhere), so that it
 //!   loads on its own; re-loading keeps their elements (`flush table` empties chains, not sets).
 //!
-//! Installing over netlink is not done here yet: see docs/AMBIENT.md.
+//! [`install`] installs, compares and removes the same rules over netlink (meshcap's own
+//! nf_tables codec, one atomic batch); [`sets`] keeps the probe sets' elements.
+
+pub mod install;
+pub mod sets;
 
 use super::config::ProbeSource;
 use super::plan::{AmbientPlan, CONNECTION, Chain, Masked, Op, Rule, Table, ZTUNNEL};
