@@ -4,9 +4,8 @@
 //! iptables and nftables must classify every probe alike, and as the table says.
 //!
 //! - iptables: installed by `meshcap ambient pod` (rules and policy routing).
-//! - nftables: meshcap's `--dry-run` script loaded with `nft -f`, and the same policy routing
-//!   added with `ip` (meshcap does not install ambient's nftables rules over netlink yet). This
-//!   proves the script's rules behave as iptables' do; not the install.
+//! - nftables: installed by `meshcap ambient pod --backend nftables` (one netlink batch of
+//!   meshcap's own codec, and the same policy routing).
 //!
 //! Probes besides the standard ones: packets carrying ztunnel's mark (0x539) — its upstream
 //! connections and DNS queries go out untouched — and ztunnel's spoofed connection to the app
@@ -19,12 +18,11 @@ mod ambient_common;
 mod common;
 
 use common::MESHCAP;
+use meshcap::ambient::apply::ProbeSets;
 use meshcap::ambient::config::{NodeSettings, PodConfig, PodOverrides};
 use meshcap::ambient::explain::{Direction, Flow, explain};
-use meshcap::ambient::ipset;
 use meshcap::ambient::plan::pod as pod_plan;
 use meshcap::plan::Protocol;
-use netns_test_harness::install::load_nft;
 use netns_test_harness::pod::{APP, Pod};
 use netns_test_harness::probe::{Class, From, Outcome, Probe, Proto};
 use netns_test_harness::{Netns, require_root};
@@ -71,14 +69,6 @@ fn settings(dns: bool) -> Vec<String> {
     args
 }
 
-/// What `ip` adds for the nftables run (meshcap adds it over rtnetlink for iptables).
-const ROUTING: [&str; 4] = [
-    "-4 route add local default dev lo table 100",
-    "-6 route add local default dev lo table 100",
-    "-4 rule add fwmark 0x111/0xfff pref 32764 lookup 100",
-    "-6 rule add fwmark 0x111/0xfff pref 32764 lookup 100",
-];
-
 fn install(pod: &Pod, backend: Backend, dns: bool) {
     let mut args = strings(&["ambient", "pod"]);
     args.extend(settings(dns));
@@ -86,51 +76,29 @@ fn install(pod: &Pod, backend: Backend, dns: bool) {
         "--annotation",
         "istio.io/reroute-virtual-interfaces=virt0",
     ]));
-    match backend {
-        Backend::Iptables => {
-            args.extend(strings(&[
-                "--network-namespace",
-                pod.pod.path().to_str().unwrap(),
-            ]));
-            meshcap(&args);
-        }
-        Backend::Nftables => {
-            args.extend(strings(&["--dry-run", "--backend", "nftables"]));
-            let script = String::from_utf8(meshcap(&args).stdout).unwrap();
-            load_nft(&pod.pod, &script).unwrap();
-            pod.pod.ip_batch(&ROUTING.map(String::from));
-        }
+    if backend == Backend::Nftables {
+        args.extend(strings(&["--backend", "nftables"]));
     }
+    args.extend(strings(&[
+        "--network-namespace",
+        pod.pod.path().to_str().unwrap(),
+    ]));
+    meshcap(&args);
 }
 
 fn uninstall(pod: &Pod, backend: Backend) {
-    match backend {
-        Backend::Iptables => {
-            let path = pod.pod.path();
-            meshcap(&strings(&[
-                "ambient",
-                "pod",
-                "--cleanup",
-                "--network-namespace",
-                path.to_str().unwrap(),
-            ]));
-        }
-        Backend::Nftables => {
-            for table in [
-                "istio-ambient-nat",
-                "istio-ambient-mangle",
-                "istio-ambient-raw",
-            ] {
-                // The raw table exists only with DNS capture.
-                let _ = pod.pod.exec(&["nft", "delete", "table", "inet", table]);
-            }
-            let undo: Vec<String> = ROUTING
-                .iter()
-                .map(|c| c.replacen(" add ", " del ", 1))
-                .collect();
-            pod.pod.ip_batch(&undo);
-        }
+    let path = pod.pod.path();
+    let mut args = strings(&[
+        "ambient",
+        "pod",
+        "--cleanup",
+        "--network-namespace",
+        path.to_str().unwrap(),
+    ]);
+    if backend == Backend::Nftables {
+        args.extend(strings(&["--backend", "nftables"]));
     }
+    meshcap(&args);
     let left = pod.pod.dump_rulesets();
     assert!(
         !left.contains("ISTIO_") && !left.contains("istio-ambient"),
@@ -382,6 +350,7 @@ fn explained(dns: bool) -> Vec<&'static str> {
             ipv6: true,
             probe_snat_v4: PROBE_V4.parse().unwrap(),
             probe_snat_v6: PROBE_V6.parse().unwrap(),
+            ..NodeSettings::default()
         },
         &PodOverrides {
             virtual_interfaces: vec!["virt0".into()],
@@ -483,24 +452,13 @@ fn host_rows(pod: &Pod, backend: Backend) -> (Vec<Row>, Vec<Row>) {
         ("istio-inpod-probes-v4", "192.0.2.1".parse().unwrap()),
         ("istio-inpod-probes-v6", "2001:db8:100::1".parse().unwrap()),
     ];
-    match backend {
-        Backend::Iptables => {
-            let mut argv = vec![MESHCAP.to_owned()];
-            argv.extend(args.clone());
-            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            node.exec_ok(&argv);
-        }
-        Backend::Nftables => {
-            args.extend(strings(&[
-                "--dry-run",
-                "--backend",
-                "nftables",
-                "--kubelet-uid",
-                "0",
-            ]));
-            load_nft(node, &String::from_utf8(meshcap(&args).stdout).unwrap()).unwrap();
-        }
+    if backend == Backend::Nftables {
+        args.extend(strings(&["--backend", "nftables", "--kubelet-uid", "0"]));
     }
+    let mut argv = vec![MESHCAP.to_owned()];
+    argv.extend(args.clone());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    node.exec_ok(&argv);
     let probes = [
         Probe::tcp(From::peer("net"), "192.0.2.1:8080"),
         Probe::tcp(From::peer("net"), "[2001:db8:100::1]:8080"),
@@ -535,39 +493,26 @@ fn host_rows(pod: &Pod, backend: Backend) -> (Vec<Row>, Vec<Row>) {
             text_outcome("direct app [2001:db8:100::1]:8080"),
         ),
     ];
-    match backend {
-        Backend::Iptables => {
-            let mut argv = vec![MESHCAP, "ambient", "host", "--cleanup"];
-            argv.push("--ambient-ipv6");
-            node.exec_ok(&argv);
-        }
-        Backend::Nftables => {
-            node.exec_ok(&["nft", "delete", "table", "inet", "istio-ambient-nat"]);
-        }
+    let mut argv = vec![MESHCAP, "ambient", "host", "--cleanup", "--ambient-ipv6"];
+    if backend == Backend::Nftables {
+        argv.extend(["--backend", "nftables", "--kubelet-uid", "0"]);
     }
+    node.exec_ok(&argv);
     (observed, expected)
 }
 
 fn add_to_sets(node: &Netns, backend: Backend, addresses: &[(&'static str, IpAddr)]) {
-    match backend {
-        Backend::Iptables => {
-            let addresses = addresses.to_vec();
-            node.run(move || {
-                for (set, addr) in addresses {
-                    ipset::add(set, addr, Some("pod-uid")).unwrap();
-                }
-            });
+    let sets = match backend {
+        Backend::Iptables => ProbeSets::Ipset,
+        Backend::Nftables => ProbeSets::Nftables,
+    };
+    let addresses = addresses.to_vec();
+    node.run(move || {
+        for (set, addr) in addresses {
+            sets.add(set, addr, Some("pod-uid")).unwrap();
+            assert!(sets.contains(set, addr).unwrap());
         }
-        Backend::Nftables => {
-            let script: String = addresses
-                .iter()
-                .map(|(set, addr)| {
-                    format!("add element inet istio-ambient-nat {set} {{ {addr} }}\n")
-                })
-                .collect();
-            load_nft(node, &script).unwrap();
-        }
-    }
+    });
 }
 
 #[test]
