@@ -7,7 +7,8 @@
 //! - nftables: semantic, as `nft` sees it: the golden and meshcap's script are each loaded with
 //!   `nft -f` into an empty throwaway namespace and `nft list ruleset` must print the same. The
 //!   host golden reads probe sets Istio creates elsewhere; they are declared before it as
-//!   meshcap's script declares them.
+//!   meshcap's script declares them. The same case installed by the binary over netlink (no
+//!   `--dry-run`, no `nft`) in a third namespace must list the same too.
 //!
 //! Without ../shared the tests skip (MESHCAP_REQUIRE_SHARED=1 makes that a failure); the
 //! nftables one also needs root.
@@ -185,6 +186,8 @@ fn nftables_dry_run_lists_as_istios_transaction() {
     let all = cases(&dir, "nftables");
     assert_eq!(all.len(), 10);
     let (theirs_ns, ours_ns) = (Netns::new("ambgolden"), Netns::new("ambours"));
+    let netlink_ns = Netns::new("ambnl");
+    netlink_ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
     for case in all {
         let mut istio = golden(&dir, "nftables", &case.golden);
         if case.golden.starts_with("hostprobe") {
@@ -200,5 +203,16 @@ fn nftables_dry_run_lists_as_istios_transaction() {
             case.golden,
             case.args.join(" ")
         );
+        // Installed over netlink, then removed again (rules and routing).
+        let mut argv = vec![common::MESHCAP.to_owned()];
+        argv.extend(case.args.iter().filter(|a| *a != "--dry-run").cloned());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        netlink_ns.exec_ok(&argv);
+        let installed = netlink_ns.exec_ok(&["nft", "list", "ruleset"]);
+        assert_eq!(installed, theirs, "{}: installed over netlink", case.golden);
+        let mut cleanup = argv.clone();
+        cleanup.push("--cleanup");
+        netlink_ns.exec_ok(&cleanup);
+        assert_eq!(netlink_ns.exec_ok(&["nft", "list", "ruleset"]), "");
     }
 }
