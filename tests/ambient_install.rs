@@ -1,7 +1,8 @@
-//! `meshcap ambient pod|host` installing for real with the iptables backend, in throwaway
-//! namespaces: what the kernel holds afterwards (iptables-save, ip rule, ip route, the probe
-//! sets), a re-run that changes nothing, a re-run with other settings that replaces, `--diff`,
-//! and `--cleanup` removing exactly ambient's rules. Needs root.
+//! `meshcap ambient pod|host` installing for real with both backends, in throwaway namespaces:
+//! what the kernel holds afterwards (iptables-save or nft's listing, ip rule, ip route, the
+//! probe sets), a re-run that changes nothing (nftables: every handle as it was, so nothing was
+//! written), a re-run with other settings that replaces, `--diff` (exit 3 on drift), and
+//! `--cleanup` removing exactly ambient's rules. Needs root.
 
 mod ambient_common;
 mod common;
@@ -227,4 +228,218 @@ fn host_install_creates_the_probe_sets_and_cleanup_removes_them() {
         String::from_utf8_lossy(&out.stdout)
             .contains("missing: ipset: istio-inpod-probes-v4 hash:ip")
     );
+}
+
+/// `nft -a list ruleset`: with the handles, which a rewrite of any rule or chain would change.
+fn nft_handles(ns: &Netns) -> String {
+    ns.exec_ok(&["nft", "-a", "list", "ruleset"])
+}
+
+#[test]
+fn nftables_pod_install_is_one_batch_idempotent_replaces_and_cleans_up_exactly() {
+    let test = "nftables_pod_install_is_one_batch_idempotent_replaces_and_cleans_up_exactly";
+    if !require_root(test) {
+        return;
+    }
+    let ns = Netns::new("ambnft");
+    ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+    // A foreign table, and a foreign chain in an inet table of another name: both stay.
+    ns.exec_ok(&["nft", "add", "table", "inet", "foreign"]);
+    ns.exec_ok(&["nft", "add", "chain", "inet", "foreign", "mine"]);
+
+    let dns_v6 = [
+        "--backend",
+        "nftables",
+        "--ambient-dns-capture",
+        "--ambient-ipv6",
+    ];
+    assert!(pod(&ns, &dns_v6).contains("rules installed"));
+    let listed = ns.exec_ok(&["nft", "list", "ruleset"]);
+    for table in [
+        "istio-ambient-nat",
+        "istio-ambient-mangle",
+        "istio-ambient-raw",
+    ] {
+        assert!(
+            listed.contains(&format!("table inet {table} {{")),
+            "{listed}"
+        );
+    }
+    assert!(
+        listed.contains("ct mark set ct mark & 0xfffff111 | 0x00000111"),
+        "{listed}"
+    );
+    assert!(listed.contains("ct zone set 1"), "{listed}");
+    let rules = ns.exec_ok(&["ip", "rule"]) + &ns.exec_ok(&["ip", "-6", "rule"]);
+    assert_eq!(
+        rules.matches("fwmark 0x111/0xfff lookup 100").count(),
+        2,
+        "{rules}"
+    );
+
+    // Same settings: no write at all (every handle as it was), and --diff agrees.
+    let before = nft_handles(&ns);
+    assert!(pod(&ns, &dns_v6).contains("already in place"));
+    assert_eq!(nft_handles(&ns), before, "a re-run rewrote rules");
+    let mut diff = dns_v6.to_vec();
+    diff.push("--diff");
+    assert!(pod(&ns, &diff).is_empty());
+
+    // Drift: a rule deleted behind meshcap's back is reported (exit 3), and a run restores it.
+    let handle = before
+        .lines()
+        .skip_while(|l| !l.contains("table inet istio-ambient-mangle"))
+        .find(|l| l.contains("meta mark set ct mark"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .expect("the restore rule")
+        .trim()
+        .to_owned();
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "rule",
+        "inet",
+        "istio-ambient-mangle",
+        "istio-output",
+        "handle",
+        &handle,
+    ]);
+    let path = ns.path();
+    let mut argv = vec![
+        "ambient",
+        "pod",
+        "--network-namespace",
+        path.to_str().unwrap(),
+    ];
+    argv.extend(&diff);
+    let out = meshcap(&argv);
+    assert_eq!(out.status.code(), Some(3), "{}", common::text(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "missing: inet istio-ambient-mangle istio-output: ct mark & 0x00000fff == 0x00000111"
+        ),
+        "{text}"
+    );
+    assert!(pod(&ns, &dns_v6).contains("replaced"));
+    assert!(pod(&ns, &diff).is_empty());
+
+    // Other settings: --diff says what differs, then one batch replaces (raw goes).
+    let other = ["--backend", "nftables", "--ambient-ipv6"];
+    let mut argv = vec![
+        "ambient",
+        "pod",
+        "--network-namespace",
+        path.to_str().unwrap(),
+    ];
+    argv.extend(other);
+    argv.push("--diff");
+    let out = meshcap(&argv);
+    assert_eq!(out.status.code(), Some(3), "{}", common::text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("extra: inet istio-ambient-raw"));
+    assert!(pod(&ns, &other).contains("replaced"));
+    let listed = ns.exec_ok(&["nft", "list", "ruleset"]);
+    assert!(!listed.contains("istio-ambient-raw"), "{listed}");
+    assert!(!listed.contains("dport 53"), "{listed}");
+    assert!(listed.contains("table inet foreign"), "{listed}");
+
+    // Cleanup: exactly ambient's tables and routing.
+    pod(&ns, &["--backend", "nftables", "--cleanup"]);
+    let listed = ns.exec_ok(&["nft", "list", "ruleset"]);
+    assert_eq!(
+        listed.trim(),
+        "table inet foreign {\n\tchain mine {\n\t}\n}",
+        "{listed}"
+    );
+    assert!(!ns.exec_ok(&["ip", "rule"]).contains("0x111/0xfff"));
+    assert_eq!(ns.exec_ok(&["ip", "route", "show", "table", "100"]), "");
+    pod(&ns, &["--backend", "nftables", "--cleanup"]);
+}
+
+#[test]
+fn nftables_host_install_keeps_the_set_elements_the_agent_adds() {
+    use meshcap::ambient::apply::ProbeSets;
+    let test = "nftables_host_install_keeps_the_set_elements_the_agent_adds";
+    if !require_root(test) {
+        return;
+    }
+    let ns = Netns::new("ambnfth");
+    let host = |args: &[&str]| {
+        let mut all = vec![
+            MESHCAP,
+            "ambient",
+            "host",
+            "--ambient-ipv6",
+            "--backend",
+            "nftables",
+            "--kubelet-uid",
+            "1000",
+        ];
+        all.extend(args);
+        ns.command(&all).output().unwrap()
+    };
+    assert!(host(&[]).status.success());
+    let listed = ns.exec_ok(&["nft", "list", "ruleset"]);
+    assert!(listed.contains("meta l4proto tcp meta skuid 1000 ip daddr @istio-inpod-probes-v4 counter packets 0 bytes 0 snat ip to 169.254.7.127"), "{listed}");
+    assert!(listed.contains("type nat hook postrouting priority srcnat; policy accept;"));
+
+    // The agent's side: elements over netlink, add and del idempotent.
+    let pod_v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let pod_v6: std::net::IpAddr = "2001:db8:100::1".parse().unwrap();
+    let sets = ProbeSets::Nftables;
+    ns.run(move || {
+        sets.add("istio-inpod-probes-v4", pod_v4, Some("pod-uid-1"))
+            .unwrap();
+        sets.add("istio-inpod-probes-v4", pod_v4, Some("pod-uid-1"))
+            .unwrap();
+        sets.add("istio-inpod-probes-v6", pod_v6, None).unwrap();
+    });
+    let listed = ns.exec_ok(&[
+        "nft",
+        "list",
+        "set",
+        "inet",
+        "istio-ambient-nat",
+        "istio-inpod-probes-v4",
+    ]);
+    assert!(listed.contains("elements = { 192.0.2.1 }"), "{listed}");
+
+    // A re-run changes nothing and keeps the elements; --diff ignores them.
+    let before = nft_handles(&ns);
+    let out = host(&[]);
+    assert!(out.status.success());
+    assert_eq!(nft_handles(&ns), before);
+    assert_eq!(host(&["--diff"]).status.code(), Some(0));
+    // Other settings (another uid) replace the rule, and the elements stay.
+    let out = ns
+        .command(&[
+            MESHCAP,
+            "ambient",
+            "host",
+            "--ambient-ipv6",
+            "--backend",
+            "nftables",
+            "--kubelet-uid",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(host(&["--diff"]).status.code(), Some(3));
+    let (has4, has6) = ns.run(move || {
+        (
+            sets.contains("istio-inpod-probes-v4", pod_v4).unwrap(),
+            sets.contains("istio-inpod-probes-v6", pod_v6).unwrap(),
+        )
+    });
+    assert!(has4 && has6);
+    ns.run(move || {
+        sets.del("istio-inpod-probes-v4", pod_v4).unwrap();
+        sets.del("istio-inpod-probes-v4", pod_v4).unwrap();
+        assert!(!sets.contains("istio-inpod-probes-v4", pod_v4).unwrap());
+    });
+
+    assert!(host(&["--cleanup"]).status.success());
+    assert_eq!(ns.exec_ok(&["nft", "list", "ruleset"]), "");
+    assert_eq!(host(&["--diff"]).status.code(), Some(3));
 }
