@@ -2,14 +2,15 @@
 //! stand-in: enrolment through its control socket (what the CNI plugin will do at ADD and DEL)
 //! with real traffic, ztunnel absent (the ADD fails and nothing stays), a bad annotation, the
 //! agent restarting (ztunnel reconnects and gets the enrolled pod in a fresh snapshot; the
-//! pod's traffic keeps flowing), and DEL removing the rules and the probe-set entry. Needs root.
+//! pod's traffic keeps flowing), and DEL removing the rules and the probe-set entry. Once per
+//! backend: iptables (ipsets), and nftables over netlink (nft sets). Needs root.
 
 mod ambient_common;
 mod common;
 
 use ambient_common::standin::Ztunnel;
 use ambient_common::{APP, PROBE_V6, TempDir, Topology, fetch};
-use meshcap::ambient::ipset;
+use meshcap::ambient::apply::ProbeSets;
 use netns_test_harness::{Netns, Process, require_root};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,26 +23,36 @@ struct Paths {
     state: PathBuf,
 }
 
-fn start_agent(node: &Netns, paths: &Paths) -> Process {
-    let agent = node.spawn(
-        &[
-            common::MESHCAP,
-            "ambient",
-            "agent",
-            "--ambient-ipv6",
-            "--host-probe-snat-ipv6",
-            PROBE_V6,
-            "--zds-socket",
-            paths.zds.to_str().unwrap(),
-            "--control-socket",
-            paths.control.to_str().unwrap(),
-            "--state-dir",
-            paths.state.to_str().unwrap(),
-            "--ack-timeout",
-            "3",
-        ],
-        None,
-    );
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Iptables,
+    Nftables,
+}
+
+fn start_agent(node: &Netns, paths: &Paths, backend: Backend) -> Process {
+    // nftables' node rule matches the kubelet's uid: the test's probe comes from root.
+    let backend_args: &[&str] = match backend {
+        Backend::Iptables => &[],
+        Backend::Nftables => &["--backend", "nftables", "--kubelet-uid", "0"],
+    };
+    let mut argv = vec![
+        common::MESHCAP,
+        "ambient",
+        "agent",
+        "--ambient-ipv6",
+        "--host-probe-snat-ipv6",
+        PROBE_V6,
+        "--zds-socket",
+        paths.zds.to_str().unwrap(),
+        "--control-socket",
+        paths.control.to_str().unwrap(),
+        "--state-dir",
+        paths.state.to_str().unwrap(),
+        "--ack-timeout",
+        "3",
+    ];
+    argv.extend(backend_args);
+    let agent = node.spawn(&argv, None);
     // Ready once the control socket is there (it is bound last).
     for _ in 0..500 {
         if paths.control.exists() {
@@ -88,21 +99,29 @@ fn enroll(control: &Path, pod: &Netns, annotations: &[&str]) -> Output {
     ambient_common::meshcap(&args)
 }
 
-fn in_probe_set(node: &Netns) -> (bool, bool) {
+fn in_probe_set(node: &Netns, backend: Backend) -> (bool, bool) {
+    let sets = match backend {
+        Backend::Iptables => ProbeSets::Ipset,
+        Backend::Nftables => ProbeSets::Nftables,
+    };
     let (v4, v6): (IpAddr, IpAddr) = (
         "192.0.2.1".parse().unwrap(),
         "2001:db8:100::1".parse().unwrap(),
     );
     node.run(move || {
         (
-            ipset::contains("istio-inpod-probes-v4", v4).unwrap(),
-            ipset::contains("istio-inpod-probes-v6", v6).unwrap(),
+            sets.contains("istio-inpod-probes-v4", v4).unwrap(),
+            sets.contains("istio-inpod-probes-v6", v6).unwrap(),
         )
     })
 }
 
+/// Any of ambient's rules, in either backend's tables.
 fn has_rules(pod: &Netns) -> bool {
     pod.exec_ok(&["iptables-save"]).contains("ISTIO_")
+        || pod
+            .exec_ok(&["nft", "list", "ruleset"])
+            .contains("istio-ambient")
 }
 
 #[test]
@@ -111,7 +130,25 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
     if !require_root(test) {
         return;
     }
-    let net = Topology::new("ambag");
+    run(Backend::Iptables, "ambag");
+}
+
+#[test]
+fn the_nftables_agent_enrolls_and_lets_go_over_netlink() {
+    let test = "the_nftables_agent_enrolls_and_lets_go_over_netlink";
+    if !require_root(test) {
+        return;
+    }
+    run(Backend::Nftables, "ambagn");
+}
+
+/// The two runs one at a time: run in parallel, the stand-in's listeners failed to start in one
+/// of them (not investigated further; each run passes alone).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run(backend: Backend, tag: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let net = Topology::new(tag);
     let (pod, node) = (&net.pod, &net.node);
     let dir = TempDir::new("agent");
     let paths = Paths {
@@ -119,12 +156,22 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
         control: dir.0.join("ambient.sock"),
         state: dir.0.join("state"),
     };
-    let agent = start_agent(node, &paths);
+    let agent = start_agent(node, &paths, backend);
     // The node's rule is in as soon as the agent runs.
-    assert!(
-        node.exec_ok(&["iptables-save", "-t", "nat"])
-            .contains("-A POSTROUTING -j ISTIO_POSTRT")
-    );
+    match backend {
+        Backend::Iptables => assert!(
+            node.exec_ok(&["iptables-save", "-t", "nat"])
+                .contains("-A POSTROUTING -j ISTIO_POSTRT")
+        ),
+        Backend::Nftables => {
+            let listed = node.exec_ok(&["nft", "list", "ruleset"]);
+            assert!(
+                listed.contains("meta skuid 0 ip daddr @istio-inpod-probes-v4"),
+                "{listed}"
+            );
+            assert!(!node.exec_ok(&["iptables-save"]).contains("ISTIO_"));
+        }
+    }
 
     // No ztunnel: the ADD fails closed, and nothing of the pod stays behind.
     let out = enroll(&paths.control, pod, &[]);
@@ -135,7 +182,7 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
         common::text(&out)
     );
     assert!(!has_rules(pod), "{}", pod.dump_rulesets());
-    assert_eq!(in_probe_set(node), (false, false));
+    assert_eq!(in_probe_set(node, backend), (false, false));
 
     // A bad annotation: exit 2, naming it.
     let out = enroll(
@@ -153,7 +200,10 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(ztunnel.log(), ["snapshot []", "add pod-1"]);
     assert!(has_rules(pod));
-    assert_eq!(in_probe_set(node), (true, true));
+    if backend == Backend::Nftables {
+        assert!(!pod.exec_ok(&["iptables-save"]).contains("ISTIO_"));
+    }
+    assert_eq!(in_probe_set(node, backend), (true, true));
     let outbound = "ztunnel-outbound 198.51.100.10:80 | direct server 198.51.100.10:80";
     assert_eq!(fetch(pod, Some(APP), "198.51.100.10:80"), outbound);
     assert_eq!(
@@ -165,7 +215,7 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
     // The agent restarts: it takes the pod back from its state, ztunnel reconnects and gets it
     // in a fresh snapshot; the pod's traffic keeps flowing.
     stop_agent(agent);
-    let agent = start_agent(node, &paths);
+    let agent = start_agent(node, &paths, backend);
     assert_eq!(
         ztunnel.wait_for(3),
         ["snapshot []", "add pod-1", "snapshot [\"pod-1\"]"]
@@ -190,7 +240,7 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
     assert_eq!(ztunnel.log().last().map(String::as_str), Some("del pod-1"));
     assert!(!has_rules(pod), "{}", pod.dump_rulesets());
     assert!(!pod.exec_ok(&["ip", "rule"]).contains("0x111/0xfff"));
-    assert_eq!(in_probe_set(node), (false, false));
+    assert_eq!(in_probe_set(node, backend), (false, false));
     let state = std::fs::read_to_string(paths.state.join("pods.json")).unwrap();
     assert_eq!(state.trim(), "[]");
     // A second DEL is fine.
