@@ -1,5 +1,5 @@
 //! `meshcap ambient`'s command line: bad flags and annotations exit 2 naming them, before
-//! anything is touched; what is not built yet says so (exit 1). No root needed.
+//! anything is touched; a namespace that cannot be entered is exit 1. No root needed.
 
 mod ambient_common;
 
@@ -124,9 +124,9 @@ fn the_environment_sets_the_probe_addresses() {
 }
 
 #[test]
-fn the_nftables_install_is_not_built_yet_and_says_so() {
-    // A namespace that cannot be entered: should the install ever come first, the test fails
-    // instead of touching the machine's own namespace.
+fn the_nftables_install_goes_into_the_named_namespace_or_fails() {
+    // A namespace that cannot be entered: exit 1 naming it, and nothing installed anywhere
+    // (the work runs only inside the namespace).
     fails(
         &[
             "ambient",
@@ -136,7 +136,7 @@ fn the_nftables_install_is_not_built_yet_and_says_so() {
             "/nonexistent/netns",
         ],
         1,
-        "not implemented yet",
+        "/nonexistent/netns",
     );
 }
 
