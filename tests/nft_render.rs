@@ -165,3 +165,63 @@ fn rendering_equals_nft_list_chain_beyond_meshcaps_patterns() {
     assert_eq!(ours.len(), 3, "{ours:#?}");
     eprintln!("{lines} lines equal to nft's");
 }
+
+/// Ambient's rules (tables `inet istio-ambient-*`: masked marks, the connection mark's bits, ct
+/// zone, SNAT to the probe address, a named-set lookup, skuid) installed by meshcap: the text of
+/// the kernel's rules and of the plan's equal `nft list chain`, line for line.
+#[test]
+fn rendering_of_ambient_rules_equals_nft_list_chain() {
+    use meshcap::ambient::config::{
+        HostConfig, NodeSettings, PodConfig, PodOverrides, ProbeSource,
+    };
+    use meshcap::ambient::nftables::install;
+    use meshcap::ambient::plan;
+    if !require_root("rendering_of_ambient_rules_equals_nft_list_chain") {
+        return;
+    }
+    let node = NodeSettings {
+        dns_capture: true,
+        ipv6: true,
+        ..NodeSettings::default()
+    };
+    let plans = [
+        plan::pod(&PodConfig::new(
+            &node,
+            &PodOverrides {
+                virtual_interfaces: vec!["virt0".into(), "virt1".into()],
+                ..PodOverrides::default()
+            },
+        )),
+        plan::pod(&PodConfig::new(
+            &NodeSettings::default(),
+            &PodOverrides {
+                bypass_inbound_capture: true,
+                ..PodOverrides::default()
+            },
+        )),
+        plan::host(&HostConfig::new(&node, ProbeSource::Uid(1000))),
+        plan::host(&HostConfig::new(&node, ProbeSource::AnyLocalSocket)),
+    ];
+    let mut lines = 0;
+    for (i, plan) in plans.into_iter().enumerate() {
+        let ns = Netns::new("renderamb");
+        let p = plan.clone();
+        let kernel = ns
+            .run(move || install::apply(&p).and_then(|_| install::current(&p)))
+            .unwrap_or_else(|e| panic!("ambient plan {i}: {e}"));
+        let kernel = without_counts(&chain_texts(&kernel));
+        let planned = without_counts(&chain_texts(&install::expected(&plan)));
+        assert_eq!(
+            kernel, planned,
+            "ambient plan {i}: kernel and plan read differently"
+        );
+        for key in kernel.keys() {
+            let mut parts = key.split(' ').skip(1);
+            let (table, chain) = (parts.next().unwrap(), parts.next().unwrap());
+            let want = nft_chain(&ns, table, chain);
+            assert_eq!(&kernel[key], &want, "ambient plan {i}: {key}");
+            lines += want.len();
+        }
+    }
+    eprintln!("ambient: {lines} lines equal to nft's");
+}

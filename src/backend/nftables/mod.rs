@@ -16,6 +16,10 @@
 //! - [`dump`] reads the tables back as [`Contents`], which a batch's messages also give;
 //!   read-back and drift compare those values, and [`render`] spells them in `nft` syntax.
 //!
+//! Ambient mode (`crate::ambient::nftables::install`) reuses the same pieces for its own tables
+//! (`inet istio-ambient-*`, [`batch::build_batch_in`]), with a few items of its own in [`ir`]
+//! (masked marks, named probe sets, SNAT).
+//!
 //! Replacing: the tables present are looked up first. A fresh namespace gets plain additions (no
 //! table deletion, which would make the kernel wait for the commit). Present tables are
 //! flushed in the same batch and the chains the new plan lacks are deleted, so a re-run or another

@@ -208,3 +208,42 @@ fn priorities_by_name_where_nft_names_them() {
     assert_eq!(priority_text(3, -145), "mangle + 5");
     assert_eq!(priority_text(3, -350), "-350");
 }
+
+#[test]
+fn nat_reads_as_nft_lists_it() {
+    let snat = |addr: Vec<u8>, family: i32, port: Option<u16>| {
+        let mut exprs = vec![Expr::Immediate {
+            dreg: REG_1,
+            data: addr,
+        }];
+        if let Some(p) = port {
+            exprs.push(Expr::Immediate {
+                dreg: 2,
+                data: p.to_be_bytes().to_vec(),
+            });
+        }
+        exprs.push(Expr::Nat {
+            kind: crate::backend::nftables::codec::NatType::Snat,
+            family: family as u32,
+            reg_addr_min: Some(REG_1),
+            reg_addr_max: None,
+            reg_proto_min: port.map(|_| 2),
+            reg_proto_max: None,
+            flags: Some(if port.is_some() { 3 } else { 1 }),
+        });
+        rule_text(&rule(exprs), &Sets::new())
+    };
+    assert_eq!(
+        snat(vec![169, 254, 7, 127], libc::NFPROTO_IPV4, None),
+        "snat ip to 169.254.7.127"
+    );
+    let v6: std::net::Ipv6Addr = "fd16::1".parse().unwrap();
+    assert_eq!(
+        snat(v6.octets().to_vec(), libc::NFPROTO_IPV6, None),
+        "snat ip6 to fd16::1"
+    );
+    assert_eq!(
+        snat(v6.octets().to_vec(), libc::NFPROTO_IPV6, Some(80)),
+        "snat ip6 to [fd16::1]:80"
+    );
+}
