@@ -15,9 +15,10 @@
 //!   per network namespace, and the kernel releases the name when the socket closes (also when
 //!   the process dies) and forgets it with the namespace. Nothing is left in the file system.
 
+use super::firewall::{Applied, BackendError, Firewall, Ruleset, RulesetDiff, TypedRules};
 use super::iptables::IptablesBackend;
 use super::nftables::NftablesBackend;
-use super::{Applied, BackendError, Firewall, Ruleset, RulesetDiff, TypedRules, routing};
+use super::routing;
 use crate::config::{BackendKind, IptablesVariant, RunConfig};
 use crate::plan::{Family, FamilyPlan, Plan, RoutingStep};
 use std::cell::Cell;

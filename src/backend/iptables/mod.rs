@@ -4,8 +4,9 @@
 pub mod saved;
 pub mod spell;
 
+use super::firewall::{Applied, BackendError, Firewall, Ruleset, TypedRules};
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
+use super::routing;
 use crate::config::IptablesVariant;
 use crate::plan::{Family, FamilyPlan, Plan, Table};
 use std::io::Write;

@@ -38,8 +38,9 @@ pub mod render;
 mod script;
 pub mod socket;
 
+use super::firewall::{Applied, BackendError, Firewall, Ruleset, TypedRules};
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
+use super::routing;
 use crate::plan::Plan;
 use batch::Existing;
 pub use contents::Contents;
