@@ -2,7 +2,9 @@
 //! ([`Ruleset`], [`TypedRules`]). The backends and [`super::session`] import these from here;
 //! `backend` re-exports them.
 
-use super::{iptables, nftables};
+use super::iptables::saved::SavedRules;
+use super::nftables::contents::Contents;
+use super::nftables::render::chain_texts;
 use crate::plan::Plan;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -106,9 +108,9 @@ impl std::fmt::Display for RulesetDiff {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TypedRules {
     /// Per chain key (`ipv4 nat ISTIO_OUTPUT`), the saved rules.
-    Iptables(iptables::saved::SavedRules),
+    Iptables(SavedRules),
     /// meshcap's tables' chains, rules and set elements, canonical.
-    Nftables(nftables::contents::Contents),
+    Nftables(Contents),
     /// Rules the backend cannot build for the plan, and why (read back as a chain
     /// `unresolvable` holding the reason, so a diff shows it).
     Unusable(String),
@@ -125,7 +127,7 @@ impl TypedRules {
                         (key.clone(), rules.iter().map(|r| r.text.clone()).collect())
                     })
                     .collect(),
-                TypedRules::Nftables(contents) => nftables::render::chain_texts(contents),
+                TypedRules::Nftables(contents) => chain_texts(contents),
                 TypedRules::Unusable(why) => {
                     [("unresolvable".to_owned(), vec![why.clone()])].into()
                 }
