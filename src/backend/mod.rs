@@ -13,6 +13,7 @@ pub mod routing;
 pub mod session;
 
 mod firewall;
+mod lock;
 
 pub use firewall::{Applied, BackendError, Firewall, Ruleset, RulesetDiff, TypedRules};
-pub use session::namespace_lock;
+pub use lock::{NamespaceLock, namespace_lock};

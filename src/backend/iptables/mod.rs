@@ -524,7 +524,7 @@ impl Firewall for IptablesBackend {
     }
 
     fn apply(&self, plan: &Plan) -> Result<Applied, BackendError> {
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let variant = self.variant();
         let mut attempt = 1;
         loop {
@@ -586,7 +586,7 @@ impl IptablesBackend {
         plan: &Plan,
         mine: fn(&SavedTables, Family, &Ruleset) -> Ruleset,
     ) -> Result<(), BackendError> {
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let variant = self.variant();
         for family in [Family::V4, Family::V6] {
             let saved = match self.save(family, variant) {

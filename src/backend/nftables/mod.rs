@@ -99,7 +99,7 @@ impl Firewall for NftablesBackend {
     fn apply(&self, plan: &Plan) -> Result<Applied, BackendError> {
         // The batch is atomic, but it is built from the tables we read first: two first runs at
         // once would both send add-only batches and append the rules twice.
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let spec = self.resolved_spec(plan)?;
         let mut nl = open()?;
         let tables = dump::our_tables(&mut nl)?;
@@ -166,7 +166,7 @@ impl Firewall for NftablesBackend {
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let mut nl = open()?;
         let tables = dump::our_tables(&mut nl)?;
         if !tables.is_empty() {
