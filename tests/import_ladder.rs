@@ -1,7 +1,8 @@
 //! The source tree's import shape, checked from the text of src/ (no build, no network):
 //!
 //! - no two files import each other (a parent that re-exports a child's item while the child
-//!   imports the parent is such a pair: shared items go to a leaf file both import);
+//!   imports the parent is such a pair: shared items go to a leaf file both import), and no
+//!   longer loop runs through several files (session -> nftables -> backend/mod.rs -> session);
 //! - no top-level module imports one above it on the ladder
 //!   main → front doors (cli, cni, explain, trace, proxy, validation, ambient) → backend → plan →
 //!   config → inputs, with logging and duration as leaves anyone may use.
@@ -581,6 +582,49 @@ fn no_two_files_import_each_other() {
         pairs.is_empty(),
         "files that import each other:\n{}",
         pairs.join("\n")
+    );
+}
+
+#[test]
+fn no_import_cycles() {
+    // Longer loops too (a -> b -> c -> a), inside a folder or across modules: every set of files
+    // that reach each other, beyond an allowed pair.
+    let g = graph(&repo());
+    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (a, b) in &g.edges {
+        out.entry(a).or_default().insert(b);
+    }
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from];
+        while let Some(n) = todo.pop() {
+            for &next in out.get(n).into_iter().flatten() {
+                if seen.insert(next) {
+                    todo.push(next);
+                }
+            }
+        }
+        seen
+    };
+    let reached: BTreeMap<&str, BTreeSet<&str>> = out.keys().map(|&n| (n, reach(n))).collect();
+    let mut cycles = BTreeSet::new();
+    for (&n, from_n) in &reached {
+        let cycle: Vec<&str> = from_n
+            .iter()
+            .copied()
+            .filter(|m| reached.get(m).is_some_and(|r| r.contains(n)))
+            .collect();
+        let allowed = ALLOWED_PAIRS
+            .iter()
+            .any(|(x, y)| cycle.len() == 2 && cycle.contains(x) && cycle.contains(y));
+        if cycle.len() > 1 && !allowed {
+            cycles.insert(cycle.join(" -> "));
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "files that reach each other through imports:\n{}",
+        cycles.into_iter().collect::<Vec<_>>().join("\n")
     );
 }
 
