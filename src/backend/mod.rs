@@ -1,4 +1,4 @@
-//! Backends spell and apply a [`Plan`]; they never look at flags.
+//! Backends spell and apply a [`Plan`](crate::plan::Plan); they never look at flags.
 //!
 //! Each backend implements [`Firewall`]: render (the `--dry-run` text), apply, read back what the
 //! kernel holds, and clean. Read-back and [`Firewall::expected`] use the same spelling, so that
