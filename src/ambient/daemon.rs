@@ -1,8 +1,8 @@
 //! `meshcap ambient agent` (the node agent, until SIGTERM) and `meshcap ambient enroll|unenroll`
 //! (its control socket's client, what the CNI plugin will do at ADD and DEL).
 
-use super::cli::{NodeFlags, key_value};
 use super::control::{self, Request};
+use super::flags::{NodeFlags, key_value};
 use super::node::{Node, PodRef};
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
