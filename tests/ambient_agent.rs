@@ -8,57 +8,14 @@ mod ambient_common;
 mod common;
 
 use ambient_common::standin::Ztunnel;
-use ambient_common::{APP, PROBE_V6, TempDir, Topology, fetch};
+use ambient_common::{
+    APP, AgentPaths, PROBE_V6, TempDir, Topology, fetch, start_agent, stop_agent,
+};
 use meshcap::ambient::ipset;
-use netns_test_harness::{Netns, Process, require_root};
+use netns_test_harness::{Netns, require_root};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
-
-struct Paths {
-    zds: PathBuf,
-    control: PathBuf,
-    state: PathBuf,
-}
-
-fn start_agent(node: &Netns, paths: &Paths) -> Process {
-    let agent = node.spawn(
-        &[
-            common::MESHCAP,
-            "ambient",
-            "agent",
-            "--ambient-ipv6",
-            "--host-probe-snat-ipv6",
-            PROBE_V6,
-            "--zds-socket",
-            paths.zds.to_str().unwrap(),
-            "--control-socket",
-            paths.control.to_str().unwrap(),
-            "--state-dir",
-            paths.state.to_str().unwrap(),
-            "--ack-timeout",
-            "3",
-        ],
-        None,
-    );
-    // Ready once the control socket is there (it is bound last).
-    for _ in 0..500 {
-        if paths.control.exists() {
-            return agent;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = agent.stop();
-    panic!("the agent did not start: {}", common::text(&out));
-}
-
-/// Stops the agent with SIGTERM; it must exit 0.
-fn stop_agent(agent: Process) {
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let out = agent.wait();
-    assert!(out.status.success(), "agent: {}", common::text(&out));
-}
 
 fn enroll(control: &Path, pod: &Netns, annotations: &[&str]) -> Output {
     let path = pod.path();
@@ -114,12 +71,9 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
     let net = Topology::new("ambag");
     let (pod, node) = (&net.pod, &net.node);
     let dir = TempDir::new("agent");
-    let paths = Paths {
-        zds: dir.0.join("ztunnel.sock"),
-        control: dir.0.join("ambient.sock"),
-        state: dir.0.join("state"),
-    };
-    let agent = start_agent(node, &paths);
+    let paths = AgentPaths::in_dir(&dir.0);
+    let ipv6 = ["--ambient-ipv6", "--host-probe-snat-ipv6", PROBE_V6];
+    let agent = start_agent(node, &paths, &ipv6);
     // The node's rule is in as soon as the agent runs.
     assert!(
         node.exec_ok(&["iptables-save", "-t", "nat"])
@@ -165,7 +119,7 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
     // The agent restarts: it takes the pod back from its state, ztunnel reconnects and gets it
     // in a fresh snapshot; the pod's traffic keeps flowing.
     stop_agent(agent);
-    let agent = start_agent(node, &paths);
+    let agent = start_agent(node, &paths, &ipv6);
     assert_eq!(
         ztunnel.wait_for(3),
         ["snapshot []", "add pod-1", "snapshot [\"pod-1\"]"]
