@@ -22,14 +22,14 @@ use crate::ambient::config::PodOverrides;
 use crate::ambient::control::{self, Request};
 use crate::ambient::enrolment::{self, PodFacts, REDIRECTION, REDIRECTION_ENABLED};
 use crate::ambient::node;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The stanza's `"ambient": {"enabled": true, "control_socket": PATH}`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmbientConfig {
     #[serde(default)]
@@ -37,6 +37,15 @@ pub struct AmbientConfig {
     /// The node agent's control socket.
     #[serde(default = "default_socket")]
     pub control_socket: PathBuf,
+}
+
+/// The stanza's `"ambient"` object that turns ambient mode on (`meshcap cni install --ambient`).
+pub fn stanza_object(control_socket: &std::path::Path) -> Value {
+    serde_json::to_value(AmbientConfig {
+        enabled: true,
+        control_socket: control_socket.to_owned(),
+    })
+    .expect("a path serializes")
 }
 
 fn default_socket() -> PathBuf {
