@@ -13,6 +13,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// Where the agent keeps its list of enrolled pods by default: beside its control socket, on the
+/// node's /var/run (a tmpfs: gone at reboot, as the pods are).
+pub const DEFAULT_STATE_DIR: &str = "/var/run/meshcap/ambient";
+
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     #[command(flatten)]
@@ -27,7 +31,7 @@ pub struct AgentArgs {
     pub control_socket: PathBuf,
 
     /// Where the list of enrolled pods is kept across restarts.
-    #[arg(long, default_value = "/var/run/meshcap/ambient")]
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
     /// After a restart, apply the rules of the pods taken back again.
