@@ -9,7 +9,9 @@
 //!   `ambient.istio.io/redirection: enabled`; DEL → `del` to ztunnel, rules, probe-set entry
 //!   and annotation gone;
 //! - faults: the agent absent, ztunnel absent (ADD fails and nothing stays), a bad annotation
-//!   (code 7), ztunnel reconnecting (snapshot), the agent restarting between ADD and DEL;
+//!   (code 7), ztunnel reconnecting (snapshot), the agent restarting between ADD and DEL, the
+//!   API server down (code 11, the agent never asked), the annotation refused (the agent lets
+//!   the pod go again);
 //! - pods that are not enrolled: a sidecar pod of an unlabelled namespace gets the sidecar rules
 //!   as before; a pod opting out (`istio.io/dataplane-mode=none`) of an ambient namespace is
 //!   left alone. Needs root.
@@ -99,8 +101,12 @@ struct Node {
 
 impl Node {
     fn new(tag: &str) -> Node {
+        Node::with_fault(tag, Fault::None)
+    }
+
+    fn with_fault(tag: &str, fault: Fault) -> Node {
         let cni = CniNode::new(tag);
-        let api = ApiServer::start_in(&cni.host, Fault::None);
+        let api = ApiServer::start_in(&cni.host, fault);
         let kubeconfig = api.kubeconfig(CaForm::Data, Credential::Token);
         let dir = TempDir::new(&format!("ambcni-{tag}"));
         let paths = AgentPaths::in_dir(&dir.0);
@@ -216,15 +222,19 @@ fn an_ambient_pod_through_plugin_agent_and_ztunnel() {
         inbound.starts_with(&format!("ztunnel-inbound {app} |")),
         "{inbound}"
     );
-    // The pod annotated, as Istio's agent does.
-    let patches = node.api.patches();
-    assert_eq!(
-        patches,
-        [(
-            format!("/api/v1/namespaces/bookinfo/pods/{POD_NAME}"),
-            json!({"metadata": {"annotations": {REDIRECTION: "enabled"}}})
-        )]
+    // A repeated ADD (the runtime retrying) succeeds and keeps the pod enrolled.
+    let vars = node.cni.vars("ADD", "c1", Some(&pod_ns.path()));
+    let again = CniNode::config(VERSION, &node.stanza(), Some(&result));
+    let out = node.cni.invoke("meshcap-cni", &vars, &again);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(has_ambient_rules(&pod_ns) && in_probe_set(host, ip));
+    assert!(fetch(&pod_ns, Some(APP), out_to).starts_with("ztunnel-outbound"));
+    // The pod annotated, as Istio's agent does (once per ADD).
+    let enabled = (
+        format!("/api/v1/namespaces/bookinfo/pods/{POD_NAME}"),
+        json!({"metadata": {"annotations": {REDIRECTION: "enabled"}}}),
     );
+    assert_eq!(node.api.patches(), [enabled.clone(), enabled]);
     let served = node.api.pod("bookinfo", POD_NAME).unwrap();
     assert_eq!(served["metadata"]["annotations"][REDIRECTION], "enabled");
 
@@ -316,4 +326,48 @@ fn pods_that_are_not_enrolled_keep_the_sidecar_path() {
     assert!(node.api.patches().is_empty(), "no pod annotated");
     stop_agent(agent);
     drop(ztunnel);
+}
+
+#[test]
+fn ambient_add_fails_closed_when_the_api_server_does() {
+    if !require_root("ambient_add_fails_closed_when_the_api_server_does") {
+        return;
+    }
+    let pod_ns = Netns::new("ambapipod");
+    for (fault, code, needle) in [
+        (Fault::Down, 11, "unavailable"),
+        (Fault::RefusePatch(403), 999, REDIRECTION),
+    ] {
+        let mut node = Node::with_fault("ambapi", fault);
+        node.cni.cni_args = Some(kubelet_args("bookinfo"));
+        node.api
+            .serve_namespace("bookinfo", json!({"istio.io/dataplane-mode": "ambient"}));
+        node.api
+            .serve_pod(&pod("bookinfo", json!({}), json!({}), false));
+        let agent = start_agent(&node.cni.host, &node.paths, &[]);
+        let ztunnel = Ztunnel::start(node.paths.zds.clone());
+        assert_eq!(ztunnel.wait_for(1), ["snapshot []"]);
+        let (result, out) = node.cni.add_chain(VERSION, &pod_ns, "f1", &node.stanza());
+        assert_eq!(error_code(&out), code, "{fault:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{fault:?}: {}", text(&out));
+        // Nothing stays: no rules, no probe-set entry, no state; ztunnel was never told, or
+        // told to let go again.
+        assert!(!has_ambient_rules(&pod_ns), "{}", pod_ns.dump_rulesets());
+        assert!(!in_probe_set(&node.cni.host, address(&result)));
+        let state = std::fs::read_to_string(node.paths.state.join("pods.json")).unwrap();
+        assert_eq!(state.trim(), "[]");
+        let told = match fault {
+            Fault::Down => vec!["snapshot []".to_owned()],
+            _ => vec![
+                "snapshot []".to_owned(),
+                format!("add {UID}"),
+                format!("del {UID}"),
+            ],
+        };
+        assert_eq!(ztunnel.log(), told, "{fault:?}");
+        node.cni
+            .del_chain(VERSION, Some(&pod_ns.path()), "f1", &node.stanza());
+        stop_agent(agent);
+        drop(ztunnel);
+    }
 }

@@ -41,6 +41,9 @@ pub enum Fault {
     Garbage,
     /// Answers the first `count` requests with `status`, then as the real API does.
     FailFirst { count: usize, status: u16 },
+    /// Answers every PATCH with this status (GETs as the real API does): an account without
+    /// the right to write the pod.
+    RefusePatch(u16),
     /// As `FailFirst`, each failure with `Retry-After: SECONDS`, as an overloaded API server
     /// (429) or one shutting down (503) answers.
     RetryAfter {
@@ -477,6 +480,9 @@ fn answer(
         return (401, status_body(401, "Unauthorized"));
     }
     if request.starts_with("PATCH ") {
+        if let Fault::RefusePatch(status) = shared.fault {
+            return (status, status_body(status, "injected fault"));
+        }
         return patch(path, content, shared);
     }
     if !request.starts_with("GET ") {
