@@ -103,6 +103,10 @@ fn the_agent_enrolls_through_its_control_socket_and_survives_restarts() {
     // With ztunnel: the ADD returns once the rules are in and ztunnel has acknowledged.
     let ztunnel = Ztunnel::start(paths.zds.clone());
     assert_eq!(ztunnel.wait_for(1), ["snapshot []"]);
+    // The agent's own namespace (the node's) is never a pod's: refused, the node untouched.
+    let out = enroll(&paths.control, node, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(!node.exec_ok(&["iptables-save"]).contains("ISTIO_OUTPUT"));
     let out = enroll(&paths.control, pod, &[]);
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(ztunnel.log(), ["snapshot []", "add pod-1"]);

@@ -170,6 +170,13 @@ fn an_ambient_pod_through_plugin_agent_and_ztunnel() {
     node.api
         .serve_pod(&pod("bookinfo", json!({}), json!({}), false));
 
+    // The node's own namespace as CNI_NETNS: refused (code 4) before the agent is asked.
+    let vars = node.cni.vars("ADD", "c0", Some(&host.path()));
+    let prev = json!({"cniVersion": VERSION, "ips": [{"address": "198.51.100.9/24"}]});
+    let own = CniNode::config(VERSION, &node.stanza(), Some(&prev));
+    let out = node.cni.invoke("meshcap-cni", &vars, &own);
+    assert_eq!(error_code(&out), 4, "{}", text(&out));
+
     // The agent without ztunnel: ADD fails, and no rules, probe-set entry or state stay.
     let agent = start_agent(host, &node.paths, &[]);
     let (result, out) = node.cni.add_chain(VERSION, &pod_ns, "c1", &node.stanza());

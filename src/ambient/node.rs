@@ -124,6 +124,14 @@ impl Node {
     /// ztunnel (acknowledged). Everything or nothing.
     pub fn enroll(&self, pod: PodRef) -> Result<(), NodeError> {
         let plan = self.pod_plan(&pod)?;
+        // A pod's namespace is never the agent's own (the node's): its rules would capture the
+        // node's traffic.
+        crate::backend::session::Namespace::open_other(&pod.netns).map_err(|e| {
+            NodeError::Namespace {
+                path: pod.netns.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let netns = File::open(&pod.netns).map_err(|e| NodeError::Namespace {
             path: pod.netns.clone(),
             reason: e.to_string(),

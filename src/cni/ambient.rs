@@ -137,13 +137,18 @@ pub fn add(
             format!("pod {pod_ref} has no uid (neither the API server nor K8S_POD_UID gives one)"),
         )
     })?;
+    // Never the node's own namespace (a CNI_NETNS of /proc/self/ns/net): the agent, on the
+    // node's network too, would install a pod's rules on the node.
+    let netns = env.netns.clone().expect("ADD requires CNI_NETNS");
+    crate::backend::session::Namespace::open_other(&netns)
+        .map_err(|e| CniError::new(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {e}")))?;
     let request = Request::Add {
         pod: node::PodRef {
             uid: uid.clone(),
             name: pod_ref.name.clone(),
             namespace: pod_ref.namespace.clone(),
             service_account: pod.spec.service_account_name.clone(),
-            netns: env.netns.clone().expect("ADD requires CNI_NETNS"),
+            netns,
             ips: pod_ips(conf)?,
             annotations,
         },
