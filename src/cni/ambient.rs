@@ -56,6 +56,9 @@ fn default_socket() -> PathBuf {
 /// `--ack-timeout`, 5 s by default) and the rules. With the pod (5 s) and namespace (5 s)
 /// lookups and the annotation (3 s), an ambient ADD ends within 25 s.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(12);
+/// The same at DEL (ztunnel's `del` ack and the rules' removal): with the pod lookup and the
+/// annotation's removal (3 s each), ambient adds at most 14 s to a DEL.
+pub const AGENT_DEL_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The budget of the annotation's patch.
 fn patch_retry() -> RetryPolicy {
@@ -209,13 +212,17 @@ pub fn del(env: &CniEnv, ambient: &AmbientConfig, kubernetes: &KubernetesConfig)
 /// Sends one request to the agent; its refusal, its absence or its silence is an error.
 fn ask(ambient: &AmbientConfig, request: &Request) -> Result<(), CniError> {
     let socket = ambient.control_socket.display();
-    let response = control::call(&ambient.control_socket, request, AGENT_TIMEOUT).map_err(|e| {
+    let timeout = match request {
+        Request::Add { .. } => AGENT_TIMEOUT,
+        Request::Del { .. } => AGENT_DEL_TIMEOUT,
+    };
+    let response = control::call(&ambient.control_socket, request, timeout).map_err(|e| {
         let timed_out = matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         );
         let what = if timed_out {
-            format!("no answer within {AGENT_TIMEOUT:?}")
+            format!("no answer within {timeout:?}")
         } else {
             e.to_string()
         };
