@@ -245,6 +245,28 @@ fn an_ambient_pod_through_plugin_agent_and_ztunnel() {
     let served = node.api.pod("bookinfo", POD_NAME).unwrap();
     assert_eq!(served["metadata"]["annotations"][REDIRECTION], "enabled");
 
+    // CHECK: the agent finds the pod's rules; a rule gone is drift (999, naming it), and a
+    // repeated ADD (what the runtime does after a failed CHECK) puts it back.
+    let check = || {
+        let vars = node.cni.vars("CHECK", "c1", Some(&pod_ns.path()));
+        let conf = CniNode::config(VERSION, &node.stanza(), Some(&result));
+        node.cni.invoke("meshcap-cni", &vars, &conf)
+    };
+    let out = check();
+    assert!(out.status.success(), "{}", text(&out));
+    pod_ns.exec_ok(&["iptables", "-t", "nat", "-F", "ISTIO_OUTPUT"]);
+    let out = check();
+    assert_eq!(error_code(&out), 999, "{}", text(&out));
+    assert!(
+        text(&out).contains("does not hold its rules"),
+        "{}",
+        text(&out)
+    );
+    let out = node.cni.invoke("meshcap-cni", &vars, &again);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = check();
+    assert!(out.status.success(), "{}", text(&out));
+
     // ztunnel reconnects: it gets the pod in a fresh snapshot.
     drop(ztunnel);
     let ztunnel = Ztunnel::start(node.paths.zds.clone());
@@ -300,8 +322,12 @@ fn pods_that_are_not_enrolled_keep_the_sidecar_path() {
     node.api.serve_namespace("plain", json!({}));
     let status = json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
     node.api.serve_pod(&pod("plain", json!({}), status, true));
-    let (_, out) = node.cni.add_chain(VERSION, &pod_ns, "s1", &node.stanza());
+    let (result, out) = node.cni.add_chain(VERSION, &pod_ns, "s1", &node.stanza());
     assert!(out.status.success(), "{}", text(&out));
+    let vars = node.cni.vars("CHECK", "s1", Some(&pod_ns.path()));
+    let conf = CniNode::config(VERSION, &node.stanza(), Some(&result));
+    let out = node.cni.invoke("meshcap-cni", &vars, &conf);
+    assert!(out.status.success(), "CHECK: {}", text(&out));
     let mut diff = vec!["diff"];
     diff.extend(ISTIO_CNI_FLAGS);
     let path = pod_ns.path().display().to_string();

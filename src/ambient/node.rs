@@ -57,6 +57,10 @@ pub enum NodeError {
     Namespace { path: PathBuf, reason: String },
     #[error("state file {}: {reason}", path.display())]
     State { path: PathBuf, reason: String },
+    #[error("pod {0} is not enrolled")]
+    NotEnrolled(String),
+    #[error("pod {uid}'s namespace does not hold its rules: {summary}")]
+    Drift { uid: String, summary: String },
 }
 
 /// The node agent.
@@ -165,6 +169,30 @@ impl Node {
         self.undo(&pod, &plan);
         self.lock().retain(|p| p.uid != uid);
         self.write_state()
+    }
+
+    /// Whether an enrolled pod's namespace holds exactly its rules, routing and sets.
+    pub fn check(&self, uid: &str) -> Result<(), NodeError> {
+        let Some(pod) = self.lock().iter().find(|p| p.uid == uid).cloned() else {
+            return Err(NodeError::NotEnrolled(uid.to_owned()));
+        };
+        let plan = self.pod_plan(&pod)?;
+        let diff = self.in_pod(&pod.netns, |v| apply::drift(&plan, v))??;
+        if diff.is_empty() {
+            return Ok(());
+        }
+        let text = diff.to_string();
+        let first: Vec<&str> = text.lines().take(3).collect();
+        Err(NodeError::Drift {
+            uid: uid.to_owned(),
+            summary: format!(
+                "{} missing, {} extra, {} reordered; {}",
+                diff.missing.len(),
+                diff.extra.len(),
+                diff.reordered.len(),
+                first.join("; ")
+            ),
+        })
     }
 
     /// Applies a pod's rules again (a no-op when they are in place).

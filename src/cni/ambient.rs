@@ -1,8 +1,8 @@
 //! Ambient mode in the plugin: at ADD, whether the pod is enrolled (its labels and its
 //! namespace's, [`crate::ambient::enrolment::decide`]) and, when it is, the node agent's
 //! enrolment over its control socket, then the pod's `ambient.istio.io/redirection: enabled`
-//! annotation through the API server; at DEL, the agent lets the pod go and the annotation is
-//! removed.
+//! annotation through the API server; at CHECK, the agent compares the pod's namespace with its
+//! rules; at DEL, the agent lets the pod go and the annotation is removed.
 //!
 //! The plugin writes the annotation, not the agent: the plugin already holds the node's
 //! kubeconfig and a bounded API client for the pod lookup, while the agent has no Kubernetes
@@ -56,7 +56,7 @@ fn default_socket() -> PathBuf {
 /// `--ack-timeout`, 5 s by default) and the rules. With the pod (5 s) and namespace (5 s)
 /// lookups and the annotation (3 s), an ambient ADD ends within 25 s.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(12);
-/// The same at DEL (ztunnel's `del` ack and the rules' removal): with the pod lookup and the
+/// The same at DEL (ztunnel's `del` ack and the rules' removal) and CHECK: with the pod lookup and the
 /// annotation's removal (3 s each), ambient adds at most 14 s to a DEL.
 pub const AGENT_DEL_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -102,44 +102,14 @@ pub fn add(
     pod: &Pod,
 ) -> Result<bool, CniError> {
     let kubeconfig = Kubeconfig::load(&kubernetes.kubeconfig).map_err(k8s_error)?;
-    let namespace =
-        k8s::fetch_namespace_with(&kubeconfig, &pod_ref.namespace, &RetryPolicy::default())
-            .map_err(k8s_error)?;
-    let pairs = |map: &std::collections::BTreeMap<String, String>| {
-        map.iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Vec<_>>()
-    };
-    let (labels, annotations, ns_labels) = (
-        pairs(&pod.metadata.labels),
-        pairs(&pod.metadata.annotations),
-        pairs(&namespace.metadata.labels),
-    );
-    let facts = PodFacts {
-        namespace: &pod_ref.namespace,
-        labels: refs(&labels),
-        annotations: refs(&annotations),
-        host_network: pod.spec.host_network,
-        namespace_labels: refs(&ns_labels),
-    };
-    let excluded: Vec<&str> = kubernetes
-        .exclude_namespaces
-        .iter()
-        .map(String::as_str)
-        .collect();
-    if let Err(why) = enrolment::decide(&facts, &excluded) {
-        tracing::info!(pod = %pod_ref, "not enrolled in ambient mode: {why:?}");
+    if !enrolled(&kubeconfig, kubernetes, pod_ref, pod)? {
         return Ok(false);
     }
+    let annotations = pairs(&pod.metadata.annotations);
     // A bad annotation is the pod's fault: code 7 naming it, before anything is touched.
     PodOverrides::from_annotations(refs(&annotations))
         .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
-    let uid = uid(env, pod).ok_or_else(|| {
-        CniError::new(
-            code::INVALID_ENVIRONMENT,
-            format!("pod {pod_ref} has no uid (neither the API server nor K8S_POD_UID gives one)"),
-        )
-    })?;
+    let uid = required_uid(env, pod, pod_ref)?;
     // Never the node's own namespace (a CNI_NETNS of /proc/self/ns/net): the agent, on the
     // node's network too, would install a pod's rules on the node.
     let netns = env.netns.clone().expect("ADD requires CNI_NETNS");
@@ -172,6 +142,65 @@ pub fn add(
     }
     tracing::info!(container = %env.container_id, pod = %pod_ref, "enrolled in ambient mode: rules installed, ztunnel has the pod");
     Ok(true)
+}
+
+/// Whether the pod is enrolled: its labels, its namespace's (read from the API server), the
+/// stanza's excluded namespaces.
+fn enrolled(
+    kubeconfig: &Kubeconfig,
+    kubernetes: &KubernetesConfig,
+    pod_ref: &PodRef,
+    pod: &Pod,
+) -> Result<bool, CniError> {
+    let namespace =
+        k8s::fetch_namespace_with(kubeconfig, &pod_ref.namespace, &RetryPolicy::default())
+            .map_err(k8s_error)?;
+    let (labels, annotations, ns_labels) = (
+        pairs(&pod.metadata.labels),
+        pairs(&pod.metadata.annotations),
+        pairs(&namespace.metadata.labels),
+    );
+    let facts = PodFacts {
+        namespace: &pod_ref.namespace,
+        labels: refs(&labels),
+        annotations: refs(&annotations),
+        host_network: pod.spec.host_network,
+        namespace_labels: refs(&ns_labels),
+    };
+    let excluded: Vec<&str> = kubernetes
+        .exclude_namespaces
+        .iter()
+        .map(String::as_str)
+        .collect();
+    match enrolment::decide(&facts, &excluded) {
+        Ok(()) => Ok(true),
+        Err(why) => {
+            tracing::info!(pod = %pod_ref, "not enrolled in ambient mode: {why:?}");
+            Ok(false)
+        }
+    }
+}
+
+/// CHECK, after the pod lookup: `Ok(true)` when the pod is enrolled and the agent finds its
+/// rules in place (the sidecar path leaves it alone), `Ok(false)` when it is not enrolled.
+pub fn check(
+    env: &CniEnv,
+    ambient: &AmbientConfig,
+    kubernetes: &KubernetesConfig,
+    pod_ref: &PodRef,
+    pod: &Pod,
+) -> Result<bool, CniError> {
+    let kubeconfig = Kubeconfig::load(&kubernetes.kubeconfig).map_err(k8s_error)?;
+    if !enrolled(&kubeconfig, kubernetes, pod_ref, pod)? {
+        return Ok(false);
+    }
+    let uid = required_uid(env, pod, pod_ref)?;
+    ask(ambient, &Request::Check { uid })?;
+    Ok(true)
+}
+
+fn pairs(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// DEL: the agent lets the pod go (a pod it does not know is fine), and the annotation is
@@ -214,7 +243,7 @@ fn ask(ambient: &AmbientConfig, request: &Request) -> Result<(), CniError> {
     let socket = ambient.control_socket.display();
     let timeout = match request {
         Request::Add { .. } => AGENT_TIMEOUT,
-        Request::Del { .. } => AGENT_DEL_TIMEOUT,
+        Request::Del { .. } | Request::Check { .. } => AGENT_DEL_TIMEOUT,
     };
     let response = control::call(&ambient.control_socket, request, timeout).map_err(|e| {
         let timed_out = matches!(
@@ -239,6 +268,16 @@ fn ask(ambient: &AmbientConfig, request: &Request) -> Result<(), CniError> {
             format!("the ambient node agent refused the pod: {error}"),
         )),
     }
+}
+
+/// The pod's uid, which the agent knows it by; code 4 without one.
+fn required_uid(env: &CniEnv, pod: &Pod, pod_ref: &PodRef) -> Result<String, CniError> {
+    uid(env, pod).ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!("pod {pod_ref} has no uid (neither the API server nor K8S_POD_UID gives one)"),
+        )
+    })
 }
 
 /// The pod's uid: the API server's, else the runtime's `K8S_POD_UID`.

@@ -96,7 +96,13 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required, &not_ambient)? else {
+    let ambient = ambient::settings(conf)?;
+    // An enrolled pod's rules are the agent's to compare.
+    let checked = |kubernetes: &KubernetesConfig, pod_ref: &PodRef, pod: &Pod| match &ambient {
+        Some(settings) => ambient::check(env, settings, kubernetes, pod_ref, pod),
+        None => Ok(false),
+    };
+    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required, &checked)? else {
         return Ok(());
     };
     let netns = env.netns.as_deref().expect("CHECK requires CNI_NETNS");
@@ -235,7 +241,7 @@ enum Lookup {
 /// the pod (the sidecar path leaves it alone).
 type AmbientStep<'a> = dyn Fn(&KubernetesConfig, &PodRef, &Pod) -> Result<bool, CniError> + 'a;
 
-/// CHECK and DEL: no enrolment.
+/// DEL: no enrolment.
 fn not_ambient(_: &KubernetesConfig, _: &PodRef, _: &Pod) -> Result<bool, CniError> {
     Ok(false)
 }
