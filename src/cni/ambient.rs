@@ -263,10 +263,17 @@ fn ask(ambient: &AmbientConfig, request: &Request) -> Result<(), CniError> {
     match response.error {
         None => Ok(()),
         Some(error) if response.invalid => Err(CniError::new(code::INVALID_CONFIG, error)),
-        Some(error) => Err(CniError::new(
-            code::OTHER,
-            format!("the ambient node agent refused the pod: {error}"),
-        )),
+        Some(error) => {
+            let what = match request {
+                Request::Add { .. } => "refused the pod",
+                Request::Del { .. } => "could not let the pod go",
+                Request::Check { .. } => "found a fault",
+            };
+            Err(CniError::new(
+                code::OTHER,
+                format!("the ambient node agent {what}: {error}"),
+            ))
+        }
     }
 }
 
