@@ -9,19 +9,14 @@ mod ambient_common;
 mod common;
 
 use ambient_common::standin::Ztunnel;
-use ambient_common::{APP, PROBE_V6, TempDir, Topology, fetch};
+use ambient_common::{
+    APP, AgentPaths, PROBE_V6, TempDir, Topology, fetch, start_agent, stop_agent,
+};
 use meshcap::ambient::apply::ProbeSets;
-use netns_test_harness::{Netns, Process, require_root};
+use netns_test_harness::{Netns, require_root};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
-
-struct Paths {
-    zds: PathBuf,
-    control: PathBuf,
-    state: PathBuf,
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -29,46 +24,14 @@ enum Backend {
     Nftables,
 }
 
-fn start_agent(node: &Netns, paths: &Paths, backend: Backend) -> Process {
-    // nftables' node rule matches the kubelet's uid: the test's probe comes from root.
-    let backend_args: &[&str] = match backend {
-        Backend::Iptables => &[],
-        Backend::Nftables => &["--backend", "nftables", "--kubelet-uid", "0"],
-    };
-    let mut argv = vec![
-        common::MESHCAP,
-        "ambient",
-        "agent",
-        "--ambient-ipv6",
-        "--host-probe-snat-ipv6",
-        PROBE_V6,
-        "--zds-socket",
-        paths.zds.to_str().unwrap(),
-        "--control-socket",
-        paths.control.to_str().unwrap(),
-        "--state-dir",
-        paths.state.to_str().unwrap(),
-        "--ack-timeout",
-        "3",
-    ];
-    argv.extend(backend_args);
-    let agent = node.spawn(&argv, None);
-    // Ready once the control socket is there (it is bound last).
-    for _ in 0..500 {
-        if paths.control.exists() {
-            return agent;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// The agent's flags for a backend: IPv6 on; nftables' node rule matches the kubelet's uid,
+/// and the test's probe comes from root.
+fn agent_flags(backend: Backend) -> Vec<&'static str> {
+    let mut flags = vec!["--ambient-ipv6", "--host-probe-snat-ipv6", PROBE_V6];
+    if backend == Backend::Nftables {
+        flags.extend(["--backend", "nftables", "--kubelet-uid", "0"]);
     }
-    let out = agent.stop();
-    panic!("the agent did not start: {}", common::text(&out));
-}
-
-/// Stops the agent with SIGTERM; it must exit 0.
-fn stop_agent(agent: Process) {
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let out = agent.wait();
-    assert!(out.status.success(), "agent: {}", common::text(&out));
+    flags
 }
 
 fn enroll(control: &Path, pod: &Netns, annotations: &[&str]) -> Output {
@@ -151,12 +114,8 @@ fn run(backend: Backend, tag: &str) {
     let net = Topology::new(tag);
     let (pod, node) = (&net.pod, &net.node);
     let dir = TempDir::new("agent");
-    let paths = Paths {
-        zds: dir.0.join("ztunnel.sock"),
-        control: dir.0.join("ambient.sock"),
-        state: dir.0.join("state"),
-    };
-    let agent = start_agent(node, &paths, backend);
+    let paths = AgentPaths::in_dir(&dir.0);
+    let agent = start_agent(node, &paths, &agent_flags(backend));
     // The node's rule is in as soon as the agent runs.
     match backend {
         Backend::Iptables => assert!(
@@ -196,6 +155,10 @@ fn run(backend: Backend, tag: &str) {
     // With ztunnel: the ADD returns once the rules are in and ztunnel has acknowledged.
     let ztunnel = Ztunnel::start(paths.zds.clone());
     assert_eq!(ztunnel.wait_for(1), ["snapshot []"]);
+    // The agent's own namespace (the node's) is never a pod's: refused, the node untouched.
+    let out = enroll(&paths.control, node, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(!node.exec_ok(&["iptables-save"]).contains("ISTIO_OUTPUT"));
     let out = enroll(&paths.control, pod, &[]);
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(ztunnel.log(), ["snapshot []", "add pod-1"]);
@@ -215,7 +178,7 @@ fn run(backend: Backend, tag: &str) {
     // The agent restarts: it takes the pod back from its state, ztunnel reconnects and gets it
     // in a fresh snapshot; the pod's traffic keeps flowing.
     stop_agent(agent);
-    let agent = start_agent(node, &paths, backend);
+    let agent = start_agent(node, &paths, &agent_flags(backend));
     assert_eq!(
         ztunnel.wait_for(3),
         ["snapshot []", "add pod-1", "snapshot [\"pod-1\"]"]

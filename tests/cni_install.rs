@@ -334,6 +334,51 @@ fn install_into_a_conflist_appends_the_stanza_and_keeps_everything_else() {
 }
 
 #[test]
+fn install_ambient_sets_the_stanzas_ambient_object() {
+    let node = Node::new("ambient");
+    node.write("10-calico.conflist", CALICO);
+    assert_success(&node.install(&["--ambient"]));
+    let mut expected = stanza();
+    expected["ambient"] =
+        json!({"enabled": true, "control_socket": "/var/run/meshcap/ambient.sock"});
+    assert_eq!(node.json("10-calico.conflist")["plugins"][2], expected);
+    // Another socket; the stanza is updated, not duplicated.
+    assert_success(&node.install(&[
+        "--ambient",
+        "--ambient-control-socket",
+        "/run/agent/control.sock",
+    ]));
+    let installed = node.json("10-calico.conflist");
+    assert_eq!(meshcap_stanzas(&installed), 1);
+    assert_eq!(
+        installed["plugins"][2]["ambient"],
+        json!({"enabled": true, "control_socket": "/run/agent/control.sock"})
+    );
+    // The plugin reads what the installer writes.
+    let mut plugin = installed["plugins"][2].clone();
+    plugin["cniVersion"] = json!("1.0.0");
+    let conf = meshcap::cni::spec::NetConf::decode(plugin.to_string().as_bytes()).unwrap();
+    let ambient = meshcap::cni::ambient::settings(&conf).unwrap().unwrap();
+    assert_eq!(ambient.control_socket, Path::new("/run/agent/control.sock"));
+    // Without --ambient again: no "ambient" object.
+    assert_success(&node.install(&[]));
+    assert_eq!(node.json("10-calico.conflist")["plugins"][2], stanza());
+    // A relative socket is refused.
+    let err = failure(
+        node.install(&["--ambient", "--ambient-control-socket", "ambient.sock"]),
+        2,
+    );
+    assert!(err.contains("--ambient-control-socket"), "{err}");
+    // --help documents it.
+    let help = node.command("install").arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--ambient") && help.contains("istio.io/dataplane-mode=ambient"),
+        "{help}"
+    );
+}
+
+#[test]
 fn install_into_a_conf_turns_it_into_a_conflist() {
     let node = Node::new("conf");
     node.write("10-bridge.conf", BRIDGE_CONF);

@@ -350,3 +350,69 @@ fn conformance_pods_round_trip() {
         );
     }
 }
+
+// --- ambient mode: the namespace lookup and the annotation's merge patch ------------------------
+
+#[test]
+fn the_namespace_is_read_and_a_missing_one_is_no_pod() {
+    use meshcap::cni::k8s::{Kubeconfig, fetch_namespace_with};
+    let server = ApiServer::start(Fault::None);
+    server.serve_namespace("mesh", json!({"istio.io/dataplane-mode": "ambient"}));
+    let config = Kubeconfig::load(&server.kubeconfig(CaForm::Data, Credential::Token)).unwrap();
+    let ns = fetch_namespace_with(&config, "mesh", &patient()).unwrap();
+    assert_eq!(ns.metadata.labels["istio.io/dataplane-mode"], "ambient");
+    let err = fetch_namespace_with(&config, "gone", &patient()).unwrap_err();
+    assert!(
+        err.to_string().contains("HTTP 404 for namespace gone"),
+        "{err}"
+    );
+    assert_eq!(err.cni_code(), 999);
+}
+
+#[test]
+fn the_merge_patch_goes_through_pods_status_with_the_same_retries() {
+    use meshcap::cni::k8s::{Kubeconfig, patch_pod_status_with};
+    let patch = json!({"metadata": {"annotations": {"ambient.istio.io/redirection": "enabled"}}});
+    // Two 503s, then the patch is applied.
+    let server = serving_test_pod(Fault::FailFirst {
+        count: 2,
+        status: 503,
+    });
+    let config = Kubeconfig::load(&server.kubeconfig(CaForm::Data, Credential::Token)).unwrap();
+    patch_pod_status_with(&config, &pod_ref(), &patch, &patient()).unwrap();
+    assert_eq!(server.requests(), 3);
+    assert_eq!(
+        server.patches(),
+        [(
+            "/api/v1/namespaces/test-ns/pods/test-pod".to_owned(),
+            patch.clone()
+        )]
+    );
+    let pod = server.pod("test-ns", "test-pod").unwrap();
+    assert_eq!(
+        pod["metadata"]["annotations"]["ambient.istio.io/redirection"],
+        "enabled"
+    );
+    // Removal (null), as DEL sends it.
+    let remove = json!({"metadata": {"annotations": {"ambient.istio.io/redirection": null}}});
+    patch_pod_status_with(&config, &pod_ref(), &remove, &patient()).unwrap();
+    let pod = server.pod("test-ns", "test-pod").unwrap();
+    assert!(
+        pod["metadata"]["annotations"]
+            .get("ambient.istio.io/redirection")
+            .is_none()
+    );
+    // A refusal is final (no retry), a server that stays down is "unavailable" (code 11).
+    let refusing = serving_test_pod(Fault::RefusePatch(403));
+    let config = Kubeconfig::load(&refusing.kubeconfig(CaForm::Data, Credential::Token)).unwrap();
+    let err = patch_pod_status_with(&config, &pod_ref(), &patch, &patient()).unwrap_err();
+    assert!(
+        matches!(err, K8sError::Credentials { status: 403, .. }),
+        "{err}"
+    );
+    assert_eq!(refusing.requests(), 1);
+    let down = ApiServer::start(Fault::Down);
+    let config = Kubeconfig::load(&down.kubeconfig(CaForm::Data, Credential::Token)).unwrap();
+    let err = patch_pod_status_with(&config, &pod_ref(), &patch, &quick()).unwrap_err();
+    assert_eq!(err.cni_code(), 11, "{err}");
+}

@@ -5,6 +5,8 @@
 //! 20 in a row. The meshcap binary is the static release binary `make build` ships.
 
 use crate::Settings;
+use crate::apiserver::{ApiServer, CaForm, Credential, Fault};
+use crate::standin::Ztunnel;
 use crate::stats::{self, Summary};
 use netns_test_harness::Netns;
 use serde_json::{Value, json};
@@ -25,6 +27,9 @@ pub enum Step {
     Meshcap { nftables: bool, n: usize },
     /// meshcap-cni's DEL of what that ADD installed (the runtime's DEL runs it first).
     Del { nftables: bool, n: usize },
+    /// meshcap-cni's ADD of an ambient pod: the plugin's lookups (pod, namespace), the agent's
+    /// rules (iptables) and probe set, the stand-in's ack, the pod's annotation.
+    Ambient,
 }
 
 impl Step {
@@ -40,6 +45,7 @@ impl Step {
             Step::Bridge => "bridge + host-local".into(),
             Step::Meshcap { nftables, .. } => format!("meshcap-cni, {}", backend(nftables)),
             Step::Del { nftables, .. } => format!("meshcap-cni DEL, {}", backend(nftables)),
+            Step::Ambient => "ambient ADD (plugin → agent → rules → stand-in ack)".into(),
         }
     }
 
@@ -238,7 +244,12 @@ fn parse(out: &Output, plugin: &Path) -> Result<Value, String> {
 /// One round: a fresh node, a warm-up ADD (the bridge device exists afterwards, as on a node
 /// that runs pods), then per step a fresh pod: bridge's ADD, meshcap-cni's ADD, both timed, a
 /// CHECK (untimed) and meshcap-cni's DEL, timed.
-fn round(settings: &Settings, r: usize) -> Result<Vec<(Step, f64)>, String> {
+/// An ambient ADD that fails is kept in `soft` and leaves the round's other steps measured.
+fn round(
+    settings: &Settings,
+    r: usize,
+    soft: &mut Vec<String>,
+) -> Result<Vec<(Step, f64)>, String> {
     let node = Node::new(settings, &format!("round{r}"));
     let warm = Netns::new("cnibench");
     node.bridge_add(&warm, "warm")?;
@@ -262,11 +273,117 @@ fn round(settings: &Settings, r: usize) -> Result<Vec<(Step, f64)>, String> {
         let (_, secs) = node.timed(&node.meshcap(), &pod, &id, "DEL", &del_conf)?;
         got.push((step.del().expect("a meshcap step"), secs));
     }
+    match ambient_add(&node, r) {
+        Ok(secs) => got.push((Step::Ambient, secs)),
+        Err(e) => {
+            eprintln!("cni: round {r}: {e}");
+            if !soft.contains(&e) {
+                soft.push(e);
+            }
+        }
+    }
     got.push((
         Step::Bridge,
         Summary::of(&bridge).expect("bridge samples").median,
     ));
     Ok(got)
+}
+
+/// The ambient pod's namespace and name in the bench's API server.
+const AMBIENT_NS: &str = "bench";
+const AMBIENT_POD: &str = "ambient-0";
+
+/// One ambient ADD on `node`: an API server on its loopback serving the pod and its
+/// `istio.io/dataplane-mode=ambient` namespace, the agent in its namespace, the ztunnel stand-in
+/// connected; a fresh pod with bridge's ADD (untimed), meshcap-cni's ADD (timed), its DEL
+/// (untimed). Everything stops before this returns.
+fn ambient_add(node: &Node, r: usize) -> Result<f64, String> {
+    let api = ApiServer::start_in(&node.host, Fault::None);
+    api.serve_namespace(AMBIENT_NS, json!({"istio.io/dataplane-mode": "ambient"}));
+    let uid = format!("00000000-0000-4000-8000-{r:012}");
+    api.serve_pod(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": AMBIENT_POD, "namespace": AMBIENT_NS, "uid": uid},
+        "spec": {"containers": [{"name": "app"}]},
+    }));
+    let kubeconfig = api.kubeconfig(CaForm::Data, Credential::Token);
+    let dir = node.dir.join("ambient");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let (zds, control) = (dir.join("ztunnel.sock"), dir.join("ambient.sock"));
+    let meshcap = std::fs::read_link(node.meshcap()).map_err(|e| e.to_string())?;
+    let agent = node.host.spawn(
+        &[
+            meshcap.to_str().expect("a UTF-8 path"),
+            "ambient",
+            "agent",
+            "--zds-socket",
+            zds.to_str().expect("a UTF-8 path"),
+            "--control-socket",
+            control.to_str().expect("a UTF-8 path"),
+            "--state-dir",
+            dir.join("state").to_str().expect("a UTF-8 path"),
+        ],
+        None,
+    );
+    let ztunnel = Ztunnel::start(zds);
+    let result = (|| {
+        for _ in 0..500 {
+            if control.exists() && !ztunnel.log().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if ztunnel.log().is_empty() {
+            return Err("the ambient agent did not start or ztunnel did not connect".to_owned());
+        }
+        let pod = Netns::new("cnibench");
+        let id = "ambient";
+        let (prev, _) = node.bridge_add(&pod, id)?;
+        let conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "meshcap-cni",
+            "kubernetes": {"kubeconfig": kubeconfig.display().to_string()},
+            "ambient": {"enabled": true, "control_socket": control.display().to_string()},
+            "prevResult": prev});
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={AMBIENT_NS};K8S_POD_NAME={AMBIENT_POD};K8S_POD_UID={uid}"
+        );
+        let run = |cmd: &str, conf: &Value| {
+            let mut command = node.command(&node.meshcap(), &pod, id, cmd);
+            command.env("CNI_ARGS", &args);
+            let start = Instant::now();
+            let mut child = command.spawn().map_err(|e| e.to_string())?;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(conf.to_string().as_bytes())
+                .map_err(|e| e.to_string())?;
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            let secs = start.elapsed().as_secs_f64();
+            parse(&out, &node.meshcap()).map(|_| secs)
+        };
+        let secs = run("ADD", &conf)?;
+        if ztunnel.log().last() != Some(&format!("add {uid}")) {
+            return Err(format!(
+                "ztunnel was not given the pod: {:?}",
+                ztunnel.log()
+            ));
+        }
+        let mut del = conf.clone();
+        del.as_object_mut().expect("conf").remove("prevResult");
+        run("DEL", &del)?;
+        Ok(secs)
+    })();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = agent.wait();
+    drop(ztunnel);
+    match result {
+        Ok(secs) if out.status.success() => Ok(secs),
+        Ok(_) => Err(format!(
+            "the ambient agent failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("ambient ADD: {e}")),
+    }
 }
 
 /// `pods` meshcap-cni ADDs started at once, then as many one after the other (fresh pods each),
@@ -324,11 +441,12 @@ pub fn run(settings: &Settings) -> CniBench {
     let mut samples: Vec<(Step, Vec<(usize, f64)>)> = std::iter::once(Step::Bridge)
         .chain(STEPS)
         .chain(STEPS.iter().filter_map(|s| s.del()))
+        .chain(std::iter::once(Step::Ambient))
         .map(|s| (s, Vec::new()))
         .collect();
     // One warm-up round, then the kept ones.
     for r in 0..=settings.samples {
-        match round(settings, r) {
+        match round(settings, r, &mut errors) {
             Ok(got) if r > 0 => {
                 for (step, secs) in got {
                     let slot = samples.iter_mut().find(|(s, _)| *s == step).expect("step");
@@ -351,7 +469,7 @@ pub fn run(settings: &Settings) -> CniBench {
             if let Some(sm) = summary {
                 let n = match step {
                     Step::Meshcap { n, .. } | Step::Del { n, .. } => n,
-                    Step::Bridge => 0,
+                    Step::Bridge | Step::Ambient => 0,
                 };
                 eprintln!(
                     "cni: N={n:>4} {:<42} {:>10}",
@@ -461,6 +579,18 @@ pub fn section(cni: &CniBench) -> String {
             ));
         }
     }
+    out.push_str(&format!(
+        "| {} | – | {} | {} |\n",
+        Step::Ambient.label(),
+        cell(Step::Ambient),
+        ratio_cell(Step::Ambient)
+    ));
+    out.push_str(
+        "\nThe ambient row: an ambient pod's ADD in the same round (pod and namespace served by a \
+         TLS API server on the node's loopback, `meshcap ambient agent` in the node's namespace \
+         with the iptables backend, the tests' ztunnel stand-in connected); the plugin returns \
+         once the agent has the rules in and the stand-in's ack, and the pod annotated.\n",
+    );
     out.push_str(&format!(
         "\nTargets: {}; {}.\n\n",
         add_target(cni).1,

@@ -30,6 +30,10 @@ mod apiserver;
 #[allow(dead_code)]
 #[path = "../../tests/common/containerd.rs"]
 mod containerd;
+// The tests' ztunnel stand-in (the ambient ADD row acks through it).
+#[allow(dead_code)]
+#[path = "../../tests/ambient_common/standin.rs"]
+mod standin;
 #[allow(dead_code)]
 const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 #[allow(dead_code)]

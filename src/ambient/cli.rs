@@ -4,13 +4,15 @@
 //! Bad flags and annotations exit 2 naming them; runtime failures exit 1.
 
 use super::config::{HostConfig, NodeSettings, PodConfig, PodOverrides, ProbeSource};
+
+use super::flags::key_value;
+pub use super::flags::{Backend, BadInput, NodeFlags};
 use super::plan::{self, AmbientPlan};
 use super::{apply, iptables, nftables};
 use crate::backend::Applied;
 use crate::backend::session::Namespace;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -112,75 +114,6 @@ fn describe(flow: &super::explain::Flow) -> String {
     text
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    Iptables,
-    Nftables,
-}
-
-/// The node agent's settings, shared by every subcommand.
-#[derive(Args, Debug)]
-pub struct NodeFlags {
-    /// Send the pod's DNS (UDP and TCP port 53) to ztunnel's DNS proxy (15053).
-    #[arg(long, env = "AMBIENT_DNS_CAPTURE", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
-    pub ambient_dns_capture: bool,
-
-    /// IPv6 rules, routes and probe set too.
-    #[arg(long, env = "AMBIENT_IPV6", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
-    pub ambient_ipv6: bool,
-
-    /// The source address the node gives the kubelet's probes (IPv4).
-    #[arg(long, env = "HOST_PROBE_SNAT_IP", default_value_t = super::config::DEFAULT_PROBE_SNAT_V4)]
-    pub host_probe_snat_ip: Ipv4Addr,
-
-    /// The source address the node gives the kubelet's probes (IPv6).
-    #[arg(long, env = "HOST_PROBE_SNAT_IPV6", default_value_t = super::config::DEFAULT_PROBE_SNAT_V6)]
-    pub host_probe_snat_ipv6: Ipv6Addr,
-
-    /// The backend [default: iptables].
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
-
-    /// Istio's spelling of --backend nftables.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
-    pub native_nftables: Option<bool>,
-
-    /// The kubelet's uid, whose probes the node's nftables rule matches (host, agent) [default:
-    /// the uid of the running kubelet process].
-    #[arg(long)]
-    pub kubelet_uid: Option<u32>,
-}
-
-impl NodeFlags {
-    pub fn settings(&self) -> NodeSettings {
-        // Conflicting flags are refused by `pod` and `host` (Common::backend); the agent goes
-        // by --backend.
-        let nftables = self.backend().unwrap_or(Backend::Iptables) == Backend::Nftables;
-        NodeSettings {
-            dns_capture: self.ambient_dns_capture,
-            ipv6: self.ambient_ipv6,
-            probe_snat_v4: self.host_probe_snat_ip,
-            probe_snat_v6: self.host_probe_snat_ipv6,
-            nftables,
-            // Only nftables' rule needs it: no /proc scan otherwise.
-            kubelet_uid: self
-                .kubelet_uid
-                .or_else(|| nftables.then(kubelet_uid).flatten()),
-        }
-    }
-
-    pub fn backend(&self) -> Result<Backend, BadInput> {
-        match (self.backend, self.native_nftables) {
-            (Some(Backend::Iptables), Some(true)) => Err(BadInput(
-                "--backend iptables and --native-nftables cannot be used together".into(),
-            )),
-            (Some(b), _) => Ok(b),
-            (None, Some(true)) => Ok(Backend::Nftables),
-            (None, _) => Ok(Backend::Iptables),
-        }
-    }
-}
-
 /// The flags of `pod` and `host`.
 #[derive(Args, Debug)]
 pub struct Common {
@@ -222,29 +155,6 @@ pub struct HostArgs {
     pub common: Common,
 }
 
-/// Go's strconv.ParseBool, as Istio's flags parse booleans.
-pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
-    match text {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err("must be true or false".into()),
-    }
-}
-
-pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err("must be KEY=VALUE".into()),
-    }
-}
-
-/// A bad input: exit 2 after saying which.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(String);
-
 impl Common {
     pub fn backend(&self) -> Result<Backend, BadInput> {
         self.node.backend()
@@ -283,26 +193,6 @@ pub fn host_plan(args: &HostArgs, backend: Backend) -> Result<AmbientPlan, BadIn
         },
     };
     Ok(plan::host(&HostConfig::new(&args.common.node(), source)))
-}
-
-/// The uid of a process named `kubelet`, as Istio's nftables mode looks it up.
-fn kubelet_uid() -> Option<u32> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    entries.flatten().find_map(|entry| {
-        let dir = entry.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim_end() != "kubelet" {
-            return None;
-        }
-        let status = std::fs::read_to_string(dir.join("status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
 }
 
 /// The `--dry-run` text of a plan for a backend.

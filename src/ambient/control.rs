@@ -1,5 +1,5 @@
 //! The agent's control socket, where the CNI plugin asks for a pod to be enrolled (ADD) or let
-//! go (DEL): a unix stream socket, one JSON request per connection, answered with one JSON
+//! go (DEL), or checks its rules (CHECK): a unix stream socket, one JSON request per connection, answered with one JSON
 //! response. The answer comes once the work is done, so an ADD returns only after the rules are
 //! in and ztunnel has acknowledged the pod.
 
@@ -17,8 +17,16 @@ pub const DEFAULT_SOCKET: &str = "/var/run/meshcap/ambient.sock";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    Add { pod: PodRef },
-    Del { uid: String },
+    Add {
+        pod: PodRef,
+    },
+    Del {
+        uid: String,
+    },
+    /// Whether an enrolled pod's namespace still holds its rules (the plugin's CHECK).
+    Check {
+        uid: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +71,7 @@ fn answer(mut stream: UnixStream, node: &Node) -> io::Result<()> {
             let result = match request {
                 Request::Add { pod } => node.enroll(pod),
                 Request::Del { uid } => node.unenroll(&uid),
+                Request::Check { uid } => node.check(&uid),
             };
             match result {
                 Ok(()) => Response::default(),

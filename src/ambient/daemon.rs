@@ -1,8 +1,8 @@
 //! `meshcap ambient agent` (the node agent, until SIGTERM) and `meshcap ambient enroll|unenroll`
 //! (its control socket's client, what the CNI plugin will do at ADD and DEL).
 
-use super::cli::{NodeFlags, key_value};
 use super::control::{self, Request};
+use super::flags::{NodeFlags, key_value};
 use super::node::{Node, PodRef};
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Where the agent keeps its list of enrolled pods by default: beside its control socket, on the
+/// node's /var/run (a tmpfs: gone at reboot, as the pods are).
+pub const DEFAULT_STATE_DIR: &str = "/var/run/meshcap/ambient";
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -27,7 +31,7 @@ pub struct AgentArgs {
     pub control_socket: PathBuf,
 
     /// Where the list of enrolled pods is kept across restarts.
-    #[arg(long, default_value = "/var/run/meshcap/ambient")]
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
     /// After a restart, apply the rules of the pods taken back again.

@@ -24,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod enrolment;
 pub mod explain;
+pub mod flags;
 pub mod ipset;
 pub mod iptables;
 pub mod nftables;

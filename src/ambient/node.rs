@@ -56,6 +56,10 @@ pub enum NodeError {
     Namespace { path: PathBuf, reason: String },
     #[error("state file {}: {reason}", path.display())]
     State { path: PathBuf, reason: String },
+    #[error("pod {0} is not enrolled")]
+    NotEnrolled(String),
+    #[error("pod {uid}'s namespace does not hold its rules: {summary}")]
+    Drift { uid: String, summary: String },
 }
 
 /// The node agent.
@@ -128,6 +132,14 @@ impl Node {
     /// ztunnel (acknowledged). Everything or nothing.
     pub fn enroll(&self, pod: PodRef) -> Result<(), NodeError> {
         let plan = self.pod_plan(&pod)?;
+        // A pod's namespace is never the agent's own (the node's): its rules would capture the
+        // node's traffic.
+        crate::backend::session::Namespace::open_other(&pod.netns).map_err(|e| {
+            NodeError::Namespace {
+                path: pod.netns.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let netns = File::open(&pod.netns).map_err(|e| NodeError::Namespace {
             path: pod.netns.clone(),
             reason: e.to_string(),
@@ -161,6 +173,30 @@ impl Node {
         self.undo(&pod, &plan);
         self.lock().retain(|p| p.uid != uid);
         self.write_state()
+    }
+
+    /// Whether an enrolled pod's namespace holds exactly its rules, routing and sets.
+    pub fn check(&self, uid: &str) -> Result<(), NodeError> {
+        let Some(pod) = self.lock().iter().find(|p| p.uid == uid).cloned() else {
+            return Err(NodeError::NotEnrolled(uid.to_owned()));
+        };
+        let plan = self.pod_plan(&pod)?;
+        let diff = self.in_pod(&pod.netns, |v| apply::drift(&plan, v))??;
+        if diff.is_empty() {
+            return Ok(());
+        }
+        let text = diff.to_string();
+        let first: Vec<&str> = text.lines().take(3).collect();
+        Err(NodeError::Drift {
+            uid: uid.to_owned(),
+            summary: format!(
+                "{} missing, {} extra, {} reordered; {}",
+                diff.missing.len(),
+                diff.extra.len(),
+                diff.reordered.len(),
+                first.join("; ")
+            ),
+        })
     }
 
     /// Applies a pod's rules again (a no-op when they are in place).

@@ -50,15 +50,19 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 fn install(args: &InstallArgs) -> anyhow::Result<()> {
     let paths = paths(&args.paths)?;
     let kubeconfig_on_host = args.host_cni_conf_dir.join(&paths.kubeconfig_name);
+    let mut stanza = conflist::stanza(
+        &args.capture.clone().unwrap_or_default(),
+        &kubeconfig_on_host.to_string_lossy(),
+        &args.excluded_namespaces(),
+    );
+    if args.ambient {
+        stanza["ambient"] = crate::cni::ambient::stanza_object(&args.ambient_control_socket);
+    }
     let install = Install {
         binary_source: PathBuf::from(binary::SELF_EXE),
         service_account_dir: args.service_account_dir.clone(),
         server: kubeconfig::server_url(&args.kubernetes_service_host, args.kubernetes_service_port),
-        stanza: conflist::stanza(
-            &args.capture.clone().unwrap_or_default(),
-            &kubeconfig_on_host.to_string_lossy(),
-            &args.excluded_namespaces(),
-        ),
+        stanza,
         paths,
     };
     if args.watch {

@@ -17,11 +17,13 @@ pub mod kubeconfig;
 pub mod pod;
 pub mod stanza;
 
-pub use client::{RetryPolicy, fetch_pod, fetch_pod_with};
+pub use client::{
+    RetryPolicy, fetch_namespace_with, fetch_pod, fetch_pod_with, patch_pod_status_with,
+};
 pub use error::K8sError;
 pub use istio::{
     Decision, Setting, append_always_excluded_inbound_ports, namespace_excluded, sidecar_decision,
 };
 pub use kubeconfig::Kubeconfig;
-pub use pod::Pod;
+pub use pod::{Namespace, Pod};
 pub use stanza::{KubernetesConfig, PodRef, pod_from_cni_args};

@@ -6,9 +6,10 @@
 //! - [`spec`]: the specification's versions, error object and result conversion.
 //! - [`env`]: the CNI environment variables.
 //! - [`capture`]: the stanza's `"capture"` object on top of Istio's CNI defaults.
-//! - [`plugin`]: the commands.
+//! - [`plugin`]: the commands; [`ambient`]: ambient mode's enrolment through the node agent.
 //! - [`k8s`]: the pod from the API server; [`install`]: the node installer.
 
+pub mod ambient;
 pub mod capture;
 pub mod env;
 pub mod install;

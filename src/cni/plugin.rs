@@ -1,9 +1,10 @@
 //! The plugin's commands: what `ADD`, `CHECK`, `DEL`, `STATUS` and `GC` do with the pod's
 //! namespace, through the same config, plan and backends as the installer.
 
+use super::ambient;
 use super::capture;
 use super::env::{CniEnv, Command};
-use super::k8s::{self, Decision, K8sError, KubernetesConfig};
+use super::k8s::{self, Decision, K8sError, KubernetesConfig, Pod, PodRef};
 use super::spec::{self, CniError, NetConf, code};
 use crate::backend::session::{self, Namespace, NamespaceError, Session, SessionError, Waits};
 use crate::backend::{Applied, BackendError};
@@ -53,7 +54,13 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     // Everything that can be refused is checked before the pod's namespace is touched; the pod
     // lookup runs in the plugin's own namespace.
     let result = spec::pass_through(conf.prev_result.as_ref(), &conf.cni_version)?;
-    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required)? else {
+    let ambient = ambient::settings(conf)?;
+    // An enrolled pod is the ambient agent's; the sidecar path leaves it alone.
+    let enrol = |kubernetes: &KubernetesConfig, pod_ref: &PodRef, pod: &Pod| match &ambient {
+        Some(settings) => ambient::add(env, conf, settings, kubernetes, pod_ref, pod),
+        None => Ok(false),
+    };
+    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required, &enrol)? else {
         return Ok(result);
     };
     if let Some(file) = &conf.dry_run_file {
@@ -89,7 +96,13 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required)? else {
+    let ambient = ambient::settings(conf)?;
+    // An enrolled pod's rules are the agent's to compare.
+    let checked = |kubernetes: &KubernetesConfig, pod_ref: &PodRef, pod: &Pod| match &ambient {
+        Some(settings) => ambient::check(env, settings, kubernetes, pod_ref, pod),
+        None => Ok(false),
+    };
+    let Some((inputs, _)) = pod_inputs(env, conf, Lookup::Required, &checked)? else {
         return Ok(());
     };
     let netns = env.netns.as_deref().expect("CHECK requires CNI_NETNS");
@@ -120,11 +133,15 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 }
 
 fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    // Ambient first: the agent lets the pod go even when its namespace is gone already.
+    if let (Some(settings), Some(kubernetes)) = (ambient::settings(conf)?, kubernetes(conf)?) {
+        ambient::del(env, &settings, &kubernetes);
+    }
     let Some(netns) = env.netns.as_deref().filter(|p| p.exists()) else {
         tracing::info!(container = %env.container_id, "namespace gone: nothing to remove");
         return Ok(());
     };
-    let Some((inputs, settings)) = pod_inputs(env, conf, Lookup::BestEffort)? else {
+    let Some((inputs, settings)) = pod_inputs(env, conf, Lookup::BestEffort, &not_ambient)? else {
         return Ok(());
     };
     let ns = pod_namespace(netns)?;
@@ -220,22 +237,42 @@ enum Lookup {
     BestEffort,
 }
 
+/// Asked of each looked-up pod before the sidecar decision: `Ok(true)` when ambient mode took
+/// the pod (the sidecar path leaves it alone).
+type AmbientStep<'a> = dyn Fn(&KubernetesConfig, &PodRef, &Pod) -> Result<bool, CniError> + 'a;
+
+/// DEL: no enrolment.
+fn not_ambient(_: &KubernetesConfig, _: &PodRef, _: &Pod) -> Result<bool, CniError> {
+    Ok(false)
+}
+
+/// The stanza's `"kubernetes"` object, if any.
+fn kubernetes(conf: &NetConf) -> Result<Option<KubernetesConfig>, CniError> {
+    conf.kubernetes
+        .as_ref()
+        .map(|k| {
+            serde_json::from_value(k.clone()).map_err(|e| {
+                CniError::new(code::INVALID_CONFIG, "invalid \"kubernetes\" object")
+                    .with_details(e.to_string())
+            })
+        })
+        .transpose()
+}
+
 /// The installer inputs for the pod: Istio's CNI defaults, the stanza's `capture`, and, when the
 /// stanza has `"kubernetes"` and `CNI_ARGS` names the pod, the pod's annotations and
-/// `istio-proxy` container. `None` when Istio's plugin would leave the pod alone.
+/// `istio-proxy` container. `None` when Istio's plugin would leave the pod alone, or when
+/// `ambient` took it.
 fn pod_inputs(
     env: &CniEnv,
     conf: &NetConf,
     lookup: Lookup,
+    ambient: &AmbientStep<'_>,
 ) -> Result<Option<(Inputs, Settings)>, CniError> {
     let mut inputs = capture::inputs(&conf.capture)?;
-    let Some(kubernetes) = &conf.kubernetes else {
+    let Some(kubernetes) = kubernetes(conf)? else {
         return Ok(Some((inputs, Settings::Known)));
     };
-    let kubernetes: KubernetesConfig = serde_json::from_value(kubernetes.clone()).map_err(|e| {
-        CniError::new(code::INVALID_CONFIG, "invalid \"kubernetes\" object")
-            .with_details(e.to_string())
-    })?;
     let Some(pod) = k8s::pod_from_cni_args(&env.args).map_err(k8s_error)? else {
         // Istio's plugin acts only on pods a kubelet names.
         tracing::info!(container = %env.container_id, "skipped: CNI_ARGS names no Kubernetes pod (K8S_POD_NAMESPACE, K8S_POD_NAME)");
@@ -254,6 +291,9 @@ fn pod_inputs(
         }
         Err(e) => return Err(k8s_error(e)),
     };
+    if ambient(&kubernetes, &pod, &found)? {
+        return Ok(None);
+    }
     match k8s::sidecar_decision(&found, &kubernetes.exclude_namespaces) {
         Decision::Skip { reason } => {
             tracing::info!(pod = %name, "skipped: {reason}");

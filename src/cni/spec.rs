@@ -125,6 +125,9 @@ pub struct NetConf {
     /// The pod lookup: `{"kubeconfig": PATH, "exclude_namespaces": [...]}`.
     #[serde(default)]
     pub kubernetes: Option<Value>,
+    /// Ambient mode: `{"enabled": true, "control_socket": PATH}` (see [`super::ambient`]).
+    #[serde(default)]
+    pub ambient: Option<Value>,
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
 }

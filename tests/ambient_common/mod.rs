@@ -1,5 +1,6 @@
 //! What the ambient tests share: meshcap run with none of the agent's variables from the
-//! test's own environment (they would change the rules).
+//! test's own environment (they would change the rules), the node agent started and stopped
+//! in a throwaway node namespace, a pod and its node, the ztunnel stand-in.
 #![allow(dead_code)]
 
 pub mod standin;
@@ -151,4 +152,69 @@ pub fn fetch(ns: &Netns, user: Option<User>, dst: &str) -> String {
         None => ns.run(answer),
     };
     result.unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// Where an agent of a test keeps its sockets and state (all under a [`TempDir`]).
+pub struct AgentPaths {
+    pub zds: PathBuf,
+    pub control: PathBuf,
+    pub state: PathBuf,
+}
+
+impl AgentPaths {
+    pub fn in_dir(dir: &std::path::Path) -> AgentPaths {
+        AgentPaths {
+            zds: dir.join("ztunnel.sock"),
+            control: dir.join("ambient.sock"),
+            state: dir.join("state"),
+        }
+    }
+}
+
+/// `meshcap ambient agent` in `node` with these paths (ack timeout 3 s) and `extra` flags,
+/// once its control socket is there (it is bound last).
+pub fn start_agent(
+    node: &Netns,
+    paths: &AgentPaths,
+    extra: &[&str],
+) -> netns_test_harness::Process {
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_meshcap"),
+        "ambient",
+        "agent",
+        "--zds-socket",
+        paths.zds.to_str().unwrap(),
+        "--control-socket",
+        paths.control.to_str().unwrap(),
+        "--state-dir",
+        paths.state.to_str().unwrap(),
+        "--ack-timeout",
+        "3",
+    ];
+    args.extend(extra);
+    let agent = node.spawn(&args, None);
+    for _ in 0..500 {
+        if paths.control.exists() {
+            return agent;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = agent.stop();
+    panic!(
+        "the agent did not start: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stops the agent with SIGTERM; it must exit 0.
+pub fn stop_agent(agent: netns_test_harness::Process) {
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = agent.wait();
+    assert!(
+        out.status.success(),
+        "agent: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

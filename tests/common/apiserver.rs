@@ -1,7 +1,9 @@
 //! A Kubernetes API server for tests: real TLS on 127.0.0.1 (an ephemeral port) with a CA of
 //! its own, a bearer token it checks (or a client certificate signed by its CA), serving the Pod
-//! JSON it is given at `/api/v1/namespaces/NS/pods/NAME`, with fault modes. It writes
-//! kubeconfig files for its clients and stops on drop.
+//! JSON it is given at `/api/v1/namespaces/NS/pods/NAME` (and Namespaces at
+//! `/api/v1/namespaces/NS`), with fault modes. JSON merge patches of a pod (`PATCH
+//! …/pods/NAME[/status]`) are applied to the served pod and recorded. It writes kubeconfig files
+//! for its clients and stops on drop.
 
 use nix::sys::socket::Shutdown;
 use rcgen::{
@@ -39,6 +41,9 @@ pub enum Fault {
     Garbage,
     /// Answers the first `count` requests with `status`, then as the real API does.
     FailFirst { count: usize, status: u16 },
+    /// Answers every PATCH with this status (GETs as the real API does): an account without
+    /// the right to write the pod.
+    RefusePatch(u16),
     /// As `FailFirst`, each failure with `Retry-After: SECONDS`, as an overloaded API server
     /// (429) or one shutting down (503) answers.
     RetryAfter {
@@ -123,6 +128,8 @@ struct Shared {
     fault: Fault,
     /// Answer bodies by request path.
     pods: Mutex<BTreeMap<String, String>>,
+    /// The merge patches received: the pod's path and the patch.
+    patches: Mutex<Vec<(String, serde_json::Value)>>,
 }
 
 pub struct ApiServer {
@@ -165,6 +172,7 @@ impl ApiServer {
             requests: AtomicUsize::new(0),
             fault,
             pods: Mutex::new(BTreeMap::new()),
+            patches: Mutex::new(Vec::new()),
         });
         let mut kept = None;
         let thread = match fault {
@@ -212,6 +220,33 @@ impl ApiServer {
             .lock()
             .unwrap()
             .insert(pod_path(namespace, name), body.to_owned());
+    }
+
+    /// Serves a Namespace `name` with these labels at `/api/v1/namespaces/NAME`.
+    pub fn serve_namespace(&self, name: &str, labels: serde_json::Value) {
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels},
+        });
+        self.shared
+            .pods
+            .lock()
+            .unwrap()
+            .insert(format!("/api/v1/namespaces/{name}"), body.to_string());
+    }
+
+    /// The merge patches received so far: the pod's path (`/api/v1/namespaces/NS/pods/NAME`)
+    /// and the patch.
+    pub fn patches(&self) -> Vec<(String, serde_json::Value)> {
+        self.shared.patches.lock().unwrap().clone()
+    }
+
+    /// The pod served at `namespace`/`name` now (with the patches applied).
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        let pods = self.shared.pods.lock().unwrap();
+        let body = pods.get(&pod_path(namespace, name))?;
+        serde_json::from_str(body).ok()
     }
 
     /// Requests received so far (TLS handshakes that failed are not requests).
@@ -370,9 +405,24 @@ fn handle(stream: TcpStream, tls: Arc<ServerConfig>, shared: &Shared) {
         .conn
         .peer_certificates()
         .is_some_and(|certs| !certs.is_empty());
+    let split = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut content = head.split_off(split);
     let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1024 * 1024);
+    while content.len() < length {
+        match tls.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => content.extend_from_slice(&chunk[..n]),
+        }
+    }
     let count = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let (status, body) = answer(&head, client_certificate, count, shared);
+    let (status, body) = answer(&head, &content, client_certificate, count, shared);
     if shared.stop.load(Ordering::SeqCst) {
         return;
     }
@@ -395,7 +445,13 @@ fn handle(stream: TcpStream, tls: Arc<ServerConfig>, shared: &Shared) {
     let _ = tls.flush();
 }
 
-fn answer(head: &str, client_certificate: bool, count: usize, shared: &Shared) -> (u16, String) {
+fn answer(
+    head: &str,
+    content: &[u8],
+    client_certificate: bool,
+    count: usize,
+    shared: &Shared,
+) -> (u16, String) {
     match shared.fault {
         Fault::Slow(delay) => {
             let until = Instant::now() + delay;
@@ -423,6 +479,12 @@ fn answer(head: &str, client_certificate: bool, count: usize, shared: &Shared) -
     if !token_ok && !client_certificate {
         return (401, status_body(401, "Unauthorized"));
     }
+    if request.starts_with("PATCH ") {
+        if let Fault::RefusePatch(status) = shared.fault {
+            return (status, status_body(status, "injected fault"));
+        }
+        return patch(path, content, shared);
+    }
     if !request.starts_with("GET ") {
         return (405, status_body(405, "method not allowed"));
     }
@@ -434,6 +496,50 @@ fn answer(head: &str, client_certificate: bool, count: usize, shared: &Shared) -
         None => {
             let name = path.rsplit('/').next().unwrap_or_default();
             (404, status_body(404, &format!("pods \"{name}\" not found")))
+        }
+    }
+}
+
+/// A JSON merge patch (RFC 7386) of a served pod, through the pod or its `status` subresource.
+fn patch(path: &str, content: &[u8], shared: &Shared) -> (u16, String) {
+    let pod_path = path.strip_suffix("/status").unwrap_or(path);
+    let Ok(patch) = serde_json::from_slice::<serde_json::Value>(content) else {
+        return (400, status_body(400, "the patch is not JSON"));
+    };
+    let mut pods = shared.pods.lock().unwrap();
+    let Some(body) = pods.get_mut(pod_path) else {
+        let name = pod_path.rsplit('/').next().unwrap_or_default();
+        return (404, status_body(404, &format!("pods \"{name}\" not found")));
+    };
+    let mut pod: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    merge(&mut pod, &patch);
+    *body = pod.to_string();
+    shared
+        .patches
+        .lock()
+        .unwrap()
+        .push((pod_path.to_owned(), patch));
+    (200, body.clone())
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let object = target.as_object_mut().unwrap();
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge(
+                object.entry(key.clone()).or_insert(serde_json::Value::Null),
+                value,
+            );
         }
     }
 }
@@ -455,6 +561,7 @@ fn status_body(code: u16, message: &str) -> String {
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        400 => "BadRequest",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "NotFound",

@@ -22,6 +22,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the install variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Copy meshcap into the CNI binary directory as meshcap-cni, write the plugin's kubeconfig
@@ -115,6 +117,22 @@ pub struct InstallArgs {
         default_value = "kube-system"
     )]
     pub exclude_namespaces: Vec<String>,
+
+    /// Ambient mode: the plugin also enrols the pods that carry (or whose namespace carries)
+    /// istio.io/dataplane-mode=ambient, through `meshcap ambient agent`'s control socket;
+    /// other pods keep the sidecar path. Sets the stanza's "ambient" object.
+    #[arg(long, env = "MESHCAP_CNI_AMBIENT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub ambient: bool,
+
+    /// With --ambient: the node agent's control socket, as the host sees it.
+    #[arg(
+        long,
+        env = "MESHCAP_CNI_AMBIENT_CONTROL_SOCKET",
+        value_name = "PATH",
+        default_value = crate::ambient::control::DEFAULT_SOCKET,
+        value_parser = absolute_path
+    )]
+    pub ambient_control_socket: PathBuf,
 
     /// Stay running: put the stanza back when the network configuration is rewritten without
     /// it (or a new primary network appears), rewrite the kubeconfig when the token rotates,

@@ -1,9 +1,11 @@
 //! The pod lookup: one blocking HTTPS GET of `/api/v1/namespaces/NS/pods/NAME`, retried with a
-//! bounded backoff while the API server is unreachable, slow or overloaded.
+//! bounded backoff while the API server is unreachable, slow or overloaded. Ambient mode also
+//! reads the pod's namespace ([`fetch_namespace_with`]) and writes the pod's redirection
+//! annotation ([`patch_pod_status_with`], a JSON merge patch), with the same retries.
 
 use super::error::K8sError;
 use super::kubeconfig::Kubeconfig;
-use super::pod::Pod;
+use super::pod::{Namespace, Pod};
 use super::stanza::PodRef;
 use crate::inputs::shortened;
 use std::net::SocketAddr;
@@ -54,11 +56,101 @@ pub fn fetch_pod_with(
     pod: &PodRef,
     retry: &RetryPolicy,
 ) -> Result<Pod, K8sError> {
-    let agent = agent(config);
-    let url = format!(
-        "{}/api/v1/namespaces/{}/pods/{}",
-        config.server, pod.namespace, pod.name
+    let path = format!("/api/v1/namespaces/{}/pods/{}", pod.namespace, pod.name);
+    let found = call(config, &Call::Get, &path, &Target::Pod(pod), retry)?;
+    let got: Pod = decode(config, &Target::Pod(pod), &found)?;
+    let meta = &got.metadata;
+    if meta.namespace != pod.namespace || meta.name != pod.name {
+        return Err(decode_error(
+            config,
+            &Target::Pod(pod),
+            format!("it is pod {:?}/{:?}", meta.namespace, meta.name),
+        ));
+    }
+    Ok(got)
+}
+
+/// Fetches the pod's namespace (its labels decide ambient enrolment).
+pub fn fetch_namespace_with(
+    config: &Kubeconfig,
+    namespace: &str,
+    retry: &RetryPolicy,
+) -> Result<Namespace, K8sError> {
+    let target = Target::Namespace(namespace);
+    let found = call(
+        config,
+        &Call::Get,
+        &format!("/api/v1/namespaces/{namespace}"),
+        &target,
+        retry,
+    )?;
+    let got: Namespace = decode(config, &target, &found)?;
+    if got.metadata.name != namespace {
+        return Err(decode_error(
+            config,
+            &target,
+            format!("it is namespace {:?}", got.metadata.name),
+        ));
+    }
+    Ok(got)
+}
+
+/// Applies a JSON merge patch (RFC 7386) to the pod through its `status` subresource, as
+/// Istio's node agent writes its annotation: `pods/status` may change the metadata too, and is
+/// the lower privilege.
+pub fn patch_pod_status_with(
+    config: &Kubeconfig,
+    pod: &PodRef,
+    patch: &serde_json::Value,
+    retry: &RetryPolicy,
+) -> Result<(), K8sError> {
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}/status",
+        pod.namespace, pod.name
     );
+    call(
+        config,
+        &Call::MergePatch(patch.to_string()),
+        &path,
+        &Target::Pod(pod),
+        retry,
+    )
+    .map(drop)
+}
+
+/// What a request does.
+enum Call {
+    Get,
+    /// `PATCH` with `Content-Type: application/merge-patch+json` and this body.
+    MergePatch(String),
+}
+
+/// What a request is about, for its errors.
+enum Target<'a> {
+    Pod(&'a PodRef),
+    Namespace(&'a str),
+}
+
+impl std::fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Pod(pod) => write!(f, "pod {pod}"),
+            Target::Namespace(ns) => write!(f, "namespace {ns}"),
+        }
+    }
+}
+
+/// One request at `path` of the API server, retried within `retry`'s budget; the body of the
+/// 2xx answer.
+fn call(
+    config: &Kubeconfig,
+    call: &Call,
+    path: &str,
+    target: &Target<'_>,
+    retry: &RetryPolicy,
+) -> Result<Vec<u8>, K8sError> {
+    let agent = agent(config);
+    let url = format!("{}{path}", config.server);
     let start = Instant::now();
     let deadline = start + retry.budget;
     let mut backoff = retry.first_backoff;
@@ -68,8 +160,8 @@ pub fn fetch_pod_with(
             .attempt_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         attempts += 1;
-        let (failure, retry_after) = match attempt(&agent, config, &url, pod, timeout) {
-            Ok(pod) => return Ok(pod),
+        let (failure, retry_after) = match attempt(&agent, config, call, &url, target, timeout) {
+            Ok(body) => return Ok(body),
             Err(FetchAttemptError::Final(e)) => return Err(e),
             Err(FetchAttemptError::Transient(why)) => (why, None),
             Err(FetchAttemptError::RetryAfter(why, after)) => (why, Some(after)),
@@ -92,7 +184,7 @@ pub fn fetch_pod_with(
     }
 }
 
-/// Why one attempt of [`fetch_pod_with`] failed: worth retrying or not. The retry loop turns the
+/// Why one attempt of [`call`] failed: worth retrying or not. The retry loop turns the
 /// last transient one into [`K8sError::Unavailable`].
 enum FetchAttemptError {
     /// Worth another attempt: what went wrong.
@@ -115,7 +207,7 @@ fn agent(config: &Kubeconfig) -> ureq::Agent {
         .tls_config(tls)
         .https_only(true)
         .http_status_as_error(false)
-        // The API server does not redirect a pod GET; a redirect would carry the token away.
+        // The API server does not redirect these requests; a redirect would carry the token away.
         .max_redirects(0)
         .max_redirects_will_error(false)
         .user_agent(concat!("meshcap-cni/", env!("CARGO_PKG_VERSION")))
@@ -166,20 +258,40 @@ impl Resolver for HostsFirst {
 fn attempt(
     agent: &ureq::Agent,
     config: &Kubeconfig,
+    call: &Call,
     url: &str,
-    pod: &PodRef,
+    target: &Target<'_>,
     timeout: Duration,
-) -> Result<Pod, FetchAttemptError> {
-    let mut request = agent
-        .get(url)
-        .header("Accept", "application/json")
-        .config()
-        .timeout_global(Some(timeout))
-        .build();
-    if let Some(token) = &config.token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let mut response = request.call().map_err(|e| transport(config, e, timeout))?;
+) -> Result<Vec<u8>, FetchAttemptError> {
+    let token = config.token.as_ref().map(|t| format!("Bearer {t}"));
+    let sent = match call {
+        Call::Get => {
+            let mut request = agent
+                .get(url)
+                .header("Accept", "application/json")
+                .config()
+                .timeout_global(Some(timeout))
+                .build();
+            if let Some(token) = &token {
+                request = request.header("Authorization", token);
+            }
+            request.call()
+        }
+        Call::MergePatch(body) => {
+            let mut request = agent
+                .patch(url)
+                .header("Accept", "application/json")
+                .header("Content-Type", "application/merge-patch+json")
+                .config()
+                .timeout_global(Some(timeout))
+                .build();
+            if let Some(token) = &token {
+                request = request.header("Authorization", token);
+            }
+            request.send(body.as_bytes())
+        }
+    };
+    let mut response = sent.map_err(|e| transport(config, e, timeout))?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -192,7 +304,7 @@ fn attempt(
         .map_err(|e| transport(config, e, timeout))?;
     let server = || config.server.clone();
     match status {
-        200 => decode(config, pod, &body).map_err(FetchAttemptError::Final),
+        200..=299 => Ok(body),
         401 | 403 => Err(FetchAttemptError::Final(K8sError::Credentials {
             server: server(),
             kubeconfig: config.path.clone(),
@@ -200,10 +312,18 @@ fn attempt(
             status,
             message: status_message(&body),
         })),
-        404 => Err(FetchAttemptError::Final(K8sError::PodNotFound {
-            server: server(),
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
+        404 => Err(FetchAttemptError::Final(match target {
+            Target::Pod(pod) => K8sError::PodNotFound {
+                server: server(),
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+            },
+            Target::Namespace(_) => K8sError::Status {
+                server: server(),
+                pod: target.to_string(),
+                status,
+                message: status_message(&body),
+            },
         })),
         429 | 500..=599 => {
             let why = format!("HTTP {status}: {}", status_message(&body));
@@ -217,7 +337,7 @@ fn attempt(
         }
         _ => Err(FetchAttemptError::Final(K8sError::Status {
             server: server(),
-            pod: pod.to_string(),
+            pod: target.to_string(),
             status,
             message: status_message(&body),
         })),
@@ -269,19 +389,18 @@ fn status_message(body: &[u8]) -> String {
     shortened(String::from_utf8_lossy(body).trim()).to_string()
 }
 
-fn decode(config: &Kubeconfig, pod: &PodRef, body: &[u8]) -> Result<Pod, K8sError> {
-    let problem = |problem: String| K8sError::Decode {
+fn decode<T: serde::de::DeserializeOwned>(
+    config: &Kubeconfig,
+    target: &Target<'_>,
+    body: &[u8],
+) -> Result<T, K8sError> {
+    serde_json::from_slice(body).map_err(|e| decode_error(config, target, e.to_string()))
+}
+
+fn decode_error(config: &Kubeconfig, target: &Target<'_>, problem: String) -> K8sError {
+    K8sError::Decode {
         server: config.server.clone(),
-        pod: pod.to_string(),
+        pod: target.to_string(),
         problem,
-    };
-    let got: Pod = serde_json::from_slice(body).map_err(|e| problem(e.to_string()))?;
-    let meta = &got.metadata;
-    if meta.namespace != pod.namespace || meta.name != pod.name {
-        return Err(problem(format!(
-            "it is pod {:?}/{:?}",
-            meta.namespace, meta.name
-        )));
     }
-    Ok(got)
 }

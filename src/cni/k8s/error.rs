@@ -66,9 +66,9 @@ pub enum K8sError {
         problem: String,
     },
 
-    /// Any other HTTP status.
+    /// Any other HTTP status. `pod` names what was asked for (`pod NS/NAME`, `namespace NS`).
     #[error(
-        "Kubernetes API server {server}: unexpected HTTP {status} for pod {pod}{}",
+        "Kubernetes API server {server}: unexpected HTTP {status} for {pod}{}",
         detail(message)
     )]
     Status {
@@ -79,7 +79,10 @@ pub enum K8sError {
     },
 
     /// A 200 answer whose body is not the requested Pod.
-    #[error("Kubernetes API server {server}: the answer for pod {pod} is not that Pod: {problem}")]
+    #[error(
+        "Kubernetes API server {server}: the answer for {pod} is not that {}: {problem}",
+        kind(pod)
+    )]
     Decode {
         server: String,
         pod: String,
@@ -89,6 +92,15 @@ pub enum K8sError {
     /// Any other failure of the HTTP exchange.
     #[error("Kubernetes API server {server}: request failed: {problem}")]
     Request { server: String, problem: String },
+}
+
+/// The kind of object a request's target (`pod NS/NAME`, `namespace NS`) names.
+fn kind(target: &str) -> &'static str {
+    if target.starts_with("namespace ") {
+        "Namespace"
+    } else {
+        "Pod"
+    }
 }
 
 fn detail(message: &str) -> String {

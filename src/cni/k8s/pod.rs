@@ -17,6 +17,8 @@ pub struct ObjectMeta {
     #[serde(default)]
     pub namespace: String,
     #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
@@ -28,6 +30,10 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
     #[serde(default)]
     pub init_containers: Vec<Container>,
+    #[serde(default)]
+    pub host_network: bool,
+    #[serde(default)]
+    pub service_account_name: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -66,4 +72,10 @@ impl Container {
             .find(|e| e.name == name)
             .and_then(|e| e.value.as_deref())
     }
+}
+
+/// A Namespace: its labels (ambient mode's `istio.io/dataplane-mode`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
 }
