@@ -9,7 +9,7 @@
 //! The socket is opened in the calling thread's network namespace; callers enter the pod's
 //! namespace first.
 
-use super::BackendError;
+use super::firewall::BackendError;
 use crate::plan::{Family, RoutingStep};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{

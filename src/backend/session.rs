@@ -15,16 +15,17 @@
 //!   per network namespace, and the kernel releases the name when the socket closes (also when
 //!   the process dies) and forgets it with the namespace. Nothing is left in the file system.
 
+use super::firewall::{Applied, BackendError, Firewall, Ruleset, RulesetDiff, TypedRules};
 use super::iptables::IptablesBackend;
+use super::lock::{self, NamespaceLock};
 use super::nftables::NftablesBackend;
-use super::{Applied, BackendError, Firewall, Ruleset, RulesetDiff, TypedRules, routing};
+use super::routing;
 use crate::config::{BackendKind, IptablesVariant, RunConfig};
 use crate::plan::{Family, FamilyPlan, Plan, RoutingStep};
-use std::cell::Cell;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A network namespace to work in: a namespace file, or the caller's own.
 pub struct Namespace {
@@ -133,75 +134,6 @@ impl Drop for GoBack {
     }
 }
 
-/// Meshcap's lock of the current thread's network namespace, held until dropped.
-pub struct NamespaceLock {
-    /// `None` when a session of this thread holds the lock already.
-    _socket: Option<OwnedFd>,
-}
-
-/// The abstract socket name of the lock (the leading NUL is added by the address type).
-const LOCK_NAME: &[u8] = b"meshcap/netns-lock";
-
-/// How often a waiting session tries the lock again.
-const LOCK_POLL: Duration = Duration::from_millis(20);
-
-thread_local! {
-    /// Whether a session holds the lock of the namespace this thread works in: the backends
-    /// lock for themselves only outside a session.
-    static SESSION_HOLDS_LOCK: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Serializes meshcap runs in the current thread's network namespace for the life of the guard.
-///
-/// iptables-restore checks `-N` against the state it read, so two runs that read before either
-/// writes would both append their rules (iptables-nft does not take the xtables lock at all).
-/// Runs in different namespaces never wait for each other. Inside a session the session's lock
-/// is the one that counts, and this returns at once.
-pub fn namespace_lock() -> Result<NamespaceLock, BackendError> {
-    if SESSION_HOLDS_LOCK.get() {
-        return Ok(NamespaceLock { _socket: None });
-    }
-    lock(None)
-}
-
-fn lock(wait: Option<Duration>) -> Result<NamespaceLock, BackendError> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
-    let failure = |e: nix::errno::Errno| BackendError::Spawn {
-        program: "meshcap's namespace lock (abstract unix socket)".into(),
-        reason: e.to_string(),
-    };
-    let addr = UnixAddr::new_abstract(LOCK_NAME).map_err(failure)?;
-    let start = Instant::now();
-    loop {
-        // Close-on-exec: iptables-restore and other children must not keep the lock.
-        let socket = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(failure)?;
-        match bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &addr) {
-            Ok(()) => {
-                return Ok(NamespaceLock {
-                    _socket: Some(socket),
-                });
-            }
-            Err(nix::errno::Errno::EADDRINUSE) => {}
-            Err(e) => return Err(failure(e)),
-        }
-        if let Some(bound) = wait
-            && start.elapsed() >= bound
-        {
-            return Err(BackendError::Busy {
-                what: "meshcap's lock of the namespace (another meshcap run works in it)".into(),
-                waited: bound,
-            });
-        }
-        std::thread::sleep(LOCK_POLL);
-    }
-}
-
 /// The backend the run configuration asks for. `decide_variant`: settle the iptables variant
 /// now (inside the namespace), so that every later step of the session uses the same one.
 fn select(run: &RunConfig, waits: Waits, decide_variant: bool) -> Box<dyn Firewall> {
@@ -286,15 +218,15 @@ impl Session {
         plan: Plan,
         waits: Waits,
     ) -> Result<Session, SessionError> {
-        let (lock, backend) = ns.run(|| -> Result<_, BackendError> {
-            let lock = lock(waits.lock)?;
-            Ok((lock, select(run, waits, true)))
+        let (held, backend) = ns.run(|| -> Result<_, BackendError> {
+            let held = lock::wait_for(waits.lock)?;
+            Ok((held, select(run, waits, true)))
         })??;
         Ok(Session {
             ns,
             backend,
             plan,
-            _lock: lock,
+            _lock: held,
         })
     }
 
@@ -309,8 +241,7 @@ impl Session {
     /// Runs `f` in the session's namespace with the session's lock counting as held.
     pub fn run<T>(&self, f: impl FnOnce(&dyn Firewall, &Plan) -> T) -> Result<T, SessionError> {
         Ok(self.ns.run(|| {
-            let before = SESSION_HOLDS_LOCK.replace(true);
-            let _restore = RestoreFlag(before);
+            let _held = lock::held_by_session();
             f(&*self.backend, &self.plan)
         })?)
     }
@@ -351,15 +282,6 @@ impl Session {
     /// iptables-nft, nftables), each with its drift from what it would hold for the plan.
     pub fn read_back_every_backend(&self) -> Result<Vec<Reading>, SessionError> {
         Ok(self.run(|_, plan| read_every_backend(plan))??)
-    }
-}
-
-/// Clears [`SESSION_HOLDS_LOCK`] again when a session's closure ends.
-struct RestoreFlag(bool);
-
-impl Drop for RestoreFlag {
-    fn drop(&mut self) {
-        SESSION_HOLDS_LOCK.set(self.0);
     }
 }
 

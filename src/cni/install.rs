@@ -17,14 +17,13 @@ mod kubeconfig;
 mod node;
 mod watch;
 
-use super::PLUGIN_NAME;
 pub use error::InstallError;
 
 use anyhow::Context;
 use cli::{Cli, Command, InstallArgs, NodePaths};
-use node::{Changes, Install, Paths, Removed};
+use node::{Install, Paths};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -70,14 +69,14 @@ fn install(args: &InstallArgs) -> anyhow::Result<()> {
         );
     }
     let changes = install.run().context("installing meshcap-cni")?;
-    log_changes(&changes);
+    changes.log();
     Ok(())
 }
 
 fn uninstall(args: &NodePaths) -> anyhow::Result<()> {
     let paths = paths(args)?;
     let removed = node::uninstall(&paths).context("uninstalling meshcap-cni")?;
-    log_removed(&removed);
+    removed.log();
     claim::remove(&paths.conf_dir);
     Ok(())
 }
@@ -92,53 +91,4 @@ fn paths(args: &NodePaths) -> anyhow::Result<Paths> {
         conf_dir: args.cni_conf_dir.clone(),
         kubeconfig_name: args.kubeconfig_name.clone(),
     })
-}
-
-fn log_changes(changes: &Changes) {
-    if changes.binary {
-        tracing::info!("installed the plugin binary {PLUGIN_NAME}");
-    }
-    if changes.kubeconfig {
-        tracing::info!("wrote the plugin's kubeconfig");
-    }
-    if let Some(path) = &changes.network {
-        tracing::info!("added meshcap's stanza to {}", path.display());
-    }
-    if *changes == Changes::default() {
-        tracing::debug!("meshcap-cni is installed; nothing changed");
-    }
-}
-
-fn log_removed(removed: &Removed) {
-    for (path, how) in &removed.networks {
-        match how {
-            confdir::Removal::Edited => {
-                tracing::info!("removed meshcap's stanza from {}", path.display())
-            }
-            confdir::Removal::Dropped => tracing::info!(
-                "removed {}: it held nothing but meshcap's stanza",
-                path.display()
-            ),
-            confdir::Removal::Restored(conf) => tracing::info!(
-                "restored {} and removed {}, which meshcap had made of it",
-                conf.display(),
-                path.display()
-            ),
-        }
-    }
-    if removed.kubeconfig {
-        tracing::info!("removed the plugin's kubeconfig");
-    }
-    if removed.binary {
-        tracing::info!("removed the plugin binary");
-    }
-}
-
-/// Removes `path`; true when it was there.
-fn remove_if_present(path: &Path) -> error::Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => atomic::sync_dir(path).map(|()| true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(InstallError::io("removing", path)(e)),
-    }
 }

@@ -1,9 +1,8 @@
 //! Raw flag and environment text → typed values. Every failure names its flag or variable.
 
-use super::GroupRef;
-use super::{
-    BackendKind, CaptureConfig, Config, DnsCapture, DnsServerV6, InboundPorts, InterceptMode,
-    IptablesVariant, OutboundCidrs, OwnerGroups, RunConfig,
+use super::types::{
+    BackendKind, CaptureConfig, Config, DnsCapture, DnsServerV6, GroupRef, InboundPorts,
+    InterceptMode, IptablesVariant, OutboundCidrs, OwnerGroups, RunConfig,
 };
 use crate::inputs::{Inputs, Opt, Origin, Raw};
 use crate::inputs::{quoted, shortened};
@@ -114,7 +113,7 @@ impl HostFacts for SystemHost {
     }
 
     fn uid_of(&self, user: &str) -> Option<u32> {
-        crate::backend::host::uid_of(user)
+        super::users::uid_of(user)
     }
 }
 

@@ -14,15 +14,10 @@ mod routing;
 mod rule_parts;
 mod tproxy;
 
-use super::{Chain, Family, FamilyPlan, Plan, Table, Target};
+use super::model::{Chain, Family, FamilyPlan, Plan, Table, Target};
 use crate::config::{CaptureConfig, InterceptMode};
 use builder::Builder;
 use rule_parts::{dport, tcp};
-
-/// The agent's DNS listener (Istio's IstioAgentDNSListenerPort).
-pub const DNS_CAPTURE_PORT: u16 = 15053;
-/// The mark the proxy's outbound-to-inbound loopback packets get in TPROXY mode (Istio's OutboundMark).
-pub const OUTBOUND_MARK: u32 = 1338;
 
 /// Builds the plan for `cfg`. Pure: no I/O.
 pub fn build(cfg: &CaptureConfig) -> Plan {

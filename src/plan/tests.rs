@@ -2,6 +2,7 @@ use super::*;
 use crate::config::{
     CaptureConfig, DnsCapture, DnsServerV6, InboundPorts, InterceptMode, OutboundCidrs, OwnerGroups,
 };
+use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 
 /// Istio's default injected istio-init, IPv4 only.

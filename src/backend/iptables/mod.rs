@@ -4,8 +4,9 @@
 pub mod saved;
 pub mod spell;
 
+use super::firewall::{Applied, BackendError, Firewall, Ruleset, TypedRules};
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
+use super::routing;
 use crate::config::IptablesVariant;
 use crate::plan::{Family, FamilyPlan, Plan, Table};
 use std::io::Write;
@@ -523,7 +524,7 @@ impl Firewall for IptablesBackend {
     }
 
     fn apply(&self, plan: &Plan) -> Result<Applied, BackendError> {
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let variant = self.variant();
         let mut attempt = 1;
         loop {
@@ -585,7 +586,7 @@ impl IptablesBackend {
         plan: &Plan,
         mine: fn(&SavedTables, Family, &Ruleset) -> Ruleset,
     ) -> Result<(), BackendError> {
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let variant = self.variant();
         for family in [Family::V4, Family::V6] {
             let saved = match self.save(family, variant) {

@@ -14,7 +14,7 @@ use super::names::{BaseChain, Hook, TABLES, table_name};
 use super::netlink::{kernel_error, netlink_error};
 use super::script::AddChain;
 use super::socket::NetlinkSocket;
-use crate::backend::BackendError;
+use crate::backend::firewall::BackendError;
 use crate::plan::Family;
 use nix::libc;
 use std::fmt;

@@ -8,7 +8,7 @@ use super::contents::{Contents, SetKey};
 use super::names::is_our_table;
 use super::netlink::netlink_error;
 use super::socket::NetlinkSocket;
-use crate::backend::BackendError;
+use crate::backend::firewall::BackendError;
 use nix::libc;
 use std::collections::BTreeMap;
 

@@ -42,8 +42,9 @@ pub mod render;
 mod script;
 pub mod socket;
 
+use super::firewall::{Applied, BackendError, Firewall, Ruleset, TypedRules};
 use super::host::gid_of;
-use super::{Applied, BackendError, Firewall, Ruleset, TypedRules, routing};
+use super::routing;
 use crate::plan::Plan;
 use batch::Existing;
 pub use contents::Contents;
@@ -102,7 +103,7 @@ impl Firewall for NftablesBackend {
     fn apply(&self, plan: &Plan) -> Result<Applied, BackendError> {
         // The batch is atomic, but it is built from the tables we read first: two first runs at
         // once would both send add-only batches and append the rules twice.
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let spec = self.resolved_spec(plan)?;
         let mut nl = open()?;
         let tables = dump::our_tables(&mut nl)?;
@@ -169,7 +170,7 @@ impl Firewall for NftablesBackend {
     }
 
     fn clean(&self, plan: &Plan) -> Result<(), BackendError> {
-        let _lock = super::namespace_lock()?;
+        let _lock = super::lock::namespace_lock()?;
         let mut nl = open()?;
         let tables = dump::our_tables(&mut nl)?;
         if !tables.is_empty() {

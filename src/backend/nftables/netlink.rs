@@ -2,7 +2,7 @@
 //! naming what was being done and, for the errnos people meet, why.
 
 use super::socket::NetlinkSocket;
-use crate::backend::BackendError;
+use crate::backend::firewall::BackendError;
 use nix::libc;
 
 /// A failure of `what`, with the kernel's (or the socket's) errno `code` explained.

@@ -172,6 +172,15 @@ pub fn sync_dir(path: &Path) -> Result<()> {
         .map_err(InstallError::io("syncing directory", dir))
 }
 
+/// Removes `path`; true when it was there.
+pub fn remove_if_present(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(InstallError::io("removing", path)(e)),
+    }
+}
+
 /// A hidden name in the same directory (a rename stays on one filesystem), unique to this
 /// process and call: two installers in two containers may both be pid 1.
 pub fn temp_path(path: &Path) -> PathBuf {

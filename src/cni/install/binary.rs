@@ -32,7 +32,7 @@ pub fn install(source: &Path, bin_dir: &Path) -> Result<bool> {
 
 /// Removes `bin_dir/meshcap-cni`; true when it was there.
 pub fn uninstall(bin_dir: &Path) -> Result<bool> {
-    super::remove_if_present(&target(bin_dir))
+    atomic::remove_if_present(&target(bin_dir))
 }
 
 fn is_current(source: &Path, target: &Path) -> io::Result<bool> {

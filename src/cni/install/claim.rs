@@ -116,7 +116,7 @@ fn is_locked(path: &Path) -> bool {
 
 /// Removes whatever claim there is (`meshcap cni uninstall`).
 pub fn remove(conf_dir: &Path) {
-    if let Err(e) = super::remove_if_present(&conf_dir.join(FILE)) {
+    if let Err(e) = super::atomic::remove_if_present(&conf_dir.join(FILE)) {
         tracing::warn!("{e}");
     }
 }

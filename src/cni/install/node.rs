@@ -101,9 +101,55 @@ pub fn uninstall(paths: &Paths) -> Result<Removed> {
             removed.networks.push((path, how));
         }
     }
-    removed.kubeconfig = super::remove_if_present(&paths.kubeconfig())?;
+    removed.kubeconfig = atomic::remove_if_present(&paths.kubeconfig())?;
     removed.binary = binary::uninstall(&paths.bin_dir)?;
     Ok(removed)
+}
+
+impl Changes {
+    /// Says what the pass changed (debug when nothing did).
+    pub fn log(&self) {
+        if self.binary {
+            tracing::info!("installed the plugin binary {}", crate::cni::PLUGIN_NAME);
+        }
+        if self.kubeconfig {
+            tracing::info!("wrote the plugin's kubeconfig");
+        }
+        if let Some(path) = &self.network {
+            tracing::info!("added meshcap's stanza to {}", path.display());
+        }
+        if *self == Changes::default() {
+            tracing::debug!("meshcap-cni is installed; nothing changed");
+        }
+    }
+}
+
+impl Removed {
+    /// Says what the uninstall removed.
+    pub fn log(&self) {
+        for (path, how) in &self.networks {
+            match how {
+                Removal::Edited => {
+                    tracing::info!("removed meshcap's stanza from {}", path.display())
+                }
+                Removal::Dropped => tracing::info!(
+                    "removed {}: it held nothing but meshcap's stanza",
+                    path.display()
+                ),
+                Removal::Restored(conf) => tracing::info!(
+                    "restored {} and removed {}, which meshcap had made of it",
+                    conf.display(),
+                    path.display()
+                ),
+            }
+        }
+        if self.kubeconfig {
+            tracing::info!("removed the plugin's kubeconfig");
+        }
+        if self.binary {
+            tracing::info!("removed the plugin binary");
+        }
+    }
 }
 
 /// Whether `dir` exists as a directory, with a clear error when not.

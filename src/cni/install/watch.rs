@@ -96,7 +96,7 @@ pub fn run(install: &Install, resync: Duration, keep_on_exit: bool) -> anyhow::R
         return Ok(());
     }
     let removed = node::uninstall(&install.paths).context("uninstalling on exit")?;
-    super::log_removed(&removed);
+    removed.log();
     // Last: another installer waiting for the node takes it over once this claim is gone.
     claim.release();
     Ok(())
@@ -137,7 +137,7 @@ fn keeps_node(claim: &mut Claim, yielded_to: &mut Option<String>) -> bool {
 /// for (a primary network, a fixed file, a mounted token) arrives as one.
 fn reconcile(install: &Install) {
     match install.run() {
-        Ok(changes) => super::log_changes(&changes),
+        Ok(changes) => changes.log(),
         Err(e @ InstallError::NoNetwork(_)) => tracing::info!("waiting: {e}"),
         Err(e) => tracing::warn!("install failed, retrying on the next change: {e}"),
     }

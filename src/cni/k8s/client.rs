@@ -1,9 +1,10 @@
 //! The pod lookup: one blocking HTTPS GET of `/api/v1/namespaces/NS/pods/NAME`, retried with a
 //! bounded backoff while the API server is unreachable, slow or overloaded.
 
+use super::error::K8sError;
 use super::kubeconfig::Kubeconfig;
 use super::pod::Pod;
-use super::{K8sError, PodRef};
+use super::stanza::PodRef;
 use crate::inputs::shortened;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! authenticated. Credentials meshcap cannot use (`exec`, `auth-provider`, basic auth) are
 //! refused by name rather than ignored, which would only surface later as a puzzling 401.
 
-use super::K8sError;
+use super::error::K8sError;
 use base64::Engine;
 use serde::Deserialize;
 use serde::de::IgnoredAny;

@@ -1,7 +1,7 @@
 //! What the plugin is given about Kubernetes: the stanza's `"kubernetes"` object and the pod
 //! that `CNI_ARGS` names.
 
-use super::K8sError;
+use super::error::K8sError;
 use crate::inputs::quoted;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

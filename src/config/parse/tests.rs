@@ -1,6 +1,6 @@
 use super::*;
 use crate::cli::Inputs;
-use crate::config::{DnsCapture, InboundPorts, InterceptMode, OutboundCidrs, OwnerGroups};
+use crate::config::types::{DnsCapture, InboundPorts, InterceptMode, OutboundCidrs, OwnerGroups};
 
 /// A host with fixed facts.
 struct FakeHost {

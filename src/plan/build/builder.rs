@@ -3,7 +3,7 @@
 
 use super::rule_parts::{gid, uid};
 use crate::config::CaptureConfig;
-use crate::plan::{Chain, Family, ListGroup, Match, Position, Rule, RuleOp, Table, Target};
+use crate::plan::model::{Chain, Family, ListGroup, Match, Position, Rule, RuleOp, Table, Target};
 use ipnetwork::{IpNetwork, Ipv6Network};
 use std::net::Ipv6Addr;
 

@@ -1,11 +1,10 @@
 //! DNS capture (Istio's SetupDNSRedir): the app's DNS to port 53 is redirected to the agent's DNS
 //! listener, and the two legs of an exchange get separate conntrack zones in raw.
 
-use super::DNS_CAPTURE_PORT;
 use super::builder::{Builder, Families};
 use super::rule_parts::{dport, dst, jump, src, tcp, udp};
 use crate::config::DnsCapture;
-use crate::plan::{Chain, Family, Match, Net, Table, Target};
+use crate::plan::model::{Chain, DNS_CAPTURE_PORT, Family, Match, Net, Table, Target};
 use ipnetwork::IpNetwork;
 use std::net::IpAddr;
 

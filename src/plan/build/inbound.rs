@@ -5,7 +5,7 @@
 use super::builder::{Builder, Families};
 use super::rule_parts::{dport, jump, not_dst, tcp};
 use crate::config::InboundPorts;
-use crate::plan::{Chain, CtState, Match, Table, Target};
+use crate::plan::model::{Chain, CtState, Match, Table, Target};
 
 impl Builder<'_> {
     /// Drop out-of-window packets rather than let them reset the proxied connection.

@@ -3,7 +3,7 @@
 
 use super::builder::{Builder, Families};
 use super::rule_parts::{iif, oif};
-use crate::plan::{Chain, Table, Target};
+use crate::plan::model::{Chain, Table, Target};
 
 impl Builder<'_> {
     pub(super) fn exclude_interfaces(&mut self, tproxy: bool) {

@@ -9,7 +9,7 @@ use super::rule_parts::{
     uid,
 };
 use crate::config::{OutboundCidrs, OwnerGroups};
-use crate::plan::{Chain, Family, Match, Table, Target};
+use crate::plan::model::{Chain, Family, Match, Table, Target};
 use ipnetwork::IpNetwork;
 
 impl Builder<'_> {

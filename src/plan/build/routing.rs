@@ -3,7 +3,7 @@
 
 use super::rule_parts::passthrough_net;
 use crate::config::{CaptureConfig, InboundPorts, InterceptMode};
-use crate::plan::{Family, RoutingStep};
+use crate::plan::model::{Family, RoutingStep};
 
 pub(super) fn routing_steps(cfg: &CaptureConfig) -> Vec<RoutingStep> {
     let mut steps = Vec::new();

@@ -1,7 +1,9 @@
 //! Short constructors of matches and targets, so that the rule lists of the builder read next to
 //! Istio's `-p tcp --dport N -j RETURN`.
 
-use crate::plan::{Chain, Family, GroupRef, Match, Net, Protocol, Target, passthrough_source};
+use crate::plan::model::{
+    Chain, Family, GroupRef, Match, Net, Protocol, Target, passthrough_source,
+};
 use ipnetwork::IpNetwork;
 
 pub(super) fn tcp() -> Match {

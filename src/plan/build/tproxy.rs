@@ -2,10 +2,9 @@
 //! replies follow the fwmark route back to lo, the 1338 mark on the proxy's loopback leg, and the
 //! guards in front of ISTIO_INBOUND.
 
-use super::OUTBOUND_MARK;
 use super::builder::{Builder, Families};
 use super::rule_parts::{iif, marked, not_dst, oif, passthrough_net, src, tcp};
-use crate::plan::{Chain, Family, Match, Table, Target};
+use crate::plan::model::{Chain, Family, Match, OUTBOUND_MARK, Table, Target};
 
 impl Builder<'_> {
     pub(super) fn tproxy_marks(&mut self) {
