@@ -11,7 +11,7 @@
 
 use super::super::config::ProbeSource;
 use super::super::plan::{AmbientPlan, CONNECTION, Op, Rule, Table, ZTUNNEL};
-use super::{TABLES, base_chain, chain_name, chains, table_name};
+use super::names::{TABLES, base_chain, chain_name, chains, table_name};
 use crate::backend::nftables::batch::{self, Existing};
 use crate::backend::nftables::ir::{
     AddrField, AddrValue, ChainSpec, Dir, Item, NamedSet, PortField, PortValue, RuleSpec, Spec,
