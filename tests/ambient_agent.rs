@@ -105,12 +105,7 @@ fn the_nftables_agent_enrolls_and_lets_go_over_netlink() {
     run(Backend::Nftables, "ambagn");
 }
 
-/// The two runs one at a time: run in parallel, the stand-in's listeners failed to start in one
-/// of them (not investigated further; each run passes alone).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn run(backend: Backend, tag: &str) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = Topology::new(tag);
     let (pod, node) = (&net.pod, &net.node);
     let dir = TempDir::new("agent");

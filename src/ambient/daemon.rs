@@ -134,13 +134,7 @@ pub fn agent(args: &AgentArgs) -> ExitCode {
 }
 
 fn bind(path: &std::path::Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    super::socket_file::claim(path, socket2::Type::STREAM)?;
     UnixListener::bind(path)
 }
 

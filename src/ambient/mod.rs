@@ -31,6 +31,7 @@ pub mod nftables;
 pub mod node;
 pub mod plan;
 pub mod routing;
+pub mod socket_file;
 pub mod zds;
 
 /// The mark ztunnel puts on its own sockets' packets (under [`MARK_MASK`]): never captured.

@@ -47,8 +47,13 @@ pub const PROBE_V6: &str = "2001:db8:7127::1";
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// Each call its own directory: the tests of one binary run in parallel in one process, so
+    /// the process id alone would give two of them the same sockets and state.
     pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("meshcap-{tag}-{}", std::process::id()));
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("meshcap-{tag}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }

@@ -11,13 +11,12 @@
 
 use super::super::config::ProbeSource;
 use super::super::plan::{AmbientPlan, CONNECTION, Op, Rule, Table, ZTUNNEL};
-use super::{TABLES, base_chain, chain_name, chains, table_name};
+use super::names::{TABLES, base_chain, chain_name, chains, table_name};
 use crate::backend::nftables::batch::{self, Existing};
 use crate::backend::nftables::ir::{
     AddrField, AddrValue, ChainSpec, Dir, Item, NamedSet, PortField, PortValue, RuleSpec, Spec,
     TableSpec, Verdict,
 };
-use crate::backend::nftables::names::{BaseChain, ChainType, Hook};
 use crate::backend::nftables::{Contents, dump, open};
 use crate::backend::{Applied, BackendError, RulesetDiff, TypedRules};
 use crate::plan::{Family, Protocol};
@@ -45,19 +44,7 @@ pub fn spec(plan: &AmbientPlan) -> Spec {
             .into_iter()
             .map(|chain| ChainSpec {
                 name: chain_name(chain),
-                base: base_chain(table, chain).map(|(kind, hook, priority)| BaseChain {
-                    kind: match kind {
-                        "nat" => ChainType::Nat,
-                        "route" => ChainType::Route,
-                        _ => ChainType::Filter,
-                    },
-                    hook: match hook {
-                        "prerouting" => Hook::Prerouting,
-                        "output" => Hook::Output,
-                        _ => Hook::Postrouting,
-                    },
-                    priority,
-                }),
+                base: base_chain(table, chain),
                 rules: ops
                     .iter()
                     .filter(|op| op.table == table && chain_name(op.chain) == chain_name(chain))
@@ -148,8 +135,9 @@ fn iface(dir: Dir, name: &str, negated: bool) -> Item {
     }
 }
 
-/// The rule's items in the order nft generates them for the script's text
-/// ([`super::rule`]); `None` where the script has no rule either.
+/// The rule's items in the order nft generates them from the rule's text (so that the batch is
+/// byte-equal to libnftnl's); `None` for a jump into the chain it is in (nftables has no use for
+/// Istio's iptables-shaped jump there).
 fn rule(op: &Op) -> Option<RuleSpec> {
     use Item::{Counter, L4Proto, Redirect};
     let tcp = || L4Proto(Protocol::Tcp);

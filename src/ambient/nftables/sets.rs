@@ -4,7 +4,7 @@
 //! not both succeed, so enrolment and its undo can be repeated.
 
 use super::super::plan::Table;
-use super::table_name;
+use super::names::table_name;
 use crate::backend::BackendError;
 use crate::backend::nftables::batch::{Builder, INET, What, flags, send};
 use crate::backend::nftables::codec::{MsgType, Object, SetElem, SetElems};

@@ -63,16 +63,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Listens on `path` (a stale socket file there is replaced). Each request waits at most
-    /// `ack_timeout` for ztunnel's answer.
+    /// Listens on `path` (a stale socket file there is replaced, a live one refused). Each
+    /// request waits at most `ack_timeout` for ztunnel's answer.
     pub fn listen(path: &Path, ack_timeout: Duration) -> io::Result<Agent> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        crate::ambient::socket_file::claim(path, Type::SEQPACKET)?;
         let listener = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
         listener.bind(&SockAddr::unix(path)?)?;
         listener.listen(16)?;
