@@ -23,12 +23,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod enrolment;
-pub mod explain;
 pub mod ipset;
 pub mod iptables;
 pub mod nftables;
 pub mod node;
 pub mod plan;
+pub mod readback;
 pub mod routing;
 pub mod zds;
 
