@@ -60,7 +60,8 @@ Usage: meshcap explain [INSTALLER FLAGS…] --flow FLOW [--flow FLOW …] [--ker
                      state=new|established  default new
   --kernel         explain the rules the namespace holds (read back with every backend) instead
                    of the configuration's plan; differences from the plan are printed first
-  --json           one JSON object per flow
+  --json           one JSON object per flow: verdict, class, port, reason, decided_by,
+                   steps, notes, rules, drift
 
 Verdicts: captured-outbound PORT, captured-inbound PORT (REDIRECT or TPROXY), captured-dns PORT,
 direct, dropped; each with the rule that decided it. Ambient: ztunnel's ports (15001, 15006,

@@ -201,6 +201,12 @@ impl SavedRule {
                     rule.target = Target::RestoreMark;
                     continue;
                 }
+                // `-m owner --socket-exists` (the host's probe rule) takes no value either.
+                "--socket-exists" => {
+                    rule.matches
+                        .push((Match::Other(word.to_owned()), std::mem::take(&mut negated)));
+                    continue;
+                }
                 _ => {}
             }
             let value = it.next();
@@ -379,5 +385,11 @@ mod tests {
         assert_eq!(r.unmodelled(), Some("--level 3"));
         assert_eq!(r.target, Target::Accept);
         assert!(SavedRule::parse("garbage").unmodelled().is_some());
+        let r = SavedRule::parse(
+            "-A ISTIO_POSTRT -m owner --socket-exists -p tcp -m set --match-set \
+             istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127",
+        );
+        assert_eq!(r.unmodelled(), Some("--socket-exists"));
+        assert_eq!(r.matches[1], (Match::Proto(Protocol::Tcp), false));
     }
 }
