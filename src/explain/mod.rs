@@ -196,14 +196,22 @@ fn run(
     let Mode { kernel, json, .. } = mode;
     let mut ambient = mode.ambient;
     let (rules, source) = if kernel {
+        let readings = if ambient {
+            ambient_readings(config, ambient_plan)?
+        } else {
+            // Only a hint here: a namespace whose ambient rules cannot be read is explained
+            // as a sidecar's, as before ambient mode existed.
+            ambient_readings(config, ambient_plan).unwrap_or_else(|e| {
+                tracing::debug!("ambient's rules not read: {e:#}");
+                Vec::new()
+            })
+        };
         let (sidecar, sidecar_source, sidecar_found) = kernel_rules(config, &plan)?;
-        let (ambient_rules, ambient_source, ambient_found) =
-            ambient_kernel_rules(config, ambient_plan)?;
         // Found by itself: ambient's rules, and none of a sidecar's beyond the chain names
         // both share (ISTIO_OUTPUT).
-        ambient |= ambient_found && !sidecar_found;
+        ambient |= !readings.is_empty() && !sidecar_found;
         if ambient {
-            (ambient_rules, ambient_source)
+            ambient_kernel_rules(&readings)?
         } else {
             (sidecar, sidecar_source)
         }
@@ -271,19 +279,20 @@ fn namespace(config: &Config) -> anyhow::Result<Namespace> {
     })
 }
 
-/// ambient's rules in the kernel, read back with every backend that holds some, the drift
-/// of each from the plan where the backend has a typed plan, and whether there were any.
-fn ambient_kernel_rules(
-    config: &Config,
-    plan: &AmbientPlan,
-) -> anyhow::Result<(Rules, Source, bool)> {
-    let readings = namespace(config)?
+/// ambient's rules in the kernel, read back with every backend that holds some.
+fn ambient_readings(config: &Config, plan: &AmbientPlan) -> anyhow::Result<Vec<readback::Reading>> {
+    namespace(config)?
         .run(|| readback::every_backend(plan))?
-        .context("reading ambient's rules")?;
+        .context("reading ambient's rules")
+}
+
+/// The rules of ambient's readings, and the drift of each from the plan where the backend
+/// has a typed plan.
+fn ambient_kernel_rules(readings: &[readback::Reading]) -> anyhow::Result<(Rules, Source)> {
     let mut rules = Rules::default();
     let mut drift = Vec::new();
     let mut uncompared = Vec::new();
-    for reading in &readings {
+    for reading in readings {
         let name = reading.backend;
         match &reading.expected {
             Some(expected) => drift.extend(diff_lines(name, &reading.read, expected)),
@@ -306,7 +315,7 @@ fn ambient_kernel_rules(
             names.join(", ")
         ),
     };
-    Ok((rules, Source { what, drift }, !readings.is_empty()))
+    Ok((rules, Source { what, drift }))
 }
 
 /// Whether a read-back chain key names a sidecar's chain: ambient's rules share only
