@@ -4,8 +4,10 @@
 //! - explain finds ambient's rules by itself, names ztunnel's ports and why a connection is left
 //!   alone, and agrees with the plan's explain (the full probe table, against real traffic, is
 //!   in tests/ambient_behaviour.rs);
-//! - trace follows a real connection from the app out (captured-outbound 15001, to a listener
-//!   standing in for ztunnel) and one of ztunnel's own (marked 0x539: direct (ztunnel's own)).
+//! - trace follows real connections: from the app out (captured-outbound 15001, to a listener
+//!   standing in for ztunnel), one of ztunnel's own (marked 0x539: direct (ztunnel's own)), and
+//!   from a peer in: to the app's port (captured-inbound 15006), to 15008 (direct (HBONE
+//!   15008)) and from the probe address 169.254.7.127 (direct (kubelet probe)).
 //!
 //! Needs root.
 
@@ -32,7 +34,7 @@ enum Backend {
 /// A pod (192.0.2.1 on `net0`) with a default route to a peer, and ambient's rules.
 struct Site {
     pod: Netns,
-    _peer: Netns,
+    peer: Netns,
 }
 
 fn site(tag: &str, backend: Backend) -> Site {
@@ -53,7 +55,7 @@ fn site(tag: &str, backend: Backend) -> Site {
             load_nft(&pod, &String::from_utf8(out.stdout).unwrap()).unwrap();
         }
     }
-    Site { pod, _peer: peer }
+    Site { pod, peer }
 }
 
 /// `meshcap explain --json` of `flows`, on the kernel's rules (`kernel`) or the plan's.
@@ -131,9 +133,9 @@ fn has_trace_table(ns: &Netns) -> bool {
         .any(|l| l.trim() == "table inet meshcap-trace")
 }
 
-/// Starts `trace --count 1` for TCP to [`DESTINATION`] and waits until it listens.
-fn start_trace(pod: &Netns) -> Process {
-    let dst = format!("dst={DESTINATION}");
+/// Starts `trace --count 1` for TCP to `dst` and waits until it listens.
+fn start_trace(pod: &Netns, dst: &str) -> Process {
+    let dst = format!("dst={dst}");
     let trace = pod.spawn(
         &[
             MESHCAP,
@@ -172,7 +174,7 @@ fn trace_names_ztunnels_ports_for_real_connections() {
         let pod = &site.pod;
         // The app's connection out reaches ztunnel's outbound listener (a stand-in).
         let listener = pod.run(|| TcpListener::bind("0.0.0.0:15001").expect("listen on 15001"));
-        let trace = start_trace(pod);
+        let trace = start_trace(pod, DESTINATION);
         let connected = pod.run(|| {
             TcpStream::connect_timeout(&DESTINATION.parse().unwrap(), Duration::from_secs(20))
         });
@@ -188,7 +190,7 @@ fn trace_names_ztunnels_ports_for_real_connections() {
             "{backend:?}:\n{printed}"
         );
         // ztunnel's own connection (mark 0x539) goes out untouched (nothing answers there).
-        let trace = start_trace(pod);
+        let trace = start_trace(pod, DESTINATION);
         pod.run(|| {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
             socket.set_mark(0x539).unwrap();
@@ -201,5 +203,45 @@ fn trace_names_ztunnels_ports_for_real_connections() {
             line.contains("not captured") && line.ends_with("=> direct (ztunnel's own)"),
             "{backend:?}:\n{printed}"
         );
+        // From a peer: to the app's port (captured to ztunnel's inbound stand-in), to 15008
+        // (ztunnel's HBONE listener, direct), and from the probe address (the kubelet's probe,
+        // reaching the app).
+        let listeners: Vec<TcpListener> = ["0.0.0.0:15006", "0.0.0.0:15008", "0.0.0.0:8080"]
+            .into_iter()
+            .map(|at| pod.run(move || TcpListener::bind(at).expect("listen")))
+            .collect();
+        site.peer
+            .ip_batch(&["addr add 169.254.7.127/32 dev lo".to_owned()]);
+        for (dst, src, want) in [
+            ("192.0.2.1:8080", None, "=> captured-inbound 15006"),
+            ("192.0.2.1:15008", None, "=> direct (HBONE 15008)"),
+            (
+                "192.0.2.1:8080",
+                Some("169.254.7.127"),
+                "=> direct (kubelet probe)",
+            ),
+        ] {
+            let trace = start_trace(pod, dst);
+            let connected = site.peer.run(move || {
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                if let Some(src) = src {
+                    let src: SocketAddr = format!("{src}:0").parse().unwrap();
+                    socket.bind(&SockAddr::from(src)).unwrap();
+                }
+                let dst: SocketAddr = dst.parse().unwrap();
+                socket.connect_timeout(&SockAddr::from(dst), Duration::from_secs(20))
+            });
+            let printed = common::text(&trace.wait());
+            assert!(
+                connected.is_ok(),
+                "{backend:?} {dst} from {src:?}: {connected:?}"
+            );
+            let line = verdict_line(&printed);
+            assert!(
+                line.ends_with(want),
+                "{backend:?} {dst} from {src:?}:\n{printed}"
+            );
+        }
+        drop(listeners);
     }
 }

@@ -78,6 +78,8 @@ struct Traced {
     ambient: bool,
     /// Whether it was first seen in prerouting (arriving), not output.
     inbound: Option<bool>,
+    /// Whether a rule accepted it by its source address (see [`verdict::accepts_source`]).
+    accepted_by_source: bool,
     dropped: bool,
     last_seen: Instant,
 }
@@ -137,6 +139,7 @@ impl Printer<'_> {
                     captured_to: None,
                     ambient: false,
                     inbound: None,
+                    accepted_by_source: false,
                     dropped: false,
                     last_seen: Instant::now(),
                 },
@@ -188,6 +191,11 @@ impl Printer<'_> {
                     traced.captured_by.push(at.clone());
                     traced.captured_to = verdict::redirect_port(&rule);
                 }
+                if verdict.code == libc::NF_ACCEPT
+                    && let Some(p) = &traced.last_packet
+                {
+                    traced.accepted_by_source |= verdict::accepts_source(&rule, p.src);
+                }
                 if is_final(verdict.code) {
                     traced.dropped |= verdict.code == libc::NF_DROP;
                     traced.last_verdict = Some(format!("{verdict} by {at}"));
@@ -227,12 +235,13 @@ impl Printer<'_> {
                 format!("dropped ({last})")
             } else if t.captured_by.is_empty() {
                 let dport = t.last_packet.as_ref().and_then(|p| p.ports).map(|(_, d)| d);
-                let direct = verdict::direct(
-                    self.ambient || t.ambient,
-                    t.last_mark,
+                let direct = verdict::direct(verdict::Seen {
+                    ambient: self.ambient || t.ambient,
+                    mark: t.last_mark,
                     dport,
-                    t.inbound == Some(true),
-                );
+                    inbound: t.inbound == Some(true),
+                    accepted_by_source: t.accepted_by_source,
+                });
                 format!("not captured ({last}) => {direct}")
             } else {
                 format!(

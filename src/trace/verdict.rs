@@ -38,16 +38,42 @@ pub fn is_ambient(table: &str, rule: &str) -> bool {
     table.starts_with("istio-ambient-") || rule.contains("/0xfff") || rule.contains("& 0x00000fff")
 }
 
+/// Whether an accepting rule's text names `src` as its source (`-s ADDR/32`, `ip saddr ADDR`):
+/// ambient's accept of the kubelet's probes, which come from the probe SNAT address.
+pub fn accepts_source(rule: &str, src: std::net::IpAddr) -> bool {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    let src = src.to_string();
+    let names = |w: &str| w.split('/').next() == Some(src.as_str());
+    words
+        .windows(2)
+        .any(|w| matches!(w[0], "-s" | "saddr") && names(w[1]))
+}
+
+/// What a traced packet showed that explains an uncaptured verdict.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seen {
+    /// It passed ambient's rules, or the namespace holds them.
+    pub ambient: bool,
+    pub mark: u32,
+    pub dport: Option<u16>,
+    pub inbound: bool,
+    /// A rule accepted it by its source address ([`accepts_source`]).
+    pub accepted_by_source: bool,
+}
+
 /// Why an uncaptured packet went direct, under ambient's rules.
-pub fn direct(ambient: bool, mark: u32, dport: Option<u16>, inbound: bool) -> String {
-    if !ambient {
+pub fn direct(seen: Seen) -> String {
+    if !seen.ambient {
         return "direct".into();
     }
-    if mark & MARK_MASK == ZTUNNEL_MARK {
+    if seen.mark & MARK_MASK == ZTUNNEL_MARK {
         return "direct (ztunnel's own)".into();
     }
-    if inbound && dport == Some(INBOUND_HBONE_PORT) {
+    if seen.inbound && seen.dport == Some(INBOUND_HBONE_PORT) {
         return format!("direct (HBONE {INBOUND_HBONE_PORT})");
+    }
+    if seen.inbound && seen.accepted_by_source {
+        return "direct (kubelet probe)".into();
     }
     "direct".into()
 }
@@ -80,11 +106,38 @@ mod tests {
             "istio-proxy-nat",
             "meta skuid 1337 counter return"
         ));
+        let seen = |ambient, mark, dport, inbound, accepted_by_source| Seen {
+            ambient,
+            mark,
+            dport: Some(dport),
+            inbound,
+            accepted_by_source,
+        };
         assert_eq!(
-            direct(true, 0x539, Some(80), false),
+            direct(seen(true, 0x539, 80, false, false)),
             "direct (ztunnel's own)"
         );
-        assert_eq!(direct(true, 0, Some(15008), true), "direct (HBONE 15008)");
-        assert_eq!(direct(false, 0x539, Some(80), false), "direct");
+        assert_eq!(
+            direct(seen(true, 0, 15008, true, false)),
+            "direct (HBONE 15008)"
+        );
+        assert_eq!(
+            direct(seen(true, 0, 8080, true, true)),
+            "direct (kubelet probe)"
+        );
+        assert_eq!(direct(seen(false, 0x539, 80, false, false)), "direct");
+        let probe: std::net::IpAddr = "169.254.7.127".parse().unwrap();
+        assert!(accepts_source(
+            "-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT",
+            probe
+        ));
+        assert!(accepts_source(
+            "meta l4proto tcp ip saddr 169.254.7.127 counter accept",
+            probe
+        ));
+        assert!(!accepts_source(
+            "meta l4proto tcp ip saddr 169.254.7.12 counter accept",
+            probe
+        ));
     }
 }
