@@ -20,9 +20,9 @@ mod common;
 use common::MESHCAP;
 use meshcap::ambient::apply::ProbeSets;
 use meshcap::ambient::config::{NodeSettings, PodConfig, PodOverrides};
-use meshcap::ambient::explain::{Direction, Flow, explain};
 use meshcap::ambient::plan::pod as pod_plan;
-use meshcap::plan::Protocol;
+use meshcap::explain::Flow;
+use meshcap::explain::ambient::{expected_rules, explain};
 use netns_test_harness::pod::{APP, Pod};
 use netns_test_harness::probe::{Class, From, Outcome, Probe, Proto};
 use netns_test_harness::{Netns, require_root};
@@ -291,10 +291,24 @@ fn standard(dns: bool) -> Vec<(Probe, Outcome)> {
 /// ztunnel's own traffic: (label, expected, how to run it in the pod).
 type Own = (String, Outcome, Box<dyn FnOnce(Duration) -> Outcome + Send>);
 
-/// What `meshcap ambient explain` is asked for a probe: the first packet as the rules see it.
-fn flow_of(probe: &Probe) -> Flow {
-    let (direction, in_iface) = match &probe.from {
-        From::Pod(_) => (Direction::Out, None),
+/// The `--flow` words of a probe: the first packet as the rules see it.
+fn flow_words(probe: &Probe) -> String {
+    let proto = match probe.proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    };
+    let mut words = match &probe.from {
+        From::Pod(_) => {
+            let dst = probe.dst.ip();
+            let own = ["192.0.2.1", "2001:db8:100::1"].contains(&dst.to_string().as_str());
+            // The pod's own address leaves by lo.
+            let oif = if dst.is_loopback() || own {
+                "lo"
+            } else {
+                "eth0"
+            };
+            format!("dir=out proto={proto} dst={} oif={oif}", probe.dst)
+        }
         From::Peer(role) => {
             let iface = match role.as_str() {
                 "net" => "net0",
@@ -302,29 +316,18 @@ fn flow_of(probe: &Probe) -> Flow {
                 "vm1" => "virt1",
                 other => panic!("no interface for {other}"),
             };
-            (Direction::In, Some(iface.to_owned()))
+            format!("dir=in proto={proto} dst={} iif={iface}", probe.dst)
         }
     };
-    let dst = probe.dst.ip();
-    let own = ["192.0.2.1", "2001:db8:100::1"].contains(&dst.to_string().as_str());
-    Flow {
-        direction,
-        protocol: match probe.proto {
-            Proto::Tcp => Protocol::Tcp,
-            Proto::Udp => Protocol::Udp,
-        },
-        dst,
-        port: probe.dst.port(),
-        src: probe.src,
-        in_iface,
-        via_lo: direction == Direction::Out && (dst.is_loopback() || own),
-        mark: 0,
+    if let Some(src) = probe.src {
+        words.push_str(&format!(" src={src}"));
     }
+    words
 }
 
 /// The flows of ztunnel's own rows, in [`ztunnels_own`]'s order: marked, the spoofed ones to
 /// the pod's own address by lo.
-fn ztunnel_flows() -> Vec<Flow> {
+fn ztunnel_flows() -> Vec<String> {
     [
         ("tcp", "198.51.100.10:80"),
         ("tcp", "[2001:db8:1::10]:80"),
@@ -335,14 +338,23 @@ fn ztunnel_flows() -> Vec<Flow> {
     ]
     .iter()
     .map(|(proto, dst)| {
-        let mut flow: Flow = format!("out {proto} {dst} mark 0x539").parse().unwrap();
-        flow.via_lo = dst.contains("192.0.2.1:") || dst.contains("2001:db8:100::1");
-        flow
+        let via_lo = dst.contains("192.0.2.1:") || dst.contains("2001:db8:100::1");
+        let oif = if via_lo { "lo" } else { "eth0" };
+        format!("dir=out proto={proto} dst={dst} oif={oif} mark=0x539")
     })
     .collect()
 }
 
-/// `meshcap ambient explain`'s class for every row of the table (same order).
+/// Every row's flow words (same order as the table).
+fn all_flows(dns: bool) -> Vec<String> {
+    standard(dns)
+        .iter()
+        .map(|(p, _)| flow_words(p))
+        .chain(ztunnel_flows())
+        .collect()
+}
+
+/// `meshcap explain --ambient`'s class for every row of the table, from the plan's rules.
 fn explained(dns: bool) -> Vec<&'static str> {
     let plan = pod_plan(&PodConfig::new(
         &NodeSettings {
@@ -357,12 +369,43 @@ fn explained(dns: bool) -> Vec<&'static str> {
             ..PodOverrides::default()
         },
     ));
-    standard(dns)
+    let rules = expected_rules(&plan).unwrap();
+    all_flows(dns)
         .iter()
-        .map(|(p, _)| flow_of(p))
-        .chain(ztunnel_flows())
-        .map(|flow| explain(&plan, &flow).verdict.class())
+        .map(|words| {
+            explain(&rules, &words.parse::<Flow>().unwrap())
+                .verdict
+                .class()
+        })
         .collect()
+}
+
+/// `meshcap explain --kernel`'s class for every row, from the rules the pod's namespace holds
+/// (found to be ambient's by itself), and the rules it says it read.
+fn explained_by_kernel(pod: &Pod, dns: bool) -> (Vec<String>, String) {
+    let mut args = strings(&["explain", "--kernel", "--json", "--network-namespace"]);
+    args.push(pod.pod.path().display().to_string());
+    args.extend(settings(dns));
+    args.extend(strings(&[
+        "--annotation",
+        "istio.io/reroute-virtual-interfaces=virt0",
+    ]));
+    for words in all_flows(dns) {
+        args.push("--flow".into());
+        args.push(words);
+    }
+    let out = meshcap(&args);
+    let mut rules = String::new();
+    let classes = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            rules = v["rules"].as_str().unwrap().to_owned();
+            v["class"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    (classes, rules)
 }
 
 fn ztunnels_own() -> Vec<Own> {
@@ -532,7 +575,19 @@ fn both_backends_classify_every_probe_as_the_table_says() {
         for dns in [true, false] {
             install(&pod, backend, dns);
             let table = run_table(&pod, dns);
-            // meshcap ambient explain, from the plan alone, agrees with the kernel.
+            // meshcap explain on the kernel's rules agrees with real traffic.
+            let (by_kernel, rules) = explained_by_kernel(&pod, dns);
+            assert!(rules.contains("ambient rules installed by"), "{rules}");
+            assert_eq!(by_kernel.len(), table.0.len());
+            for ((row, seen), said) in table.0.iter().zip(&by_kernel) {
+                if seen.class.name() != said {
+                    failures.push(format!(
+                        "explain --kernel ({backend:?}, DNS {dns}): {row}: kernel {}, explain {said}",
+                        seen.class.name()
+                    ));
+                }
+            }
+            // meshcap explain of the plan's rules agrees with the kernel.
             for ((row, seen), said) in table.0.iter().zip(explained(dns)) {
                 if seen.class.name() != said {
                     failures.push(format!(

@@ -143,15 +143,15 @@ fn the_nftables_install_goes_into_the_named_namespace_or_fails() {
 #[test]
 fn explain_names_ztunnels_ports_and_the_deciding_rule() {
     let out = meshcap(&[
-        "ambient",
         "explain",
+        "--ambient",
         "--ambient-dns-capture",
         "--flow",
-        "out tcp 198.51.100.10:80",
+        "dir=out dst=198.51.100.10:80",
         "--flow",
-        "out tcp 198.51.100.10:80 mark 0x539",
+        "dir=out dst=198.51.100.10:80 mark=0x539",
         "--flow",
-        "in tcp 192.0.2.1:8080 from 169.254.7.127",
+        "dir=in dst=192.0.2.1:8080 src=169.254.7.127",
     ]);
     assert!(
         out.status.success(),
@@ -159,26 +159,36 @@ fn explain_names_ztunnels_ports_and_the_deciding_rule() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("verdict:") || l.starts_with("decided by:"))
+        .collect();
     assert_eq!(
         lines,
         [
-            "out tcp 198.51.100.10:80 -> captured-outbound 15001  [nat ISTIO_OUTPUT: ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001]",
-            "out tcp 198.51.100.10:80 mark 0x539 -> direct (ztunnel's own)  [no rule matched]",
-            "in tcp 192.0.2.1:8080 from 169.254.7.127 -> direct (kubelet probe)  [nat ISTIO_PRERT: -s 169.254.7.127 -p tcp -m tcp -j ACCEPT]",
+            "verdict: captured-outbound 15001",
+            "decided by: output ipv4 nat ISTIO_OUTPUT: -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001",
+            "verdict: direct (ztunnel's own)",
+            "decided by: no rule (the chains' policies)",
+            "verdict: direct (kubelet probe)",
+            "decided by: prerouting ipv4 nat ISTIO_PRERT: -A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT",
         ]
     );
+    assert!(
+        text.starts_with("rules: ambient plan (iptables spelling)\n"),
+        "{text}"
+    );
     fails(
-        &["ambient", "explain", "--flow", "out tcp nowhere"],
+        &["explain", "--ambient", "--flow", "dir=out dst=nowhere"],
         2,
-        "--flow",
+        "dst=nowhere",
     );
     fails(
         &[
-            "ambient",
             "explain",
+            "--ambient",
             "--flow",
-            "out tcp 1.2.3.4:5",
+            "dir=out dst=1.2.3.4:5",
             "--annotation",
             "ambient.istio.io/dns-capture=x",
         ],

@@ -39,79 +39,6 @@ pub enum Command {
     Enroll(super::daemon::EnrollArgs),
     /// Ask the agent to let a pod go (what the CNI plugin does at DEL).
     Unenroll(super::daemon::UnenrollArgs),
-    /// Where connections go under a pod's rules, read from the plan: the deciding rule and a
-    /// verdict named after ztunnel's ports.
-    Explain(ExplainArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct ExplainArgs {
-    #[command(flatten)]
-    pub node: NodeFlags,
-
-    /// A pod annotation (repeatable).
-    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = key_value)]
-    pub annotations: Vec<(String, String)>,
-
-    /// A connection: `out|in tcp|udp DST:PORT [from SRC] [on IFACE] [via lo] [mark N]`
-    /// (repeatable).
-    #[arg(long = "flow", required = true, value_parser = parse_flow)]
-    pub flows: Vec<super::explain::Flow>,
-}
-
-fn parse_flow(text: &str) -> Result<super::explain::Flow, String> {
-    text.parse()
-}
-
-/// `meshcap ambient explain`: one line per flow.
-fn explain(args: &ExplainArgs) -> ExitCode {
-    let overrides = match PodOverrides::from_annotations(
-        args.annotations
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    ) {
-        Ok(overrides) => overrides,
-        Err(e) => {
-            eprintln!("meshcap ambient: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let plan = plan::pod(&PodConfig::new(&args.node.settings(), &overrides));
-    for flow in &args.flows {
-        let explained = super::explain::explain(&plan, flow);
-        let rule = match (&explained.rule, flow.direction) {
-            (Some(rule), direction) => {
-                let chain = match direction {
-                    super::explain::Direction::Out => "ISTIO_OUTPUT",
-                    super::explain::Direction::In => "ISTIO_PRERT",
-                };
-                format!("nat {chain}: {}", iptables::spec(rule))
-            }
-            (None, _) => "no rule matched".to_owned(),
-        };
-        println!("{} -> {}  [{rule}]", describe(flow), explained.verdict);
-    }
-    ExitCode::SUCCESS
-}
-
-fn describe(flow: &super::explain::Flow) -> String {
-    let direction = match flow.direction {
-        super::explain::Direction::Out => "out",
-        super::explain::Direction::In => "in",
-    };
-    let protocol = crate::backend::host::proto_name(flow.protocol);
-    let dst = std::net::SocketAddr::new(flow.dst, flow.port);
-    let mut text = format!("{direction} {protocol} {dst}");
-    if let Some(src) = flow.src {
-        text.push_str(&format!(" from {src}"));
-    }
-    if let Some(iface) = &flow.in_iface {
-        text.push_str(&format!(" on {iface}"));
-    }
-    if flow.mark != 0 {
-        text.push_str(&format!(" mark {:#x}", flow.mark));
-    }
-    text
 }
 
 /// The flags of `pod` and `host`.
@@ -220,7 +147,6 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Agent(args) => return super::daemon::agent(args),
         Command::Enroll(args) => return super::daemon::enroll(args),
         Command::Unenroll(args) => return super::daemon::unenroll(args),
-        Command::Explain(args) => return explain(args),
     };
     let (backend, plan) = match planned {
         Ok(planned) => planned,

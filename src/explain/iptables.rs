@@ -86,6 +86,11 @@ pub(crate) fn eval(rule: &SavedRule, p: &mut Packet) -> RuleResult {
             effects.push(format!("connection mark {:#x}", p.ctmark));
             Action::Continue
         }
+        Target::SetConnMark { value, mask } => {
+            p.ctmark = (p.ctmark & !mask) ^ value;
+            effects.push(format!("connection mark {:#x}", p.ctmark));
+            Action::Continue
+        }
         Target::RestoreMark => {
             p.mark = p.ctmark;
             effects.push(format!("mark {:#x} (from the connection)", p.mark));

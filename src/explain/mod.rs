@@ -7,8 +7,10 @@
 //! - [`rules`]: the typed rules it walks, as the backends hand them over, and per rule its
 //!   evaluator, [`iptables`] (saved rules) or [`nftables`] (a register machine over the
 //!   codec's expressions), both on the [`packet`] they change;
-//! - [`flow`]: the `--flow` words.
+//! - [`flow`]: the `--flow` words;
+//! - [`ambient`]: ambient mode's rules (ztunnel's), with verdicts named after its ports.
 
+pub mod ambient;
 mod flow;
 mod iptables;
 mod nftables;
@@ -20,6 +22,9 @@ pub use flow::{Direction, Flow, FlowError, State};
 pub use rules::{Rules, RulesError};
 pub use simulate::{Explanation, Listeners, Step, Verdict, explain};
 
+use crate::ambient::config::{NodeSettings, PodConfig, PodOverrides};
+use crate::ambient::plan::AmbientPlan;
+use crate::ambient::readback;
 use crate::backend::Ruleset;
 use crate::backend::session::{self, Namespace, Session, Waits};
 use crate::config::{BackendKind, Config};
@@ -33,9 +38,16 @@ Where did my connection go? Walks a connection's packet through meshcap's rules 
 would and prints each rule tested, whether it matched, and where the connection lands.
 
 Usage: meshcap explain [INSTALLER FLAGS…] --flow FLOW [--flow FLOW …] [--kernel] [--json]
+       meshcap explain --ambient [AMBIENT FLAGS…] --flow FLOW … [--kernel] [--json]
 
   INSTALLER FLAGS  the configuration, exactly as for installing (-p 15001 -u 1337 -i '*' …);
                    --backend picks the spelling, --network-namespace the namespace (--kernel)
+  --ambient        ambient mode's in-pod rules (ztunnel's redirection) instead of a sidecar's;
+                   with --kernel it is picked by itself when the namespace holds ambient's
+                   rules and no sidecar's
+  AMBIENT FLAGS    the node agent's, as for `meshcap ambient pod`: --ambient-dns-capture,
+                   --ambient-ipv6, --host-probe-snat-ip, --host-probe-snat-ipv6, and the pod's
+                   annotations as --annotation KEY=VALUE (repeatable)
   --flow FLOW      key=value words, one connection:
                      dir=out|in         required: sent by the pod, or arriving at it
                      dst=IP:PORT        required; IPv6 as [ADDR]:PORT
@@ -48,10 +60,13 @@ Usage: meshcap explain [INSTALLER FLAGS…] --flow FLOW [--flow FLOW …] [--ker
                      state=new|established  default new
   --kernel         explain the rules the namespace holds (read back with every backend) instead
                    of the configuration's plan; differences from the plan are printed first
-  --json           one JSON object per flow
+  --json           one JSON object per flow: verdict, class, port, reason, decided_by,
+                   steps, notes, rules, drift
 
 Verdicts: captured-outbound PORT, captured-inbound PORT (REDIRECT or TPROXY), captured-dns PORT,
-direct, dropped.
+direct, dropped; each with the rule that decided it. Ambient: ztunnel's ports (15001, 15006,
+15053), and why a direct connection was left alone: direct (ztunnel's own), (ztunnel's
+connection), (kubelet probe), (reply to a kubelet probe), (HBONE 15008), (loopback), (by lo).
 
 Exit status: 0 explained, 2 bad flags or flow words, 1 the rules could not be read.
 ";
@@ -79,6 +94,25 @@ struct ExplainArgs {
     #[arg(long)]
     json: bool,
 
+    /// Ambient mode's rules instead of a sidecar's.
+    #[arg(long)]
+    ambient: bool,
+
+    /// The node agent's flags, as `meshcap ambient pod` takes them (no variables: explain's
+    /// command line holds what it explains).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = crate::ambient::flags::parse_bool)]
+    ambient_dns_capture: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = crate::ambient::flags::parse_bool)]
+    ambient_ipv6: Option<bool>,
+    #[arg(long)]
+    host_probe_snat_ip: Option<std::net::Ipv4Addr>,
+    #[arg(long)]
+    host_probe_snat_ipv6: Option<std::net::Ipv6Addr>,
+
+    /// A pod annotation (ambient).
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = crate::ambient::flags::key_value)]
+    annotations: Vec<(String, String)>,
+
     #[command(flatten)]
     installer: crate::cli::Cli,
 }
@@ -103,12 +137,34 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Err(e) => return bad(&e.to_string()),
         }
     }
+    let overrides = match PodOverrides::from_annotations(
+        args.annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        Ok(overrides) => overrides,
+        Err(e) => return bad(&e.to_string()),
+    };
+    let defaults = NodeSettings::default();
+    let node = NodeSettings {
+        dns_capture: args.ambient_dns_capture.unwrap_or(defaults.dns_capture),
+        ipv6: args.ambient_ipv6.unwrap_or(defaults.ipv6),
+        probe_snat_v4: args.host_probe_snat_ip.unwrap_or(defaults.probe_snat_v4),
+        probe_snat_v6: args.host_probe_snat_ipv6.unwrap_or(defaults.probe_snat_v6),
+        ..defaults
+    };
+    let ambient_plan = crate::ambient::plan::pod(&PodConfig::new(&node, &overrides));
     let invocation = args.installer.into_invocation(std::env::vars().collect());
     let config = match crate::cli::config_or_exit(&invocation.inputs) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match run(&config, &flows, args.kernel, args.json) {
+    let mode = Mode {
+        kernel: args.kernel,
+        json: args.json,
+        ambient: args.ambient,
+    };
+    match run(&config, &ambient_plan, &flows, mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshcap explain: {e:#}");
@@ -123,10 +179,58 @@ struct Source {
     drift: Vec<String>,
 }
 
-fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Result<()> {
+/// What to explain and how to print it.
+#[derive(Clone, Copy)]
+struct Mode {
+    kernel: bool,
+    json: bool,
+    ambient: bool,
+}
+
+fn run(
+    config: &Config,
+    ambient_plan: &AmbientPlan,
+    flows: &[Flow],
+    mode: Mode,
+) -> anyhow::Result<()> {
     let plan = crate::plan::build(&config.capture);
+    let Mode { kernel, json, .. } = mode;
+    let mut ambient = mode.ambient;
     let (rules, source) = if kernel {
-        kernel_rules(config, &plan)?
+        let readings = if ambient {
+            ambient_readings(config, ambient_plan)?
+        } else {
+            // Only a hint here: a namespace whose ambient rules cannot be read is explained
+            // as a sidecar's, as before ambient mode existed.
+            ambient_readings(config, ambient_plan).unwrap_or_else(|e| {
+                tracing::debug!("ambient's rules not read: {e:#}");
+                Vec::new()
+            })
+        };
+        let (sidecar, sidecar_source, sidecar_found) = kernel_rules(config, &plan)?;
+        // Found by itself: ambient's rules, and none of a sidecar's beyond the chain names
+        // both share (ISTIO_OUTPUT).
+        ambient |= !readings.is_empty() && !sidecar_found;
+        if ambient {
+            ambient_kernel_rules(&readings)?
+        } else {
+            (sidecar, sidecar_source)
+        }
+    } else if ambient {
+        let what = match config.run.backend {
+            BackendKind::Iptables => "ambient plan (iptables spelling)",
+            BackendKind::Nftables => {
+                "ambient plan (iptables spelling: the nftables spelling has no typed form yet; \
+                 both classify every connection alike)"
+            }
+        };
+        (
+            ambient::expected_rules(ambient_plan).context("the ambient plan's rules")?,
+            Source {
+                what: what.into(),
+                drift: Vec::new(),
+            },
+        )
     } else {
         let rules = Rules::from_typed(&session::expected_typed(&config.run, &plan))
             .context("the plan's rules")?;
@@ -154,7 +258,11 @@ fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Res
         }
     }
     for flow in flows {
-        let ex = explain(&rules, flow, &listeners);
+        let ex = if ambient {
+            ambient::explain(&rules, flow)
+        } else {
+            explain(&rules, flow, &listeners)
+        };
         if json {
             println!("{}", to_json(&ex, &source));
         } else {
@@ -164,14 +272,67 @@ fn run(config: &Config, flows: &[Flow], kernel: bool, json: bool) -> anyhow::Res
     Ok(())
 }
 
-/// The kernel's rules, read back with every backend that holds some, and the drift of each
-/// from what it would hold for the plan.
-fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)> {
-    let ns = match &config.run.network_namespace {
+/// The namespace `--network-namespace` names, or the current one.
+fn namespace(config: &Config) -> anyhow::Result<Namespace> {
+    Ok(match &config.run.network_namespace {
         Some(path) => Namespace::open(path)?,
         None => Namespace::current(),
+    })
+}
+
+/// ambient's rules in the kernel, read back with every backend that holds some.
+fn ambient_readings(config: &Config, plan: &AmbientPlan) -> anyhow::Result<Vec<readback::Reading>> {
+    namespace(config)?
+        .run(|| readback::every_backend(plan))?
+        .context("reading ambient's rules")
+}
+
+/// The rules of ambient's readings, and the drift of each from the plan where the backend
+/// has a typed plan.
+fn ambient_kernel_rules(readings: &[readback::Reading]) -> anyhow::Result<(Rules, Source)> {
+    let mut rules = Rules::default();
+    let mut drift = Vec::new();
+    let mut uncompared = Vec::new();
+    for reading in readings {
+        let name = reading.backend;
+        match &reading.expected {
+            Some(expected) => drift.extend(diff_lines(name, &reading.read, expected)),
+            None => uncompared.push(name),
+        }
+        rules.extend(
+            Rules::from_typed(&reading.rules).with_context(|| format!("the {name} rules"))?,
+        );
+    }
+    let names: Vec<&str> = readings.iter().map(|r| r.backend).collect();
+    let what = match names.as_slice() {
+        [] => "kernel (no ambient rules in this namespace)".to_owned(),
+        names => format!("kernel, ambient rules installed by {}", names.join(" and ")),
     };
-    let session = Session::open(ns, &config.run, plan.clone(), Waits::PLUGIN)?;
+    let what = match uncompared.as_slice() {
+        [] => what,
+        names => format!(
+            "{what} ({} not compared with the plan: ambient's nftables plan has no typed form \
+             yet)",
+            names.join(", ")
+        ),
+    };
+    Ok((rules, Source { what, drift }))
+}
+
+/// Whether a read-back chain key names a sidecar's chain: ambient's rules share only
+/// ISTIO_OUTPUT and the hook chains with a sidecar's iptables rules.
+fn sidecar_chain(key: &str) -> bool {
+    let chain = key.rsplit(' ').next().unwrap_or_default();
+    !matches!(
+        chain,
+        "PREROUTING" | "OUTPUT" | "POSTROUTING" | "ISTIO_OUTPUT" | "ISTIO_PRERT"
+    )
+}
+
+/// The kernel's rules, read back with every backend that holds some, the drift of each
+/// from what it would hold for the plan, and whether a sidecar's own chains were among them.
+fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source, bool)> {
+    let session = Session::open(namespace(config)?, &config.run, plan.clone(), Waits::PLUGIN)?;
     let readings = session
         .read_back_every_backend()
         .context("reading the kernel's rules")?;
@@ -197,7 +358,10 @@ fn kernel_rules(config: &Config, plan: &Plan) -> anyhow::Result<(Rules, Source)>
         [] => "kernel (no meshcap rules in this namespace)".to_owned(),
         names => format!("kernel, installed by {}", names.join(" and ")),
     };
-    Ok((rules, Source { what, drift }))
+    let found = readings
+        .iter()
+        .any(|r| r.read.chains.keys().any(|k| sidecar_chain(k)));
+    Ok((rules, Source { what, drift }, found))
 }
 
 /// `meshcap diff`'s lines for one backend's read-back, each prefixed with `name`.
@@ -244,7 +408,17 @@ fn to_text(ex: &Explanation) -> String {
     for note in &ex.notes {
         out.push_str(&format!("  note: {note}\n"));
     }
-    out.push_str(&format!("verdict: {}\n", ex.verdict));
+    out.push_str(&format!("verdict: {}\n", ex.verdict_text()));
+    match &ex.decided_by {
+        Some(s) => out.push_str(&format!(
+            "decided by: {} {} {}: {}\n",
+            s.hook,
+            s.table,
+            s.chain,
+            s.rule.as_deref().unwrap_or("policy")
+        )),
+        None => out.push_str("decided by: no rule (the chains' policies)\n"),
+    }
     out
 }
 
@@ -271,8 +445,15 @@ fn to_json(ex: &Explanation, source: &Source) -> serde_json::Value {
         "drift": source.drift,
         "steps": steps,
         "notes": ex.notes,
-        "verdict": ex.verdict.to_string(),
+        "verdict": ex.verdict_text(),
         "class": ex.verdict.class(),
         "port": ex.verdict.port(),
+        "reason": ex.reason,
+        "decided_by": ex.decided_by.as_ref().map(|s| serde_json::json!({
+            "hook": s.hook,
+            "table": s.table,
+            "chain": s.chain,
+            "rule": s.rule,
+        })),
     })
 }

@@ -118,6 +118,23 @@ pub struct Explanation {
     /// What the walk assumed or skipped, in order.
     pub notes: Vec<String>,
     pub verdict: Verdict,
+    /// The rule that decided the verdict: the one that redirected the connection, else the
+    /// last nat rule that accepted, dropped or returned it (or any rule that dropped it);
+    /// `None`: no such rule matched (the chains' policies let it through).
+    pub decided_by: Option<Step>,
+    /// Why a direct connection was not captured, in the mesh's words (`ztunnel's own`,
+    /// `kubelet probe`); set by the caller that knows the mesh (see `super::ambient`).
+    pub reason: Option<String>,
+}
+
+impl Explanation {
+    /// The verdict with its reason: `captured-inbound 15006`, `direct (ztunnel's own)`.
+    pub fn verdict_text(&self) -> String {
+        match &self.reason {
+            Some(why) => format!("{} ({why})", self.verdict),
+            None => self.verdict.to_string(),
+        }
+    }
 }
 
 /// Walks `flow` through `rules` and says where it lands.
@@ -129,6 +146,8 @@ pub fn explain(rules: &Rules, flow: &Flow, listeners: &Listeners) -> Explanation
         steps: Vec::new(),
         notes: Vec::new(),
         verdict: Verdict::Direct,
+        decided_by: None,
+        reason: None,
     };
     if flow.src.is_none() {
         ex.notes
@@ -168,8 +187,9 @@ pub fn explain(rules: &Rules, flow: &Flow, listeners: &Listeners) -> Explanation
                 ..flow.clone()
             },
             listeners,
-        )
-        .verdict;
+        );
+        ex.decided_by = first.decided_by;
+        let first = first.verdict;
         ex.notes.push(format!(
             "a later packet goes where the connection's first packet went: {first}"
         ));
@@ -225,7 +245,7 @@ fn walk_hook(rules: &Rules, p: &mut Packet, hook: Hook, nat: bool, ex: &mut Expl
             p.ctstate = ct::NEW;
         }
         let before = p.redirect;
-        let accepted = run_base(table, &base.chain, p, hook, ex);
+        let accepted = run_base(table, base, p, hook, ex);
         p.ctstate = saved_state;
         if !accepted {
             return false;
@@ -238,11 +258,12 @@ fn walk_hook(rules: &Rules, p: &mut Packet, hook: Hook, nat: bool, ex: &mut Expl
 /// Runs one base chain; false when the packet was dropped.
 fn run_base(
     table: &rules::Table,
-    base: &str,
+    base_chain: &rules::Base,
     p: &mut Packet,
     hook: Hook,
     ex: &mut Explanation,
 ) -> bool {
+    let base = base_chain.chain.as_str();
     // The kernel refuses loops; the bound only guards against a malformed read-back.
     const MAX_STEPS: usize = 100_000;
     let mut stack: Vec<(&str, usize)> = Vec::new();
@@ -276,16 +297,37 @@ fn run_base(
             Action::Continue => String::new(),
             a => a.to_string(),
         };
-        ex.steps.push(step(
+        let redirected = result
+            .effects
+            .iter()
+            .any(|e| e.starts_with("redirect") || e.starts_with("tproxy"));
+        let done = step(
             chain,
             Some(rule.text.clone()),
             result.matched,
             action,
             result.effects,
-        ));
+        );
         if !result.matched {
+            ex.steps.push(done);
             continue;
         }
+        let decisive = match &result.action {
+            Action::Drop => true,
+            Action::Accept | Action::Return => base_chain.nat,
+            _ => false,
+        };
+        if redirected
+            || (decisive
+                && !ex.decided_by.as_ref().is_some_and(|d| {
+                    d.effects
+                        .iter()
+                        .any(|e| e.starts_with("redirect") || e.starts_with("tproxy"))
+                }))
+        {
+            ex.decided_by = Some(done.clone());
+        }
+        ex.steps.push(done);
         match &result.action {
             Action::Continue => {}
             Action::Accept => return true,

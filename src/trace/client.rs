@@ -9,6 +9,7 @@ use super::filter::Filter;
 use super::listen::{Listener, Wake};
 use super::rules::RuleBook;
 use super::table::{self, TRACE_TABLE};
+use super::verdict;
 use crate::backend::BackendError;
 use crate::backend::nftables::netlink::{netlink_error, open};
 use nix::libc;
@@ -71,6 +72,14 @@ struct Traced {
     last_verdict: Option<String>,
     /// The rules that redirected the packet to a proxy (REDIRECT, TPROXY).
     captured_by: Vec<String>,
+    /// The port the last of them sent it to.
+    captured_to: Option<u16>,
+    /// Whether it passed ambient's rules (see [`super::verdict::is_ambient`]).
+    ambient: bool,
+    /// Whether it was first seen in prerouting (arriving), not output.
+    inbound: Option<bool>,
+    /// Whether a rule accepted it by its source address (see [`verdict::accepts_source`]).
+    accepted_by_source: bool,
     dropped: bool,
     last_seen: Instant,
 }
@@ -96,6 +105,9 @@ struct Printer<'a> {
     order: Vec<u32>,
     current: Option<u32>,
     count: Option<u64>,
+    /// Whether the namespace holds ambient's rules (the verdicts then say why a packet went
+    /// direct).
+    ambient: bool,
 }
 
 impl Printer<'_> {
@@ -124,6 +136,10 @@ impl Printer<'_> {
                     last_mark: 0,
                     last_verdict: None,
                     captured_by: Vec::new(),
+                    captured_to: None,
+                    ambient: false,
+                    inbound: None,
+                    accepted_by_source: false,
                     dropped: false,
                     last_seen: Instant::now(),
                 },
@@ -159,6 +175,8 @@ impl Printer<'_> {
             traced.last_mark = mark;
         }
         if e.table == TRACE_TABLE && e.family == libc::NFPROTO_INET as u32 {
+            // The trace's own chains are named after their hooks.
+            traced.inbound.get_or_insert(e.chain == "prerouting");
             // The trace's own marking rule and its chain's policy.
             return Ok(());
         }
@@ -168,8 +186,15 @@ impl Printer<'_> {
                 let rule = text(e.family, &e.table, *handle);
                 writeln!(self.out, "  {place}: rule {handle}: {rule} => {verdict}")?;
                 let at = format!("{place} rule {handle}");
+                traced.ambient |= verdict::is_ambient(&e.table, &rule);
                 if captures(&rule) {
                     traced.captured_by.push(at.clone());
+                    traced.captured_to = verdict::redirect_port(&rule);
+                }
+                if verdict.code == libc::NF_ACCEPT
+                    && let Some(p) = &traced.last_packet
+                {
+                    traced.accepted_by_source |= verdict::accepts_source(&rule, p.src);
                 }
                 if is_final(verdict.code) {
                     traced.dropped |= verdict.code == libc::NF_DROP;
@@ -209,9 +234,21 @@ impl Printer<'_> {
             let fate = if t.dropped {
                 format!("dropped ({last})")
             } else if t.captured_by.is_empty() {
-                format!("not captured ({last})")
+                let dport = t.last_packet.as_ref().and_then(|p| p.ports).map(|(_, d)| d);
+                let direct = verdict::direct(verdict::Seen {
+                    ambient: self.ambient || t.ambient,
+                    mark: t.last_mark,
+                    dport,
+                    inbound: t.inbound == Some(true),
+                    accepted_by_source: t.accepted_by_source,
+                });
+                format!("not captured ({last}) => {direct}")
             } else {
-                format!("captured by {}", t.captured_by.join(", then "))
+                format!(
+                    "captured by {} => {}",
+                    t.captured_by.join(", then "),
+                    verdict::captured(t.captured_to)
+                )
             };
             writeln!(self.out, "verdict packet {}: {fate}", t.number)?;
         }
@@ -245,6 +282,7 @@ pub fn run(
         order: Vec::new(),
         current: None,
         count: options.count,
+        ambient: book.holds_ambient(),
     };
     let stopped = loop {
         let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -321,6 +359,7 @@ mod tests {
             order: Vec::new(),
             current: None,
             count,
+            ambient: false,
         };
         let mut text = |_: u32, _: &str, handle: u64| match handle {
             14 => "meta l4proto tcp counter redirect to :15001".to_owned(),
@@ -388,8 +427,10 @@ mod tests {
              packet 1 (trace id 0x00000007), continued:\n\
              \x20 mark: 0x00000539\n\
              \x20 inet istio-proxy-nat istio-redirect: rule 14: meta l4proto tcp counter redirect to :15001 => accept\n\
-             verdict packet 1: captured by inet istio-proxy-nat istio-redirect rule 14\n\
-             verdict packet 2: not captured (accept by the policy of inet istio-proxy-nat output)\n"
+             verdict packet 1: captured by inet istio-proxy-nat istio-redirect rule 14 => \
+             captured-outbound 15001\n\
+             verdict packet 2: not captured (accept by the policy of inet istio-proxy-nat output) \
+             => direct\n"
         );
     }
 

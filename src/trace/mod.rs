@@ -10,7 +10,8 @@
 //!   - [`listen`]: the trace group socket and the stop signals;
 //!   - [`event`]: one trace message, and the packet headers it carries;
 //!   - [`rules`]: rule handle to rule text, `nft` syntax ([`iptables_nft`]: iptables'
-//!     spelling of iptables-nft's rules).
+//!     spelling of iptables-nft's rules);
+//!   - [`verdict`]: the verdict in explain's words (ztunnel's and the sidecar's ports).
 
 mod client;
 mod event;
@@ -20,6 +21,7 @@ mod legacy;
 mod listen;
 mod rules;
 mod table;
+mod verdict;
 
 use crate::backend::session::Namespace;
 use clap::Parser;

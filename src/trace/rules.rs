@@ -63,6 +63,13 @@ impl RuleBook {
         Ok(())
     }
 
+    /// Whether any rule is one of ambient's (see [`super::verdict::is_ambient`]).
+    pub fn holds_ambient(&self) -> bool {
+        self.texts
+            .iter()
+            .any(|((_, table, _), text)| super::verdict::is_ambient(table, text))
+    }
+
     /// The text of a rule; a rule not seen yet makes it read the rules again, once.
     pub fn text(
         &mut self,

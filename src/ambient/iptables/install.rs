@@ -97,6 +97,16 @@ pub fn expected(plan: &AmbientPlan, family: Family) -> Ruleset {
     ruleset
 }
 
+/// What `family` of `variant` holds of the plan's kind of rules (Istio's chains in mangle, nat
+/// and raw, and the jumps to them), in [`expected`]'s spelling and keys.
+pub fn read_back(
+    plan: &AmbientPlan,
+    family: Family,
+    variant: IptablesVariant,
+) -> Result<Ruleset, BackendError> {
+    Ok(current(&save(family, variant)?, family, &owned(plan)))
+}
+
 fn save(family: Family, variant: IptablesVariant) -> Result<SavedTables, BackendError> {
     Ok(SavedTables::parse(&run(
         &program(family, variant, "save"),

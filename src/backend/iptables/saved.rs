@@ -63,6 +63,11 @@ pub enum Target {
     },
     SaveMark,
     RestoreMark,
+    /// `-j CONNMARK --set-xmark VALUE/MASK`: the connection mark becomes `(ctmark & !mask) ^ value`.
+    SetConnMark {
+        value: u32,
+        mask: u32,
+    },
     Zone(u16),
     /// A target (or option) this model does not hold, as written.
     Other(String),
@@ -196,6 +201,12 @@ impl SavedRule {
                     rule.target = Target::RestoreMark;
                     continue;
                 }
+                // `-m owner --socket-exists` (the host's probe rule) takes no value either.
+                "--socket-exists" => {
+                    rule.matches
+                        .push((Match::Other(word.to_owned()), std::mem::take(&mut negated)));
+                    continue;
+                }
                 _ => {}
             }
             let value = it.next();
@@ -249,7 +260,7 @@ impl SavedRule {
                     module = "";
                 }
                 // Target options.
-                ("--to-ports", Some(p)) => {
+                ("--to-ports" | "--to-port", Some(p)) => {
                     rule.target = match ports(p).and_then(|p| p.first().copied()) {
                         Some((port, _)) => Target::Redirect(port),
                         None => Target::Other(format!("--to-ports {p}")),
@@ -267,7 +278,9 @@ impl SavedRule {
                     _ => rule.target = Target::Other(format!("--tproxy-mark {m}")),
                 },
                 ("--set-xmark" | "--set-mark", Some(m)) => {
+                    let connmark = matches!(rule.target, Target::SaveMark);
                     rule.target = match masked(m) {
+                        Some((value, mask)) if connmark => Target::SetConnMark { value, mask },
                         Some((value, mask)) => Target::SetMark { value, mask },
                         None => Target::Other(format!("{word} {m}")),
                     }
@@ -351,6 +364,19 @@ mod tests {
                 false
             )
         );
+        let r = SavedRule::parse(
+            "-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff",
+        );
+        assert_eq!(
+            r.target,
+            Target::SetConnMark {
+                value: 0x111,
+                mask: 0xfff
+            }
+        );
+        assert_eq!(r.matches, [(Match::Mark(0x539, 0xfff), false)]);
+        let r = SavedRule::parse("-A ISTIO_OUTPUT -p udp -j REDIRECT --to-port 15053");
+        assert_eq!(r.target, Target::Redirect(15053));
     }
 
     #[test]
@@ -359,5 +385,11 @@ mod tests {
         assert_eq!(r.unmodelled(), Some("--level 3"));
         assert_eq!(r.target, Target::Accept);
         assert!(SavedRule::parse("garbage").unmodelled().is_some());
+        let r = SavedRule::parse(
+            "-A ISTIO_POSTRT -m owner --socket-exists -p tcp -m set --match-set \
+             istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127",
+        );
+        assert_eq!(r.unmodelled(), Some("--socket-exists"));
+        assert_eq!(r.matches[1], (Match::Proto(Protocol::Tcp), false));
     }
 }
