@@ -100,6 +100,17 @@ impl Agent {
             Some(&netns),
             self.inner.ack_timeout,
         );
+        if let Err(ZdsError::Refused { .. }) = &result {
+            // ztunnel keeps a pod it could not start (a port taken in the pod, say) and retries
+            // it: withdrawn, so that its proxy does not come up later in a pod left without
+            // rules, holding the pod's namespace.
+            if let Err(e) = request(socket, &del_request(uid), None, self.inner.ack_timeout) {
+                tracing::warn!("ztunnel did not take the withdrawal of {uid}: {e}");
+                if let ZdsError::Connection(_) = e {
+                    *connection = None;
+                }
+            }
+        }
         if let Err(ZdsError::Connection(_)) = &result {
             *connection = None;
         }
@@ -122,12 +133,7 @@ impl Agent {
         let Some(socket) = connection.as_ref() else {
             return Ok(());
         };
-        let del = WorkloadRequest {
-            payload: Some(Request::Del(DelWorkload {
-                uid: uid.to_owned(),
-            })),
-        };
-        let result = request(socket, &del, None, self.inner.ack_timeout);
+        let result = request(socket, &del_request(uid), None, self.inner.ack_timeout);
         if let Err(ZdsError::Connection(_)) = &result {
             *connection = None;
         }
@@ -185,6 +191,14 @@ fn add_request(uid: &str, info: &WorkloadInfo) -> WorkloadRequest {
         payload: Some(Request::Add(AddWorkload {
             uid: uid.to_owned(),
             workload_info: Some(info.clone()),
+        })),
+    }
+}
+
+fn del_request(uid: &str) -> WorkloadRequest {
+    WorkloadRequest {
+        payload: Some(Request::Del(DelWorkload {
+            uid: uid.to_owned(),
         })),
     }
 }
