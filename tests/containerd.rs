@@ -804,6 +804,11 @@ fn an_ambient_pod_is_enrolled_by_run_pod_sandbox_and_let_go_by_its_removal() {
         "{out}{err}"
     );
 
+    // A kubelet probe (from a socket of the node's) reaches the app itself: the agent's host
+    // rule SNATs it to 169.254.7.127 for the pod's address in the probe set, and the pod's
+    // rules let that address past ztunnel.
+    assert_eq!(c.inbound(&pod), "app");
+
     // Deleting the pod: StopPodSandbox and RemovePodSandbox (DEL) make the agent tell ztunnel
     // to let go; rules (with the namespace), probe-set entry, state and annotation go.
     let (netns, ip) = (pod.netns.clone(), pod.ip);
