@@ -20,10 +20,9 @@ mod ambient_common;
 mod common;
 
 use ambient_common::standin::Ztunnel;
-use ambient_common::{APP, AgentPaths, TempDir, fetch, start_agent, stop_agent};
+use ambient_common::{APP, AgentPaths, TempDir, fetch, in_probe_set, start_agent, stop_agent};
 use common::apiserver::{ApiServer, CaForm, Credential, Fault};
 use common::cni::{CniNode, ISTIO_CNI_FLAGS, interception_state, stdout_json};
-use meshcap::ambient::ipset;
 use netns_test_harness::{Netns, require_root};
 use serde_json::{Value, json};
 use std::net::IpAddr;
@@ -76,10 +75,6 @@ fn stanza(kubeconfig: &Path, control: &Path) -> Value {
 fn address(result: &Value) -> IpAddr {
     let cidr = result["ips"][0]["address"].as_str().expect("an address");
     cidr.split('/').next().unwrap().parse().unwrap()
-}
-
-fn in_probe_set(node: &Netns, addr: IpAddr) -> bool {
-    node.run(move || ipset::contains("istio-inpod-probes-v4", addr).unwrap())
 }
 
 fn has_ambient_rules(pod: &Netns) -> bool {

@@ -8,10 +8,16 @@
 //! staged as `make image` stages localhost/meshcap:dev; real TCP goes inbound from the node and
 //! outbound to a server on the node, and the proxy's counters show what it carried.
 //!
+//! Ambient mode the same way: the installer chains meshcap-cni with `--ambient`, and
+//! `meshcap ambient agent` and the ztunnel stand-in (tests/ambient_common) run on the node.
+//!
 //! Everything runs in a throwaway node namespace; traffic stays on 198.51.100.0/24.
 
+mod ambient_common;
 mod common;
 
+use ambient_common::standin::Ztunnel;
+use ambient_common::{AgentPaths, in_probe_set, start_node_agent, stop_agent};
 use common::apiserver::{ApiServer, CaForm, Credential, Fault, TOKEN};
 use common::cni::ISTIO_CNI_FLAGS;
 use common::containerd::{ContainerSpec, GATEWAY, Node, Pod, PodSpec, in_netns};
@@ -104,9 +110,10 @@ impl Cluster {
         cmd
     }
 
-    /// One installer pass; then waits until containerd has loaded the new configuration.
-    fn install(&self) {
-        let out = self.installer(&[]).output().expect("run the installer");
+    /// One installer pass with `extra` flags; then waits until containerd has loaded the new
+    /// configuration.
+    fn install(&self, extra: &[&str]) {
+        let out = self.installer(extra).output().expect("run the installer");
         assert!(
             out.status.success(),
             "{}",
@@ -128,6 +135,24 @@ impl Cluster {
     /// A pod of `namespace` with exactly these annotations and the containers of an injected
     /// pod, served by the API server; its spec for RunPodSandbox.
     fn serve(&self, namespace: &str, name: &str, annotations: Value) -> PodSpec {
+        let containers = json!([
+            {"name": "app", "image": APP_IMAGE,
+             "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}},
+            {"name": "istio-proxy", "image": MESHCAP_IMAGE, "args": ["proxy"],
+             "securityContext": {"runAsUser": 1337, "runAsGroup": 1337}},
+        ]);
+        self.serve_with(namespace, name, annotations, containers)
+    }
+
+    /// A pod of `namespace` with these annotations and containers, served by the API server;
+    /// its spec for RunPodSandbox.
+    fn serve_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: Value,
+        containers: Value,
+    ) -> PodSpec {
         let mut spec = PodSpec::new(namespace, name);
         spec.annotations = annotations
             .as_object()
@@ -144,12 +169,7 @@ impl Cluster {
                 "uid": spec.uid,
                 "annotations": annotations,
             },
-            "spec": {"containers": [
-                {"name": "app", "image": APP_IMAGE,
-                 "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}},
-                {"name": "istio-proxy", "image": MESHCAP_IMAGE, "args": ["proxy"],
-                 "securityContext": {"runAsUser": 1337, "runAsGroup": 1337}},
-            ]},
+            "spec": {"containers": containers},
             "status": {"phase": "Pending"}
         }));
         spec
@@ -501,7 +521,7 @@ fn each_pod_gets_the_settings_the_api_server_gives_it() {
     let Some(mut c) = Cluster::start(test) else {
         return;
     };
-    c.install();
+    c.install(&[]);
 
     // Annotations: an excluded inbound port and included outbound ranges.
     let spec = c.serve_injected(
@@ -552,32 +572,30 @@ fn each_pod_gets_the_settings_the_api_server_gives_it() {
     // A bad annotation: RunPodSandbox fails with the plugin's message naming it.
     let key = "traffic.sidecar.istio.io/excludeInboundPorts";
     let spec = c.serve_injected("default", "bad", json!({ key: "http" }));
-    let err = c
-        .node
-        .run_pod(&spec)
-        .expect_err("a bad annotation fails the sandbox");
-    assert!(
-        err.message().contains(key) && err.message().contains("http"),
-        "the CRI error names the annotation and its value: {}",
-        err.message()
-    );
-    failed_sandbox_left_nothing(&c);
+    // The CRI error names the annotation and its value.
+    sandbox_refused(&c, &spec, &[key, "http"]);
 
     // The API server down: RunPodSandbox fails, and again nothing is left.
     drop(c.api.take());
     let mut spec = PodSpec::new("default", "unreachable");
     spec.annotations
         .insert("sidecar.istio.io/status".into(), "{}".into());
-    let err = c
-        .node
-        .run_pod(&spec)
-        .expect_err("no API server, no sandbox");
-    assert!(
-        err.message().contains("meshcap-cni"),
-        "the CRI error is the plugin's: {}",
-        err.message()
-    );
-    failed_sandbox_left_nothing(&c);
+    // The CRI error is the plugin's.
+    sandbox_refused(&c, &spec, &["meshcap-cni"]);
+}
+
+/// RunPodSandbox of `spec` fails with a message holding each of `needles`, and the failed
+/// sandbox left nothing (below).
+fn sandbox_refused(c: &Cluster, spec: &PodSpec, needles: &[&str]) {
+    let err = c.node.run_pod(spec).expect_err("RunPodSandbox should fail");
+    for needle in needles {
+        assert!(
+            err.message().contains(needle),
+            "the CRI error holds {needle:?}: {}",
+            err.message()
+        );
+    }
+    failed_sandbox_left_nothing(c);
 }
 
 /// After a failed RunPodSandbox: containerd undid the sandbox itself (its cleanup runs the
@@ -609,7 +627,7 @@ fn twenty_pods_at_once_keep_their_rules_across_a_containerd_restart() {
     let Some(mut c) = Cluster::start(test) else {
         return;
     };
-    c.install();
+    c.install(&[]);
     let specs: Vec<PodSpec> = (0..20)
         .map(|i| c.serve_injected("default", &format!("burst-{i}"), json!({})))
         .collect();
@@ -687,6 +705,135 @@ fn twenty_pods_at_once_keep_their_rules_across_a_containerd_restart() {
         processes_mentioning(&format!("{}/", dir.display())),
         Vec::<String>::new(),
         "processes left"
+    );
+}
+
+/// Whether the pod's namespace holds ambient's rules (the agent's iptables chains or its
+/// fwmark routing rule).
+fn ambient_state(pod: &Pod) -> String {
+    let mut found = Vec::new();
+    for argv in [&["iptables-save"][..], &["ip", "rule"]] {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", pod.netns.display()))
+            .args(argv)
+            .output()
+            .expect("nsenter");
+        let text = String::from_utf8_lossy(&out.stdout);
+        found.extend(
+            text.lines()
+                .filter(|l| l.contains("ISTIO_") || l.contains("0x111/0xfff"))
+                .map(str::to_owned),
+        );
+    }
+    found.join("\n")
+}
+
+#[test]
+fn an_ambient_pod_is_enrolled_by_run_pod_sandbox_and_let_go_by_its_removal() {
+    let test = "an_ambient_pod_is_enrolled_by_run_pod_sandbox_and_let_go_by_its_removal";
+    let Some(mut c) = Cluster::start(test) else {
+        return;
+    };
+    let started = Instant::now();
+    // The agent's sockets and state in the node's directory (removed with it).
+    let dir = c.node.dir().join("ambient");
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths = AgentPaths::in_dir(&dir);
+    let control = paths.control.display().to_string();
+    c.install(&["--ambient", "--ambient-control-socket", &control]);
+    let agent = start_node_agent(c.node.host(), &paths, &[]);
+    c.api()
+        .serve_namespace("bookinfo", json!({"istio.io/dataplane-mode": "ambient"}));
+    let app_only = json!([{"name": "app", "image": APP_IMAGE,
+                           "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}]);
+    let state = || std::fs::read_to_string(paths.state.join("pods.json")).unwrap();
+
+    // ztunnel absent: RunPodSandbox fails closed, and containerd's cleanup (the chain's DEL)
+    // leaves nothing: no sandbox, namespace (so no rules), probe-set entry, state or patch.
+    let spec = c.serve_with("bookinfo", "early", json!({}), app_only.clone());
+    // The CRI error is the agent's.
+    sandbox_refused(&c, &spec, &["ztunnel is not connected"]);
+    // The address host-local gave the failed sandbox (and released) is not in the probe set.
+    let leases = c.node.dir().join("ipam").join(c.node.network());
+    let given = std::fs::read_to_string(leases.join("last_reserved_ip.0")).unwrap();
+    let given: std::net::IpAddr = given.trim().parse().unwrap();
+    assert!(
+        !in_probe_set(c.node.host(), given),
+        "{given} in the probe set"
+    );
+    assert_eq!(state().trim(), "[]");
+    assert!(c.api().patches().is_empty());
+    let fault = started.elapsed();
+
+    // With ztunnel: RunPodSandbox returns once the agent has installed the rules and the
+    // stand-in has acknowledged the pod.
+    let ztunnel = Ztunnel::start(paths.zds.clone());
+    assert_eq!(ztunnel.wait_for(1), ["snapshot []"]);
+    let spec = c.serve_with("bookinfo", "productpage", json!({}), app_only);
+    let t = Instant::now();
+    let pod = c.run_pod(&spec);
+    let run = t.elapsed();
+    assert_eq!(ztunnel.log(), ["snapshot []", &format!("add {}", spec.uid)]);
+    assert!(ambient_state(&pod).contains("ISTIO_"), "no ambient rules");
+    assert!(
+        ambient_state(&pod).contains("0x111/0xfff"),
+        "no fwmark rule"
+    );
+    assert!(in_probe_set(c.node.host(), pod.ip.into()));
+    assert!(state().contains(&spec.uid), "{}", state());
+    let redirection = (
+        "/api/v1/namespaces/bookinfo/pods/productpage".to_owned(),
+        json!({"metadata": {"annotations": {"ambient.istio.io/redirection": "enabled"}}}),
+    );
+    assert_eq!(c.api().patches(), [redirection]);
+
+    // The app's own TCP, from inside its container (uid 1000), reaches ztunnel's 15001.
+    let app = c.start_app(&pod);
+    let (code, out, err) = c.node.exec(
+        &app,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            &format!("printf '' | /bin/busybox nc -w 10 {GATEWAY} 9"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("ztunnel-outbound {GATEWAY}:9 |")),
+        "{out}{err}"
+    );
+
+    // A kubelet probe (from a socket of the node's) reaches the app itself: the agent's host
+    // rule SNATs it to 169.254.7.127 for the pod's address in the probe set, and the pod's
+    // rules let that address past ztunnel.
+    assert_eq!(c.inbound(&pod), "app");
+
+    // Deleting the pod: StopPodSandbox and RemovePodSandbox (DEL) make the agent tell ztunnel
+    // to let go; rules (with the namespace), probe-set entry, state and annotation go.
+    let (netns, ip) = (pod.netns.clone(), pod.ip);
+    let t = Instant::now();
+    c.delete_pod(&pod);
+    let delete = t.elapsed();
+    assert_eq!(
+        ztunnel.log().last().map(String::as_str),
+        Some(format!("del {}", spec.uid).as_str())
+    );
+    assert_eq!(remnants(&c, &pod.id, &netns), Vec::<String>::new());
+    assert!(!in_probe_set(c.node.host(), ip.into()));
+    assert_eq!(state().trim(), "[]");
+    let served = c.api().pod("bookinfo", "productpage").unwrap();
+    assert!(
+        served["metadata"]["annotations"]
+            .get("ambient.istio.io/redirection")
+            .is_none(),
+        "{served}"
+    );
+    stop_agent(agent);
+    drop(ztunnel);
+    println!(
+        "ambient on containerd: fault case {fault:?}, RunPodSandbox {run:?}, \
+         Stop+RemovePodSandbox {delete:?}"
     );
 }
 

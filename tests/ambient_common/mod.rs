@@ -159,6 +159,11 @@ pub fn fetch(ns: &Netns, user: Option<User>, dst: &str) -> String {
     result.unwrap_or_else(|e| format!("error: {e}"))
 }
 
+/// Whether the agent in `node` has `addr` in its IPv4 probe set.
+pub fn in_probe_set(node: &Netns, addr: std::net::IpAddr) -> bool {
+    node.run(move || meshcap::ambient::ipset::contains("istio-inpod-probes-v4", addr).unwrap())
+}
+
 /// Where an agent of a test keeps its sockets and state (all under a [`TempDir`]).
 pub struct AgentPaths {
     pub zds: PathBuf,
@@ -183,7 +188,30 @@ pub fn start_agent(
     paths: &AgentPaths,
     extra: &[&str],
 ) -> netns_test_harness::Process {
-    let mut args = vec![
+    spawn_agent(node, paths, extra, &[])
+}
+
+/// [`start_agent`], but in the test's own mount namespace rather than the private one `ip netns
+/// exec` makes, as a DaemonSet with the host's mounts (HostToContainer) runs it: it then sees
+/// the pods' namespaces a runtime bind-mounts after it started (containerd's, under its state
+/// directory; this machine's `/` is not a shared mount, so nothing propagates).
+pub fn start_node_agent(
+    node: &Netns,
+    paths: &AgentPaths,
+    extra: &[&str],
+) -> netns_test_harness::Process {
+    let mounts = format!("--mount=/proc/{}/ns/mnt", std::process::id());
+    spawn_agent(node, paths, extra, &["nsenter", &mounts, "--"])
+}
+
+fn spawn_agent(
+    node: &Netns,
+    paths: &AgentPaths,
+    extra: &[&str],
+    prefix: &[&str],
+) -> netns_test_harness::Process {
+    let mut args = prefix.to_vec();
+    args.extend([
         env!("CARGO_BIN_EXE_meshcap"),
         "ambient",
         "agent",
@@ -195,7 +223,7 @@ pub fn start_agent(
         paths.state.to_str().unwrap(),
         "--ack-timeout",
         "3",
-    ];
+    ]);
     args.extend(extra);
     let agent = node.spawn(&args, None);
     for _ in 0..500 {
