@@ -21,6 +21,7 @@ use common::MESHCAP;
 use meshcap::ambient::apply::ProbeSets;
 use meshcap::ambient::config::{NodeSettings, PodConfig, PodOverrides};
 use meshcap::ambient::plan::pod as pod_plan;
+use meshcap::config::BackendKind;
 use meshcap::explain::Flow;
 use meshcap::explain::ambient::{expected_rules, explain};
 use netns_test_harness::pod::{APP, Pod};
@@ -354,8 +355,9 @@ fn all_flows(dns: bool) -> Vec<String> {
         .collect()
 }
 
-/// `meshcap explain --ambient`'s class for every row of the table, from the plan's rules.
-fn explained(dns: bool) -> Vec<&'static str> {
+/// `meshcap explain --ambient`'s class for every row of the table, from the plan's rules in
+/// `backend`'s spelling.
+fn explained(dns: bool, backend: Backend) -> Vec<&'static str> {
     let plan = pod_plan(&PodConfig::new(
         &NodeSettings {
             dns_capture: dns,
@@ -369,7 +371,11 @@ fn explained(dns: bool) -> Vec<&'static str> {
             ..PodOverrides::default()
         },
     ));
-    let rules = expected_rules(&plan).unwrap();
+    let backend = match backend {
+        Backend::Iptables => BackendKind::Iptables,
+        Backend::Nftables => BackendKind::Nftables,
+    };
+    let rules = expected_rules(&plan, backend).unwrap();
     all_flows(dns)
         .iter()
         .map(|words| {
@@ -381,8 +387,8 @@ fn explained(dns: bool) -> Vec<&'static str> {
 }
 
 /// `meshcap explain --kernel`'s class for every row, from the rules the pod's namespace holds
-/// (found to be ambient's by itself), and the rules it says it read.
-fn explained_by_kernel(pod: &Pod, dns: bool) -> (Vec<String>, String) {
+/// (found to be ambient's by itself), the rules it says it read and their drift from the plan.
+fn explained_by_kernel(pod: &Pod, dns: bool) -> (Vec<String>, String, serde_json::Value) {
     let mut args = strings(&["explain", "--kernel", "--json", "--network-namespace"]);
     args.push(pod.pod.path().display().to_string());
     args.extend(settings(dns));
@@ -396,16 +402,18 @@ fn explained_by_kernel(pod: &Pod, dns: bool) -> (Vec<String>, String) {
     }
     let out = meshcap(&args);
     let mut rules = String::new();
+    let mut drift = serde_json::Value::Null;
     let classes = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             rules = v["rules"].as_str().unwrap().to_owned();
+            drift = v["drift"].clone();
             v["class"].as_str().unwrap().to_owned()
         })
         .collect();
-    (classes, rules)
+    (classes, rules, drift)
 }
 
 fn ztunnels_own() -> Vec<Own> {
@@ -576,8 +584,14 @@ fn both_backends_classify_every_probe_as_the_table_says() {
             install(&pod, backend, dns);
             let table = run_table(&pod, dns);
             // meshcap explain on the kernel's rules agrees with real traffic.
-            let (by_kernel, rules) = explained_by_kernel(&pod, dns);
+            let (by_kernel, rules, drift) = explained_by_kernel(&pod, dns);
             assert!(rules.contains("ambient rules installed by"), "{rules}");
+            // Read back by the backend that installed them, they are the plan's.
+            assert_eq!(
+                drift,
+                serde_json::json!([]),
+                "{backend:?}, DNS {dns}: {rules}"
+            );
             assert_eq!(by_kernel.len(), table.0.len());
             for ((row, seen), said) in table.0.iter().zip(&by_kernel) {
                 if seen.class.name() != said {
@@ -588,7 +602,7 @@ fn both_backends_classify_every_probe_as_the_table_says() {
                 }
             }
             // meshcap explain of the plan's rules agrees with the kernel.
-            for ((row, seen), said) in table.0.iter().zip(explained(dns)) {
+            for ((row, seen), said) in table.0.iter().zip(explained(dns, backend)) {
                 if seen.class.name() != said {
                     failures.push(format!(
                         "explain ({backend:?}, DNS {dns}): {row}: kernel {}, explain {said}",

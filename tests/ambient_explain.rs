@@ -1,9 +1,11 @@
 //! `meshcap explain --kernel` and `meshcap trace` on ambient's in-pod rules, in throwaway
-//! namespaces, with the rules installed by `meshcap ambient pod` (iptables) and by loading its
-//! `--backend nftables --dry-run` script with `nft -f` (nftables):
+//! namespaces, with the rules installed by `meshcap ambient pod` (iptables, and nftables over
+//! netlink):
 //! - explain finds ambient's rules by itself, names ztunnel's ports and why a connection is left
-//!   alone, and agrees with the plan's explain (the full probe table, against real traffic, is
-//!   in tests/ambient_behaviour.rs);
+//!   alone, and agrees with the plan's explain in the same backend's spelling (the full probe
+//!   table, against real traffic, is in tests/ambient_behaviour.rs);
+//! - read back, the rules are the plan's (no drift); with one of the nftables rules deleted,
+//!   explain --kernel reports that drift first and explains the rules the kernel holds;
 //! - trace follows real connections: from the app out (captured-outbound 15001, to a listener
 //!   standing in for ztunnel), one of ztunnel's own (marked 0x539: direct (ztunnel's own)), and
 //!   from a peer in: to the app's port (captured-inbound 15006), to 15008 (direct (HBONE
@@ -15,7 +17,6 @@ mod ambient_common;
 mod common;
 
 use common::MESHCAP;
-use netns_test_harness::install::load_nft;
 use netns_test_harness::{Netns, Process, require_root};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -43,29 +44,30 @@ fn site(tag: &str, backend: Backend) -> Site {
     pod.link_named(&peer, "net0", "peer0", &["192.0.2.1/24"], &["192.0.2.2/24"]);
     pod.ip_batch(&["route add default via 192.0.2.2".to_owned()]);
     let path = pod.path().display().to_string();
-    match backend {
-        Backend::Iptables => {
-            let out = ambient_common::meshcap(&["ambient", "pod", "--network-namespace", &path]);
-            assert!(out.status.success(), "{}", common::text(&out));
-        }
-        Backend::Nftables => {
-            let out =
-                ambient_common::meshcap(&["ambient", "pod", "--dry-run", "--backend", "nftables"]);
-            assert!(out.status.success(), "{}", common::text(&out));
-            load_nft(&pod, &String::from_utf8(out.stdout).unwrap()).unwrap();
-        }
-    }
+    let mut args = vec!["ambient", "pod", "--network-namespace", &path];
+    args.extend(backend_args(backend));
+    let out = ambient_common::meshcap(&args);
+    assert!(out.status.success(), "{}", common::text(&out));
     Site { pod, peer }
 }
 
-/// `meshcap explain --json` of `flows`, on the kernel's rules (`kernel`) or the plan's.
-fn explain(pod: &Netns, kernel: bool, flows: &[&str]) -> Vec<serde_json::Value> {
+fn backend_args(backend: Backend) -> &'static [&'static str] {
+    match backend {
+        Backend::Iptables => &[],
+        Backend::Nftables => &["--backend", "nftables"],
+    }
+}
+
+/// `meshcap explain --json` of `flows`, on the kernel's rules (`kernel`) or the plan's in
+/// `backend`'s spelling.
+fn explain(pod: &Netns, backend: Backend, kernel: bool, flows: &[&str]) -> Vec<serde_json::Value> {
     let path = pod.path().display().to_string();
     let mut args = vec!["explain", "--json"];
     if kernel {
         args.extend(["--kernel", "--network-namespace", &path]);
     } else {
         args.push("--ambient");
+        args.extend(backend_args(backend));
     }
     for flow in flows {
         args.extend(["--flow", flow]);
@@ -109,22 +111,90 @@ fn explain_on_the_kernels_ambient_rules_names_ztunnels_ports() {
     let flows: Vec<&str> = FLOWS.iter().map(|(f, _)| *f).collect();
     for backend in [Backend::Iptables, Backend::Nftables] {
         let site = site("ambexp", backend);
-        let kernel = explain(&site.pod, true, &flows);
-        let plan = explain(&site.pod, false, &flows);
+        let kernel = explain(&site.pod, backend, true, &flows);
+        let plan = explain(&site.pod, backend, false, &flows);
         for (((flow, want), k), p) in FLOWS.iter().zip(&kernel).zip(&plan) {
             assert_eq!(k["verdict"], *want, "{backend:?} kernel: {flow}: {k}");
             assert_eq!(p["verdict"], *want, "{backend:?} plan: {flow}");
+            let spelling = format!("{backend:?} spelling").to_lowercase();
+            assert!(p["rules"].as_str().unwrap().contains(&spelling), "{p}");
             let rules = k["rules"].as_str().unwrap();
             assert!(rules.contains("ambient rules installed by"), "{rules}");
             if k["port"].is_number() {
                 assert!(k["decided_by"]["rule"].is_string(), "{k}");
             }
         }
-        if let Backend::Iptables = backend {
-            // Read back as iptables rules, they match the plan: no drift.
-            assert_eq!(kernel[0]["drift"], serde_json::json!([]), "{}", kernel[0]);
-        }
+        // Read back by the backend that installed them, they are the plan's: no drift.
+        assert_eq!(kernel[0]["drift"], serde_json::json!([]), "{}", kernel[0]);
     }
+}
+
+/// The handle of the rule of `chain` in ambient's nat table whose text holds `what`.
+fn nat_rule_handle(pod: &Netns, chain: &str, what: &str) -> String {
+    let listed = pod.exec_ok(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "istio-ambient-nat",
+        chain,
+    ]);
+    let line = listed
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no rule with {what}:\n{listed}"));
+    line.rsplit("# handle ").next().unwrap().trim().to_owned()
+}
+
+#[test]
+fn explain_reports_drift_of_the_kernels_nftables_rules_from_the_plan() {
+    if !require_root("explain_reports_drift_of_the_kernels_nftables_rules_from_the_plan") {
+        return;
+    }
+    let site = site("ambdrift", Backend::Nftables);
+    let inbound = "dir=in dst=192.0.2.1:8080 iif=net0";
+    let handle = nat_rule_handle(&site.pod, "istio-prerouting", "redirect to :15006");
+    site.pod.exec_ok(&[
+        "nft",
+        "delete",
+        "rule",
+        "inet",
+        "istio-ambient-nat",
+        "istio-prerouting",
+        "handle",
+        &handle,
+    ]);
+    let kernel = explain(&site.pod, Backend::Nftables, true, &[inbound]);
+    let drift: Vec<&str> = kernel[0]["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        drift
+            .iter()
+            .any(|l| l.starts_with("nftables: ") && l.contains("redirect to :15006")),
+        "{drift:#?}"
+    );
+    // The kernel's rules, as they are: inbound is no longer captured.
+    assert_eq!(kernel[0]["verdict"], "direct", "{}", kernel[0]);
+    let path = site.pod.path().display().to_string();
+    let out = ambient_common::meshcap(&[
+        "explain",
+        "--kernel",
+        "--network-namespace",
+        &path,
+        "--flow",
+        inbound,
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let differ = text
+        .find("the kernel's rules differ from the plan")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(differ < text.find("flow ").unwrap(), "{text}");
 }
 
 fn has_trace_table(ns: &Netns) -> bool {

@@ -3,6 +3,7 @@
 //! it would hold for the plan. Runs in the current namespace (callers enter it first).
 
 use super::iptables::install;
+use super::nftables::install::expected;
 use super::nftables::names::{TABLES, table_name};
 use super::plan::AmbientPlan;
 use crate::backend::iptables::saved;
@@ -17,9 +18,8 @@ pub struct Reading {
     pub backend: &'static str,
     pub read: Ruleset,
     pub rules: TypedRules,
-    /// What that backend would hold for the plan; `None` where the plan has no typed form in
-    /// that backend yet (nftables: its netlink batch is being built, docs/AMBIENT.md).
-    pub expected: Option<Ruleset>,
+    /// What that backend would hold for the plan.
+    pub expected: Ruleset,
 }
 
 /// The plan's rules in the iptables spelling, both families of the plan, typed.
@@ -73,7 +73,7 @@ pub fn every_backend(plan: &AmbientPlan) -> Result<Vec<Reading>, BackendError> {
             backend: name,
             rules: TypedRules::Iptables(saved::typed(&read.chains)),
             read,
-            expected: Some(expected_iptables(plan)),
+            expected: expected_iptables(plan),
         });
     }
     let mut nl = netlink::open()?;
@@ -89,7 +89,8 @@ pub fn every_backend(plan: &AmbientPlan) -> Result<Vec<Reading>, BackendError> {
             backend: "nftables",
             read: rules.ruleset(),
             rules,
-            expected: None,
+            // Canonical like the reading, so the two compare line for line.
+            expected: TypedRules::Nftables(expected(plan)).ruleset(),
         });
     }
     Ok(readings)

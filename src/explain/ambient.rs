@@ -12,6 +12,7 @@
 use super::flow::{Direction, Flow};
 use super::rules::{Rules, RulesError};
 use super::simulate::{self, Explanation, Listeners, Verdict};
+use crate::ambient::nftables::install;
 use crate::ambient::plan::AmbientPlan;
 use crate::ambient::readback::expected_iptables;
 use crate::ambient::{
@@ -20,6 +21,7 @@ use crate::ambient::{
 };
 use crate::backend::TypedRules;
 use crate::backend::iptables::saved;
+use crate::config::BackendKind;
 use std::net::{IpAddr, SocketAddr};
 
 /// ztunnel's listeners in the pod.
@@ -31,15 +33,21 @@ pub fn listeners() -> Listeners {
     }
 }
 
-/// The plan's rules, typed as the iptables backend reads them back.
-///
-/// nftables: ambient's plan has no typed (netlink) form yet, only its `nft -f` script; the
-/// iptables spelling is walked instead, whose verdicts the behaviour tests find equal to the
-/// nftables rules' for every probe (tests/ambient_behaviour.rs).
-pub fn expected_rules(plan: &AmbientPlan) -> Result<Rules, RulesError> {
-    Rules::from_typed(&TypedRules::Iptables(saved::typed(
-        &expected_iptables(plan).chains,
-    )))
+/// The plan's rules in `backend`'s spelling, typed as that backend reads them back: the
+/// iptables rules the install would restore, or the nftables contents its netlink batch would
+/// leave in a fresh namespace.
+pub fn expected_rules(plan: &AmbientPlan, backend: BackendKind) -> Result<Rules, RulesError> {
+    Rules::from_typed(&expected_typed(plan, backend))
+}
+
+/// The same, before the simulator's model.
+fn expected_typed(plan: &AmbientPlan, backend: BackendKind) -> TypedRules {
+    match backend {
+        BackendKind::Iptables => {
+            TypedRules::Iptables(saved::typed(&expected_iptables(plan).chains))
+        }
+        BackendKind::Nftables => TypedRules::Nftables(install::expected(plan)),
+    }
 }
 
 /// Walks `flow` through ambient's `rules`.
@@ -131,7 +139,24 @@ mod tests {
                 ..PodOverrides::default()
             },
         ));
-        let rules = expected_rules(&plan).unwrap();
+        for backend in [BackendKind::Iptables, BackendKind::Nftables] {
+            verdicts_of(&plan, backend);
+        }
+        let rules = expected_rules(&plan, BackendKind::Iptables).unwrap();
+        let ex = explain(
+            &rules,
+            &"dir=in dst=192.0.2.1:8080 src=169.254.7.127"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            ex.decided_by.and_then(|s| s.rule).as_deref(),
+            Some("-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT")
+        );
+    }
+
+    fn verdicts_of(plan: &AmbientPlan, backend: BackendKind) {
+        let rules = expected_rules(plan, backend).unwrap();
         for (flow, want) in [
             ("dir=out dst=198.51.100.10:80", "captured-outbound 15001"),
             ("dir=out dst=[2001:db8:1::10]:80", "captured-outbound 15001"),
@@ -178,21 +203,12 @@ mod tests {
             ),
         ] {
             let ex = explain(&rules, &flow.parse().unwrap());
-            assert_eq!(ex.verdict_text(), want, "{flow}");
+            assert_eq!(ex.verdict_text(), want, "{backend:?}: {flow}");
             if ex.verdict.port().is_some() {
                 let by = ex.decided_by.expect("a redirecting rule");
-                assert!(by.rule.unwrap().contains("REDIRECT"), "{flow}");
+                let rule = by.rule.unwrap().to_lowercase();
+                assert!(rule.contains("redirect"), "{backend:?}: {flow}: {rule}");
             }
         }
-        let ex = explain(
-            &rules,
-            &"dir=in dst=192.0.2.1:8080 src=169.254.7.127"
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(
-            ex.decided_by.and_then(|s| s.rule).as_deref(),
-            Some("-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT")
-        );
     }
 }

@@ -219,13 +219,11 @@ fn run(
     } else if ambient {
         let what = match config.run.backend {
             BackendKind::Iptables => "ambient plan (iptables spelling)",
-            BackendKind::Nftables => {
-                "ambient plan (iptables spelling: the nftables spelling has no typed form yet; \
-                 both classify every connection alike)"
-            }
+            BackendKind::Nftables => "ambient plan (nftables spelling)",
         };
         (
-            ambient::expected_rules(ambient_plan).context("the ambient plan's rules")?,
+            ambient::expected_rules(ambient_plan, config.run.backend)
+                .context("the ambient plan's rules")?,
             Source {
                 what: what.into(),
                 drift: Vec::new(),
@@ -287,18 +285,14 @@ fn ambient_readings(config: &Config, plan: &AmbientPlan) -> anyhow::Result<Vec<r
         .context("reading ambient's rules")
 }
 
-/// The rules of ambient's readings, and the drift of each from the plan where the backend
-/// has a typed plan.
+/// The rules of ambient's readings, and the drift of each from what its backend would hold
+/// for the plan.
 fn ambient_kernel_rules(readings: &[readback::Reading]) -> anyhow::Result<(Rules, Source)> {
     let mut rules = Rules::default();
     let mut drift = Vec::new();
-    let mut uncompared = Vec::new();
     for reading in readings {
         let name = reading.backend;
-        match &reading.expected {
-            Some(expected) => drift.extend(diff_lines(name, &reading.read, expected)),
-            None => uncompared.push(name),
-        }
+        drift.extend(diff_lines(name, &reading.read, &reading.expected));
         rules.extend(
             Rules::from_typed(&reading.rules).with_context(|| format!("the {name} rules"))?,
         );
@@ -307,14 +301,6 @@ fn ambient_kernel_rules(readings: &[readback::Reading]) -> anyhow::Result<(Rules
     let what = match names.as_slice() {
         [] => "kernel (no ambient rules in this namespace)".to_owned(),
         names => format!("kernel, ambient rules installed by {}", names.join(" and ")),
-    };
-    let what = match uncompared.as_slice() {
-        [] => what,
-        names => format!(
-            "{what} ({} not compared with the plan: ambient's nftables plan has no typed form \
-             yet)",
-            names.join(", ")
-        ),
     };
     Ok((rules, Source { what, drift }))
 }
