@@ -33,6 +33,13 @@ fn verdict(rules: &Rules, flow: &str) -> String {
         .to_string()
 }
 
+/// Asserts each flow's verdict; a failure names its flow.
+fn assert_verdicts(rules: &Rules, cases: &[(&str, &str)]) {
+    for (flow, want) in cases {
+        assert_eq!(verdict(rules, flow), *want, "{flow}");
+    }
+}
+
 /// Istio's default outbound rules (IPv4), as iptables-save prints them.
 fn istio_iptables() -> Rules {
     rules(&[
@@ -73,33 +80,32 @@ fn istio_iptables() -> Rules {
 #[test]
 fn iptables_walk_follows_jumps_and_returns() {
     let r = istio_iptables();
-    assert_eq!(
-        verdict(&r, "dir=out dst=198.51.100.10:80 uid=1000 gid=1000"),
-        "captured-outbound 15001"
+    assert_verdicts(
+        &r,
+        &[
+            (
+                "dir=out dst=198.51.100.10:80 uid=1000 gid=1000",
+                "captured-outbound 15001",
+            ),
+            ("dir=out dst=198.51.100.10:80 uid=1337", "direct"),
+            (
+                "dir=out dst=192.0.2.1:8080 uid=1337 oif=lo",
+                "captured-inbound 15006",
+            ),
+            ("dir=out dst=127.0.0.1:8080 uid=1000", "direct"),
+            (
+                "dir=out dst=192.0.2.1:8080 src=127.0.0.6 uid=1337 oif=lo",
+                "direct",
+            ),
+            (
+                "dir=in dst=192.0.2.1:8080 iif=net0",
+                "captured-inbound 15006",
+            ),
+            ("dir=in dst=192.0.2.1:15008 iif=net0", "direct"),
+            // No IPv6 rules: IPv6 is untouched.
+            ("dir=out dst=[2001:db8::1]:80", "direct"),
+        ],
     );
-    assert_eq!(
-        verdict(&r, "dir=out dst=198.51.100.10:80 uid=1337"),
-        "direct"
-    );
-    assert_eq!(
-        verdict(&r, "dir=out dst=192.0.2.1:8080 uid=1337 oif=lo"),
-        "captured-inbound 15006"
-    );
-    assert_eq!(verdict(&r, "dir=out dst=127.0.0.1:8080 uid=1000"), "direct");
-    assert_eq!(
-        verdict(
-            &r,
-            "dir=out dst=192.0.2.1:8080 src=127.0.0.6 uid=1337 oif=lo"
-        ),
-        "direct"
-    );
-    assert_eq!(
-        verdict(&r, "dir=in dst=192.0.2.1:8080 iif=net0"),
-        "captured-inbound 15006"
-    );
-    assert_eq!(verdict(&r, "dir=in dst=192.0.2.1:15008 iif=net0"), "direct");
-    // No IPv6 rules: IPv6 is untouched.
-    assert_eq!(verdict(&r, "dir=out dst=[2001:db8::1]:80"), "direct");
 
     let ex = explain(
         &r,
@@ -450,35 +456,28 @@ fn istio_nftables() -> Contents {
 #[test]
 fn nftables_expressions_run_like_the_kernel() {
     let r = Rules::from_nftables(&istio_nftables()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        verdict(&r, "dir=out dst=198.51.100.10:80 uid=1000"),
-        "captured-outbound 15001"
-    );
-    assert_eq!(
-        verdict(&r, "dir=out dst=198.51.100.10:80 uid=1337"),
-        "direct"
-    );
-    assert_eq!(verdict(&r, "dir=out dst=127.0.0.1:80 uid=1000"), "direct");
-    assert_eq!(verdict(&r, "dir=out dst=203.0.113.9:80 uid=1000"), "direct");
-    assert_eq!(
-        verdict(&r, "dir=out dst=198.51.100.10:15020 uid=1000"),
-        "direct"
-    );
-    assert_eq!(
-        verdict(&r, "dir=out dst=198.51.100.10:15021 uid=1000"),
-        "direct"
-    );
-    assert_eq!(
-        verdict(&r, "dir=out dst=198.51.100.10:15022 uid=1000"),
-        "captured-outbound 15001"
-    );
-    assert_eq!(
-        verdict(&r, "dir=out dst=[2001:db8:1::9]:80 uid=1"),
-        "direct"
-    );
-    assert_eq!(
-        verdict(&r, "dir=out dst=[2001:db8:2::9]:80 uid=1"),
-        "captured-outbound 15001"
+    assert_verdicts(
+        &r,
+        &[
+            (
+                "dir=out dst=198.51.100.10:80 uid=1000",
+                "captured-outbound 15001",
+            ),
+            ("dir=out dst=198.51.100.10:80 uid=1337", "direct"),
+            ("dir=out dst=127.0.0.1:80 uid=1000", "direct"),
+            ("dir=out dst=203.0.113.9:80 uid=1000", "direct"),
+            ("dir=out dst=198.51.100.10:15020 uid=1000", "direct"),
+            ("dir=out dst=198.51.100.10:15021 uid=1000", "direct"),
+            (
+                "dir=out dst=198.51.100.10:15022 uid=1000",
+                "captured-outbound 15001",
+            ),
+            ("dir=out dst=[2001:db8:1::9]:80 uid=1", "direct"),
+            (
+                "dir=out dst=[2001:db8:2::9]:80 uid=1",
+                "captured-outbound 15001",
+            ),
+        ],
     );
     let ex = explain(
         &r,
