@@ -215,25 +215,21 @@ pub fn explain(rules: &Rules, flow: &Flow, listeners: &Listeners) -> Explanation
 fn walk_hook(rules: &Rules, p: &mut Packet, hook: Hook, nat: bool, ex: &mut Explanation) -> bool {
     let mut nat_done = false;
     for (table, base) in rules.bases(p.family, hook) {
-        if base.nat {
-            if !nat {
-                ex.notes.push(format!(
-                    "{} {} {}: not consulted: the connection's NAT was decided in output",
-                    hook.name(),
-                    table.name,
-                    base.chain
-                ));
-                continue;
-            }
-            if nat_done {
-                ex.notes.push(format!(
-                    "{} {} {}: not consulted: an earlier nat chain already redirected",
-                    hook.name(),
-                    table.name,
-                    base.chain
-                ));
-                continue;
-            }
+        let skipped = if base.nat && !nat {
+            Some("the connection's NAT was decided in output")
+        } else if base.nat && nat_done {
+            Some("an earlier nat chain already redirected")
+        } else {
+            None
+        };
+        if let Some(why) = skipped {
+            ex.notes.push(format!(
+                "{} {} {}: not consulted: {why}",
+                hook.name(),
+                table.name,
+                base.chain
+            ));
+            continue;
         }
         let saved_state = p.ctstate;
         if base.nat && p.ctstate != ct::NEW {
