@@ -7,7 +7,8 @@
 use super::packet::{Action, Packet, RuleResult};
 use crate::backend::nftables::codec::expr::{REG_1, REG32_00};
 use crate::backend::nftables::codec::{CmpOp, CtKey, Expr, MetaKey, PayloadBase, SetElem, Verdict};
-use crate::plan::{Family, Protocol};
+use crate::backend::nftables::encode::{nfproto, proto_num};
+use crate::plan::Family;
 use std::collections::BTreeMap;
 
 /// A rule, with the elements of the sets its lookups name.
@@ -54,13 +55,6 @@ fn word(regs: &Regs, reg: u32) -> u32 {
     u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn proto_num(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-    }
-}
-
 fn meta(p: &Packet, key: MetaKey) -> Option<Vec<u8>> {
     let name = |n: &Option<String>| {
         n.as_ref().map(|n| {
@@ -71,10 +65,7 @@ fn meta(p: &Packet, key: MetaKey) -> Option<Vec<u8>> {
     };
     match key {
         MetaKey::L4Proto => Some(vec![proto_num(p.proto)]),
-        MetaKey::NfProto => Some(vec![match p.family {
-            Family::V4 => 2,
-            Family::V6 => 10,
-        }]),
+        MetaKey::NfProto => Some(vec![nfproto(p.family)]),
         MetaKey::IifName => name(&p.iif),
         MetaKey::OifName => name(&p.oif),
         MetaKey::Mark => Some(p.mark.to_ne_bytes().to_vec()),
