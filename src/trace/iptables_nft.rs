@@ -4,12 +4,11 @@
 //! rule in a dump. A chain whose counts differ (changed in between, or not iptables' own) keeps
 //! the decoder's expression text.
 
-use crate::backend::iptables::{SavedTables, program};
+use crate::backend::iptables::{SavedTables, program, run};
+use crate::backend::nftables::encode::nfproto;
 use crate::config::IptablesVariant;
 use crate::plan::Family;
-use nix::libc;
 use std::collections::HashMap;
-use std::process::Command;
 
 /// A chain of a table of one family (`NFPROTO_IPV4` or `NFPROTO_IPV6`).
 pub type ChainKey = (u32, String, String);
@@ -18,25 +17,16 @@ pub type ChainKey = (u32, String, String);
 /// handles in the kernel's order). Without the save program, or when it fails: none.
 pub fn lines(handles: &HashMap<ChainKey, Vec<u64>>) -> HashMap<(u32, String, u64), String> {
     let mut out = HashMap::new();
-    for (nfproto, family) in [
-        (libc::NFPROTO_IPV4 as u32, Family::V4),
-        (libc::NFPROTO_IPV6 as u32, Family::V6),
-    ] {
+    for family in [Family::V4, Family::V6] {
+        let nfproto = u32::from(nfproto(family));
         if !handles.keys().any(|(f, _, _)| *f == nfproto) {
             continue;
         }
         let program = program(family, IptablesVariant::Nft, "save");
-        let saved = match Command::new(&program).output() {
-            Ok(o) if o.status.success() => SavedTables::parse(&String::from_utf8_lossy(&o.stdout)),
-            Ok(o) => {
-                tracing::debug!(
-                    "{program} failed ({}): rules keep their expression text",
-                    o.status
-                );
-                continue;
-            }
+        let saved = match run(&program, &[], None) {
+            Ok(text) => SavedTables::parse(&text),
             Err(e) => {
-                tracing::debug!("cannot run {program} ({e}): rules keep their expression text");
+                tracing::debug!("{e}: rules keep their expression text");
                 continue;
             }
         };
