@@ -391,16 +391,7 @@ fn step(
                 }
             }
             // `PROTO_SPECIFIED` (2) goes with a port; the others are words.
-            let mut rest = flags.unwrap_or(0) & !2;
-            for (bit, word) in [(4, "random"), (8, "persistent"), (16, "fully-random")] {
-                if rest & bit != 0 {
-                    text.push_str(&format!(" {word}"));
-                    rest &= !bit;
-                }
-            }
-            if rest != 0 {
-                text.push_str(&format!(" [flags {rest:#x}]"));
-            }
+            push_nat_flags(&mut text, flags.unwrap_or(0) & !2);
             out.push(text);
             true
         }
@@ -483,20 +474,24 @@ fn step(
                 }
             }
             // MAP_IPS (1) and PROTO_SPECIFIED (2) go with the address and the port.
-            let mut rest = flags.unwrap_or(0) & !3;
-            for (bit, word) in [(4, "random"), (8, "persistent"), (16, "fully-random")] {
-                if rest & bit != 0 {
-                    text.push_str(&format!(" {word}"));
-                    rest &= !bit;
-                }
-            }
-            if rest != 0 {
-                text.push_str(&format!(" [flags {rest:#x}]"));
-            }
+            push_nat_flags(&mut text, flags.unwrap_or(0) & !3);
             out.push(text);
             true
         }
         Expr::Unknown { .. } => false,
+    }
+}
+
+/// A redirect's or NAT's flags as nft's words; a bit nft has no word for stays a number.
+fn push_nat_flags(text: &mut String, mut rest: u32) {
+    for (bit, word) in [(4, "random"), (8, "persistent"), (16, "fully-random")] {
+        if rest & bit != 0 {
+            text.push_str(&format!(" {word}"));
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        text.push_str(&format!(" [flags {rest:#x}]"));
     }
 }
 
