@@ -415,18 +415,16 @@ fn step(
                 libc::NFPROTO_UNSPEC => "",
                 _ => return false,
             };
-            let addr = match reg_addr.map(|r| regs.get(r)) {
-                None => String::new(),
-                Some(Some(Val::Imm(d))) if d.len() == 4 => value_text(Kind::Ipv4, d),
-                Some(Some(Val::Imm(d))) if d.len() == 16 => {
-                    format!("[{}]", value_text(Kind::Ipv6, d))
-                }
-                Some(_) => return false,
+            let addr = match regs.imm(*reg_addr) {
+                Some(None) => String::new(),
+                Some(Some(d)) if d.len() == 4 => value_text(Kind::Ipv4, d),
+                Some(Some(d)) if d.len() == 16 => format!("[{}]", value_text(Kind::Ipv6, d)),
+                _ => return false,
             };
-            let port = match reg_port.map(|r| regs.get(r)) {
-                None => String::new(),
-                Some(Some(Val::Imm(d))) => format!(":{}", value_text(Kind::BigEndian, d)),
-                Some(_) => return false,
+            let port = match regs.imm(*reg_port) {
+                Some(None) => String::new(),
+                Some(Some(d)) => format!(":{}", value_text(Kind::BigEndian, d)),
+                None => return false,
             };
             out.push(format!("tproxy{family_word} to {addr}{port}"));
             true
