@@ -104,6 +104,18 @@ impl Regs {
         self.vals.get(&reg32(reg)?)
     }
 
+    /// An optional register operand that must hold an immediate: `Some(None)` when the
+    /// expression has no such register, `None` when it holds anything but a constant.
+    fn imm(&self, reg: Option<u32>) -> Option<Option<&[u8]>> {
+        match reg {
+            None => Some(None),
+            Some(r) => match self.get(r) {
+                Some(Val::Imm(d)) => Some(Some(d)),
+                _ => None,
+            },
+        }
+    }
+
     /// The values making up a `len`-byte key starting at `reg` (a concatenation when more
     /// than one); `None` when the registers do not hold it.
     fn key(&self, reg: u32, len: Option<usize>) -> Option<Vec<Val>> {
@@ -373,12 +385,9 @@ fn step(
             reg_proto_max,
             flags,
         } => {
-            let port = |reg: Option<u32>| match reg {
-                None => Some(None),
-                Some(r) => match regs.get(r) {
-                    Some(Val::Imm(d)) => Some(Some(value_text(Kind::BigEndian, d))),
-                    _ => None,
-                },
+            let port = |reg| {
+                regs.imm(reg)
+                    .map(|d| d.map(|d| value_text(Kind::BigEndian, d)))
             };
             let (Some(min), Some(max)) = (port(*reg_proto_min), port(*reg_proto_max)) else {
                 return false;
@@ -391,16 +400,7 @@ fn step(
                 }
             }
             // `PROTO_SPECIFIED` (2) goes with a port; the others are words.
-            let mut rest = flags.unwrap_or(0) & !2;
-            for (bit, word) in [(4, "random"), (8, "persistent"), (16, "fully-random")] {
-                if rest & bit != 0 {
-                    text.push_str(&format!(" {word}"));
-                    rest &= !bit;
-                }
-            }
-            if rest != 0 {
-                text.push_str(&format!(" [flags {rest:#x}]"));
-            }
+            push_nat_flags(&mut text, flags.unwrap_or(0) & !2);
             out.push(text);
             true
         }
@@ -415,18 +415,16 @@ fn step(
                 libc::NFPROTO_UNSPEC => "",
                 _ => return false,
             };
-            let addr = match reg_addr.map(|r| regs.get(r)) {
-                None => String::new(),
-                Some(Some(Val::Imm(d))) if d.len() == 4 => value_text(Kind::Ipv4, d),
-                Some(Some(Val::Imm(d))) if d.len() == 16 => {
-                    format!("[{}]", value_text(Kind::Ipv6, d))
-                }
-                Some(_) => return false,
+            let addr = match regs.imm(*reg_addr) {
+                Some(None) => String::new(),
+                Some(Some(d)) if d.len() == 4 => value_text(Kind::Ipv4, d),
+                Some(Some(d)) if d.len() == 16 => format!("[{}]", value_text(Kind::Ipv6, d)),
+                _ => return false,
             };
-            let port = match reg_port.map(|r| regs.get(r)) {
-                None => String::new(),
-                Some(Some(Val::Imm(d))) => format!(":{}", value_text(Kind::BigEndian, d)),
-                Some(_) => return false,
+            let port = match regs.imm(*reg_port) {
+                Some(None) => String::new(),
+                Some(Some(d)) => format!(":{}", value_text(Kind::BigEndian, d)),
+                None => return false,
             };
             out.push(format!("tproxy{family_word} to {addr}{port}"));
             true
@@ -450,18 +448,11 @@ fn step(
                 libc::NFPROTO_IPV6 => ("ip6", Kind::Ipv6),
                 _ => return false,
             };
-            let imm = |reg: Option<u32>| match reg {
-                None => Some(None),
-                Some(r) => match regs.get(r) {
-                    Some(Val::Imm(d)) => Some(Some(d.clone())),
-                    _ => None,
-                },
-            };
             let (Some(amin), Some(amax), Some(pmin), Some(pmax)) = (
-                imm(*reg_addr_min),
-                imm(*reg_addr_max),
-                imm(*reg_proto_min),
-                imm(*reg_proto_max),
+                regs.imm(*reg_addr_min),
+                regs.imm(*reg_addr_max),
+                regs.imm(*reg_proto_min),
+                regs.imm(*reg_proto_max),
             ) else {
                 return false;
             };
@@ -470,33 +461,37 @@ fn step(
                 _ => value_text(addr_kind, d),
             };
             let mut text = format!("{word} {family_word} to ");
-            if let Some(a) = &amin {
+            if let Some(a) = amin {
                 text.push_str(&addr(a));
-                if let Some(b) = amax.as_ref().filter(|b| *b != a) {
+                if let Some(b) = amax.filter(|b| *b != a) {
                     text.push_str(&format!("-{}", addr(b)));
                 }
             }
-            if let Some(p) = &pmin {
+            if let Some(p) = pmin {
                 text.push_str(&format!(":{}", value_text(Kind::BigEndian, p)));
-                if let Some(q) = pmax.as_ref().filter(|q| *q != p) {
+                if let Some(q) = pmax.filter(|q| *q != p) {
                     text.push_str(&format!("-{}", value_text(Kind::BigEndian, q)));
                 }
             }
             // MAP_IPS (1) and PROTO_SPECIFIED (2) go with the address and the port.
-            let mut rest = flags.unwrap_or(0) & !3;
-            for (bit, word) in [(4, "random"), (8, "persistent"), (16, "fully-random")] {
-                if rest & bit != 0 {
-                    text.push_str(&format!(" {word}"));
-                    rest &= !bit;
-                }
-            }
-            if rest != 0 {
-                text.push_str(&format!(" [flags {rest:#x}]"));
-            }
+            push_nat_flags(&mut text, flags.unwrap_or(0) & !3);
             out.push(text);
             true
         }
         Expr::Unknown { .. } => false,
+    }
+}
+
+/// A redirect's or NAT's flags as nft's words; a bit nft has no word for stays a number.
+fn push_nat_flags(text: &mut String, mut rest: u32) {
+    for (bit, word) in [(4, "random"), (8, "persistent"), (16, "fully-random")] {
+        if rest & bit != 0 {
+            text.push_str(&format!(" {word}"));
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        text.push_str(&format!(" [flags {rest:#x}]"));
     }
 }
 

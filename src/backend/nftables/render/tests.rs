@@ -24,6 +24,15 @@ fn cmp(op: CmpOp, data: &[u8]) -> Expr {
     }
 }
 
+fn payload(base: PayloadBase, offset: u32, len: u32, dreg: u32) -> Expr {
+    Expr::Payload {
+        base,
+        offset,
+        len,
+        dreg,
+    }
+}
+
 fn counter() -> Expr {
     Expr::Counter {
         packets: 0,
@@ -70,21 +79,11 @@ fn protocol_guards_go_where_a_header_field_shows() {
     let r = rule(vec![
         meta(MetaKey::NfProto),
         cmp(CmpOp::Eq, &[2]),
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 16,
-            len: 4,
-            dreg: REG_1,
-        },
+        payload(PayloadBase::Network, 16, 4, REG_1),
         cmp(CmpOp::Neq, &[127, 0, 0, 1]),
         meta(MetaKey::L4Proto),
         cmp(CmpOp::Eq, &[6]),
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG_1,
-        },
+        payload(PayloadBase::Transport, 2, 2, REG_1),
         cmp(CmpOp::Neq, &15008u16.to_be_bytes()),
     ]);
     assert_eq!(
@@ -111,12 +110,7 @@ fn sets_masks_and_prefixes() {
         meta(MetaKey::L4Proto),
         cmp(CmpOp::Eq, &[6]),
         meta(MetaKey::L4Proto),
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG32_01,
-        },
+        payload(PayloadBase::Transport, 2, 2, REG32_01),
         Expr::Lookup {
             sreg: REG_1,
             set: "__set0".into(),
@@ -131,12 +125,7 @@ fn sets_masks_and_prefixes() {
     let r = rule(vec![
         meta(MetaKey::NfProto),
         cmp(CmpOp::Eq, &[2]),
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 16,
-            len: 4,
-            dreg: REG_1,
-        },
+        payload(PayloadBase::Network, 16, 4, REG_1),
         Expr::Bitwise {
             sreg: REG_1,
             dreg: REG_1,
