@@ -15,7 +15,7 @@ use netns_test_harness::Netns;
 use netns_test_harness::skip::{Need, skip, skip_part};
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
@@ -188,6 +188,24 @@ pub fn istio_cases(dir: &std::path::Path) -> Vec<IstioCase> {
             }
         })
         .collect()
+}
+
+/// Runs `cmd` with `stdin` written to its standard input; its output.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("output")
 }
 
 /// Runs the meshcap binary with exactly these arguments and extra environment variables.
