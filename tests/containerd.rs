@@ -20,10 +20,10 @@ use ambient_common::standin::Ztunnel;
 use ambient_common::{AgentPaths, in_probe_set, start_node_agent, stop_agent};
 use common::apiserver::{ApiServer, CaForm, Credential, Fault, TOKEN};
 use common::cni::ISTIO_CNI_FLAGS;
-use common::containerd::{ContainerSpec, GATEWAY, Node, Pod, PodSpec, in_netns};
+use common::containerd::{ContainerSpec, GATEWAY, Node, Pod, PodSpec};
+use common::in_netns;
 use netns_test_harness::Process;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -354,16 +354,7 @@ fn ca_pem(api: &ApiServer) -> String {
 
 /// (inbound, outbound) connections the pod's proxy counted.
 fn counters(pod: &Pod) -> (u64, u64) {
-    let text = in_netns(&pod.netns, || {
-        let addr: SocketAddr = "127.0.0.1:15090".parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET /stats/prometheus HTTP/1.0\r\n\r\n").unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        answer
-    });
-    common::proxy_connections(&text)
+    common::proxy_connections_in(&pod.netns)
 }
 
 /// meshcap's tables or Istio's chains in the pod's namespace ("" when none).

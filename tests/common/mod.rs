@@ -315,6 +315,37 @@ pub fn proxy_connections(metrics: &str) -> (u64, u64) {
     (value("inbound"), value("outbound"))
 }
 
+/// Runs `f` on a thread inside the network namespace at `netns` (a pod's or container's).
+pub fn in_netns<T: Send + 'static>(
+    netns: &std::path::Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let file = std::fs::File::open(netns).expect("open the pod's namespace");
+    std::thread::spawn(move || {
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in the pod's namespace")
+}
+
+/// (inbound, outbound) connections the proxy in `netns` counted, from its metrics on
+/// 127.0.0.1:15090.
+pub fn proxy_connections_in(netns: &std::path::Path) -> (u64, u64) {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let text = in_netns(netns, || {
+        let addr: std::net::SocketAddr = "127.0.0.1:15090".parse().unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /stats/prometheus HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    });
+    proxy_connections(&text)
+}
+
 /// A plain HTTP/1.0 GET; the body of a 200 answer, trimmed.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
