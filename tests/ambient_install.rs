@@ -312,24 +312,17 @@ fn nftables_pod_install_is_one_batch_idempotent_replaces_and_cleans_up_exactly()
     assert!(pod(&ns, &diff).is_empty());
 
     // Drift: a rule deleted behind meshcap's back is reported (exit 3), and a run restores it.
-    let handle = before
+    let restore = before
         .lines()
         .skip_while(|l| !l.contains("table inet istio-ambient-mangle"))
-        .find(|l| l.contains("meta mark set ct mark"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .expect("the restore rule")
-        .trim()
-        .to_owned();
-    ns.exec_ok(&[
-        "nft",
-        "delete",
-        "rule",
-        "inet",
+        .find(|l| l.contains("meta mark set ct mark"));
+    common::delete_nft_rule(
+        &ns,
         "istio-ambient-mangle",
         "istio-output",
-        "handle",
-        &handle,
-    ]);
+        restore,
+        "the restore rule",
+    );
     let path = ns.path();
     let mut argv = vec![
         "ambient",

@@ -315,6 +315,19 @@ pub fn proxy_connections(metrics: &str) -> (u64, u64) {
     (value("inbound"), value("outbound"))
 }
 
+/// Deletes behind meshcap's back the rule of `inet table`'s chain `chain` that is `line` of an
+/// `nft -a` listing (found by its `# handle N`); `what` names it when `line` is `None`.
+pub fn delete_nft_rule(ns: &Netns, table: &str, chain: &str, line: Option<&str>, what: &str) {
+    let handle = line
+        .and_then(|l| l.rsplit("# handle ").next())
+        .expect(what)
+        .trim()
+        .to_owned();
+    ns.exec_ok(&[
+        "nft", "delete", "rule", "inet", table, chain, "handle", &handle,
+    ]);
+}
+
 /// Runs `f` on a thread inside the network namespace at `netns` (a pod's or container's).
 pub fn in_netns<T: Send + 'static>(
     netns: &std::path::Path,
