@@ -9,8 +9,10 @@ mod common;
 
 use ambient_common::meshcap;
 use common::MESHCAP;
+use meshcap::ambient::apply::ProbeSets;
 use meshcap::ambient::ipset;
 use netns_test_harness::{Netns, require_root};
+use std::net::IpAddr;
 
 /// `meshcap ambient pod ARGS --network-namespace NS`; returns stderr (the log), panics on failure.
 fn pod(ns: &Netns, args: &[&str]) -> String {
@@ -174,6 +176,46 @@ fn pod_install_uses_iptables_legacy_when_it_holds_rules() {
     assert!(!ns.exec_ok(&["iptables-legacy-save"]).contains("ISTIO_"));
 }
 
+/// The pod's addresses the probe-set checks use (IPv4, IPv6).
+fn pod_addrs() -> (IpAddr, IpAddr) {
+    (
+        "192.0.2.1".parse().unwrap(),
+        "2001:db8:100::1".parse().unwrap(),
+    )
+}
+
+/// The agent's side of the probe sets: it adds the pod's addresses (the IPv4 one twice: an add
+/// is idempotent).
+fn agent_adds(ns: &Netns, sets: ProbeSets) {
+    let (v4, v6) = pod_addrs();
+    ns.run(move || {
+        sets.add("istio-inpod-probes-v4", v4, Some("pod-uid-1"))
+            .unwrap();
+        sets.add("istio-inpod-probes-v4", v4, Some("pod-uid-1"))
+            .unwrap();
+        sets.add("istio-inpod-probes-v6", v6, None).unwrap();
+    });
+}
+
+/// Whether both probe sets hold the pod's address.
+fn sets_hold_the_pod(ns: &Netns, sets: ProbeSets) -> bool {
+    let (v4, v6) = pod_addrs();
+    ns.run(move || {
+        sets.contains("istio-inpod-probes-v4", v4).unwrap()
+            && sets.contains("istio-inpod-probes-v6", v6).unwrap()
+    })
+}
+
+/// The agent lets the pod's IPv4 address go (twice: a del is idempotent); it is gone.
+fn agent_deletes(ns: &Netns, sets: ProbeSets) {
+    let (v4, _) = pod_addrs();
+    ns.run(move || {
+        sets.del("istio-inpod-probes-v4", v4).unwrap();
+        sets.del("istio-inpod-probes-v4", v4).unwrap();
+        assert!(!sets.contains("istio-inpod-probes-v4", v4).unwrap());
+    });
+}
+
 #[test]
 fn host_install_creates_the_probe_sets_and_cleanup_removes_them() {
     let test = "host_install_creates_the_probe_sets_and_cleanup_removes_them";
@@ -195,26 +237,10 @@ fn host_install_creates_the_probe_sets_and_cleanup_removes_them() {
     assert!(v6.contains("--match-set istio-inpod-probes-v6 dst -j SNAT --to-source fd16:9254:7127:1337:ffff:ffff:ffff:ffff"), "{v6}");
 
     // The agent's side of the sets: addresses come and go; a re-run keeps them.
-    let pod_v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-    let pod_v6: std::net::IpAddr = "2001:db8:100::1".parse().unwrap();
-    ns.run(move || {
-        ipset::add("istio-inpod-probes-v4", pod_v4, Some("pod-uid-1")).unwrap();
-        ipset::add("istio-inpod-probes-v4", pod_v4, Some("pod-uid-1")).unwrap();
-        ipset::add("istio-inpod-probes-v6", pod_v6, None).unwrap();
-    });
+    agent_adds(&ns, ProbeSets::Ipset);
     assert!(host(&[]).status.success());
-    let (has4, has6) = ns.run(move || {
-        (
-            ipset::contains("istio-inpod-probes-v4", pod_v4).unwrap(),
-            ipset::contains("istio-inpod-probes-v6", pod_v6).unwrap(),
-        )
-    });
-    assert!(has4 && has6);
-    ns.run(move || {
-        ipset::del("istio-inpod-probes-v4", pod_v4).unwrap();
-        ipset::del("istio-inpod-probes-v4", pod_v4).unwrap();
-        assert!(!ipset::contains("istio-inpod-probes-v4", pod_v4).unwrap());
-    });
+    assert!(sets_hold_the_pod(&ns, ProbeSets::Ipset));
+    agent_deletes(&ns, ProbeSets::Ipset);
     assert_eq!(host(&["--diff"]).status.code(), Some(0));
 
     assert!(host(&["--cleanup"]).status.success());
@@ -286,24 +312,17 @@ fn nftables_pod_install_is_one_batch_idempotent_replaces_and_cleans_up_exactly()
     assert!(pod(&ns, &diff).is_empty());
 
     // Drift: a rule deleted behind meshcap's back is reported (exit 3), and a run restores it.
-    let handle = before
+    let restore = before
         .lines()
         .skip_while(|l| !l.contains("table inet istio-ambient-mangle"))
-        .find(|l| l.contains("meta mark set ct mark"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .expect("the restore rule")
-        .trim()
-        .to_owned();
-    ns.exec_ok(&[
-        "nft",
-        "delete",
-        "rule",
-        "inet",
+        .find(|l| l.contains("meta mark set ct mark"));
+    common::delete_nft_rule(
+        &ns,
         "istio-ambient-mangle",
         "istio-output",
-        "handle",
-        &handle,
-    ]);
+        restore,
+        "the restore rule",
+    );
     let path = ns.path();
     let mut argv = vec![
         "ambient",
@@ -358,7 +377,6 @@ fn nftables_pod_install_is_one_batch_idempotent_replaces_and_cleans_up_exactly()
 
 #[test]
 fn nftables_host_install_keeps_the_set_elements_the_agent_adds() {
-    use meshcap::ambient::apply::ProbeSets;
     let test = "nftables_host_install_keeps_the_set_elements_the_agent_adds";
     if !require_root(test) {
         return;
@@ -384,16 +402,8 @@ fn nftables_host_install_keeps_the_set_elements_the_agent_adds() {
     assert!(listed.contains("type nat hook postrouting priority srcnat; policy accept;"));
 
     // The agent's side: elements over netlink, add and del idempotent.
-    let pod_v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-    let pod_v6: std::net::IpAddr = "2001:db8:100::1".parse().unwrap();
     let sets = ProbeSets::Nftables;
-    ns.run(move || {
-        sets.add("istio-inpod-probes-v4", pod_v4, Some("pod-uid-1"))
-            .unwrap();
-        sets.add("istio-inpod-probes-v4", pod_v4, Some("pod-uid-1"))
-            .unwrap();
-        sets.add("istio-inpod-probes-v6", pod_v6, None).unwrap();
-    });
+    agent_adds(&ns, sets);
     let listed = ns.exec_ok(&[
         "nft",
         "list",
@@ -426,18 +436,8 @@ fn nftables_host_install_keeps_the_set_elements_the_agent_adds() {
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(host(&["--diff"]).status.code(), Some(3));
-    let (has4, has6) = ns.run(move || {
-        (
-            sets.contains("istio-inpod-probes-v4", pod_v4).unwrap(),
-            sets.contains("istio-inpod-probes-v6", pod_v6).unwrap(),
-        )
-    });
-    assert!(has4 && has6);
-    ns.run(move || {
-        sets.del("istio-inpod-probes-v4", pod_v4).unwrap();
-        sets.del("istio-inpod-probes-v4", pod_v4).unwrap();
-        assert!(!sets.contains("istio-inpod-probes-v4", pod_v4).unwrap());
-    });
+    assert!(sets_hold_the_pod(&ns, sets));
+    agent_deletes(&ns, sets);
 
     assert!(host(&["--cleanup"]).status.success());
     assert_eq!(ns.exec_ok(&["nft", "list", "ruleset"]), "");

@@ -398,10 +398,9 @@ fn install_into_a_conf_turns_it_into_a_conflist() {
             "meshcap-cni.kubeconfig"
         ]
     );
-    let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
     assert_eq!(
         node.json("10-bridge.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "bridge-net", "plugins": [conf, stanza()]})
+        bridge_list(BRIDGE_CONF, &[stanza()])
     );
     assert_eq!(mode(&node.conf.join("10-bridge.conflist")), 0o640);
 }
@@ -496,6 +495,13 @@ fn uninstall_restores_a_converted_conf_as_it_was() {
     assert_eq!(mode(&node.conf.join("10-bridge.conf")), 0o640);
 }
 
+/// The list a conversion makes of the bridge `.conf` text `conf`: that plugin, then `chained`.
+fn bridge_list(conf: &str, chained: &[Value]) -> Value {
+    let mut plugins = vec![serde_json::from_str::<Value>(conf).unwrap()];
+    plugins.extend_from_slice(chained);
+    json!({"cniVersion": "1.0.0", "name": "bridge-net", "plugins": plugins})
+}
+
 /// Another installer chains its plugin into the list `name`, second.
 fn chain_bandwidth(node: &Node, name: &str) {
     let mut joined = node.json(name);
@@ -513,12 +519,10 @@ fn uninstall_keeps_a_converted_list_that_something_else_joined() {
     assert_success(&node.install(&[]));
     chain_bandwidth(&node, "10-bridge.conflist");
     assert_success(&node.uninstall());
-    let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
     assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
     assert_eq!(
         node.json("10-bridge.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "bridge-net",
-            "plugins": [conf, {"type": "bandwidth"}]})
+        bridge_list(BRIDGE_CONF, &[json!({"type": "bandwidth"})])
     );
 }
 
@@ -547,10 +551,9 @@ fn a_conf_rewritten_after_its_conversion_is_converted_again() {
     let newer = BRIDGE_CONF.replace("cni0", "cni1");
     node.replace("10-bridge.conf", &newer);
     assert_success(&node.install(&[]));
-    let conf: Value = serde_json::from_str(&newer).unwrap();
     assert_eq!(
         node.json("10-bridge.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "bridge-net", "plugins": [conf, stanza()]})
+        bridge_list(&newer, &[stanza()])
     );
     assert_success(&node.uninstall());
     assert_eq!(node.conf_names(), ["10-bridge.conf"]);
@@ -567,18 +570,15 @@ fn a_reconverted_list_keeps_plugins_others_chained_into_it() {
     let newer = BRIDGE_CONF.replace("cni0", "cni1");
     node.replace("10-bridge.conf", &newer);
     assert_success(&node.install(&[]));
-    let conf: Value = serde_json::from_str(&newer).unwrap();
     assert_eq!(
         node.json("10-bridge.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "bridge-net",
-            "plugins": [conf.clone(), {"type": "bandwidth"}, stanza()]})
+        bridge_list(&newer, &[json!({"type": "bandwidth"}), stanza()])
     );
     assert_success(&node.uninstall());
     assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
     assert_eq!(
         node.json("10-bridge.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "bridge-net",
-            "plugins": [conf, {"type": "bandwidth"}]})
+        bridge_list(&newer, &[json!({"type": "bandwidth"})])
     );
 }
 

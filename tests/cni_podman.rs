@@ -10,9 +10,9 @@
 mod common;
 
 use common::cni::ISTIO_CNI_FLAGS;
+use common::in_netns;
 use common::podman::{GATEWAY, Podman, RUN_FLAGS};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -40,17 +40,6 @@ fn app_image(podman: &Podman, text: &str) -> String {
         &root,
         &["/bin/busybox", "httpd", "-f", "-p", &port, "-h", "/www"],
     )
-}
-
-/// Runs `f` on a thread inside the network namespace at `netns`.
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(netns).expect("open the container's namespace");
-    std::thread::spawn(move || {
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread in the container's namespace")
 }
 
 /// `meshcap proxy` as uid/gid 1337 in the container's network namespace; killed on drop.
@@ -88,16 +77,7 @@ impl Proxy {
 
     /// (inbound, outbound) connections the proxy counted, from its metrics.
     fn counters(netns: &Path) -> (u64, u64) {
-        let text = in_netns(netns, || {
-            let addr: SocketAddr = "127.0.0.1:15090".parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            write!(s, "GET /stats/prometheus HTTP/1.0\r\n\r\n").unwrap();
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).unwrap();
-            answer
-        });
-        common::proxy_connections(&text)
+        common::proxy_connections_in(netns)
     }
 }
 

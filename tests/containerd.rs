@@ -20,10 +20,10 @@ use ambient_common::standin::Ztunnel;
 use ambient_common::{AgentPaths, in_probe_set, start_node_agent, stop_agent};
 use common::apiserver::{ApiServer, CaForm, Credential, Fault, TOKEN};
 use common::cni::ISTIO_CNI_FLAGS;
-use common::containerd::{ContainerSpec, GATEWAY, Node, Pod, PodSpec, in_netns};
+use common::containerd::{ContainerSpec, GATEWAY, Node, Pod, PodSpec};
+use common::in_netns;
 use netns_test_harness::Process;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -354,16 +354,7 @@ fn ca_pem(api: &ApiServer) -> String {
 
 /// (inbound, outbound) connections the pod's proxy counted.
 fn counters(pod: &Pod) -> (u64, u64) {
-    let text = in_netns(&pod.netns, || {
-        let addr: SocketAddr = "127.0.0.1:15090".parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET /stats/prometheus HTTP/1.0\r\n\r\n").unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        answer
-    });
-    common::proxy_connections(&text)
+    common::proxy_connections_in(&pod.netns)
 }
 
 /// meshcap's tables or Istio's chains in the pod's namespace ("" when none).
@@ -598,6 +589,19 @@ fn sandbox_refused(c: &Cluster, spec: &PodSpec, needles: &[&str]) {
     failed_sandbox_left_nothing(c);
 }
 
+/// The names of the node's CNI result cache entries (libcni's /var/lib/cni/results) that
+/// `wanted` picks.
+fn cni_cache_entries(wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir("/var/lib/cni/results")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| wanted(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// After a failed RunPodSandbox: containerd undid the sandbox itself (its cleanup runs the
 /// chain's DEL, which meshcap-cni must not fail): no sandbox, veth, namespace or mount, and no
 /// CNI cache entry is left.
@@ -610,14 +614,7 @@ fn failed_sandbox_left_nothing(c: &Cluster) {
     assert_eq!(c.node.veths(), Vec::<String>::new(), "no veth is left");
     assert_eq!(c.node.mounts(), Vec::<String>::new(), "no mount is left");
     let network = c.node.network();
-    let cached: Vec<String> = std::fs::read_dir("/var/lib/cni/results")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&network))
-                .collect()
-        })
-        .unwrap_or_default();
+    let cached: Vec<String> = cni_cache_entries(|n| n.starts_with(&network));
     assert_eq!(cached, Vec::<String>::new(), "no CNI cache entry is left");
 }
 
@@ -915,14 +912,7 @@ fn a_node_left_by_a_killed_test_process_is_swept_by_the_next() {
     assert!(!Node::cgroups_left(&cgroup), "cgroups left under {cgroup}");
     let left: Vec<&PathBuf> = shim_sockets.iter().filter(|s| s.exists()).collect();
     assert!(left.is_empty(), "shim sockets left: {left:?}");
-    let cached: Vec<String> = std::fs::read_dir("/var/lib/cni/results")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains(&sandbox))
-                .collect()
-        })
-        .unwrap_or_default();
+    let cached: Vec<String> = cni_cache_entries(|n| n.contains(&sandbox));
     assert_eq!(cached, Vec::<String>::new(), "CNI cache entries left");
     // The cgroup parent is /meshcap-node-<pid>-<n>.
     let child_pid = cgroup.split('-').nth(2).unwrap().to_owned();

@@ -208,23 +208,14 @@ fn read_back_notices_added_and_deleted_rules() {
         "istio-proxy-nat",
         "istio-output",
     ]);
-    let handle = listing
-        .lines()
-        .find(|l| l.contains("198.51.100.0"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .expect("the CIDR rule")
-        .trim()
-        .to_owned();
-    ns.exec_ok(&[
-        "nft",
-        "delete",
-        "rule",
-        "inet",
+    let cidr = listing.lines().find(|l| l.contains("198.51.100.0"));
+    common::delete_nft_rule(
+        &ns,
         "istio-proxy-nat",
         "istio-output",
-        "handle",
-        &handle,
-    ]);
+        cidr,
+        "the CIDR rule",
+    );
     let d = drift(&ns, &plan);
     assert_eq!(d.missing.len(), 1, "{d:#?}");
     assert!(

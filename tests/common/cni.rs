@@ -100,7 +100,6 @@ impl CniNode {
     }
 
     pub fn invoke_raw(&self, plugin_type: &str, vars: &[(&str, String)], stdin: &str) -> Output {
-        use std::io::Write;
         let mut cmd = Command::new("/usr/bin/nsenter");
         cmd.arg(format!("--net={}", self.host.path().display()))
             .arg(self.plugin(plugin_type))
@@ -109,19 +108,7 @@ impl CniNode {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nsenter");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        child.wait_with_output().expect("plugin output")
+        super::output_with_stdin(&mut cmd, stdin)
     }
 
     /// The CNI variables of a command for a container in `pod`.

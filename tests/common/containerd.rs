@@ -1164,17 +1164,6 @@ fn remove_cgroups(cgroup: &str) {
     }
 }
 
-/// Runs `f` on a thread inside the network namespace at `netns` (a pod's).
-pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(netns).expect("open the pod's namespace");
-    std::thread::spawn(move || {
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread in the pod's namespace")
-}
-
 /// Output helper for failure messages.
 pub fn output_text(out: &Output) -> String {
     format!(

@@ -15,7 +15,7 @@ use netns_test_harness::Netns;
 use netns_test_harness::skip::{Need, skip, skip_part};
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub const MESHCAP: &str = env!("CARGO_BIN_EXE_meshcap");
 
@@ -190,6 +190,24 @@ pub fn istio_cases(dir: &std::path::Path) -> Vec<IstioCase> {
         .collect()
 }
 
+/// Runs `cmd` with `stdin` written to its standard input; its output.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("output")
+}
+
 /// Runs the meshcap binary with exactly these arguments and extra environment variables.
 /// Variables meshcap reads are cleared first, so the caller's environment cannot leak in.
 pub fn meshcap(
@@ -295,6 +313,50 @@ pub fn proxy_connections(metrics: &str) -> (u64, u64) {
             .unwrap()
     };
     (value("inbound"), value("outbound"))
+}
+
+/// Deletes behind meshcap's back the rule of `inet table`'s chain `chain` that is `line` of an
+/// `nft -a` listing (found by its `# handle N`); `what` names it when `line` is `None`.
+pub fn delete_nft_rule(ns: &Netns, table: &str, chain: &str, line: Option<&str>, what: &str) {
+    let handle = line
+        .and_then(|l| l.rsplit("# handle ").next())
+        .expect(what)
+        .trim()
+        .to_owned();
+    ns.exec_ok(&[
+        "nft", "delete", "rule", "inet", table, chain, "handle", &handle,
+    ]);
+}
+
+/// Runs `f` on a thread inside the network namespace at `netns` (a pod's or container's).
+pub fn in_netns<T: Send + 'static>(
+    netns: &std::path::Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let file = std::fs::File::open(netns).expect("open the pod's namespace");
+    std::thread::spawn(move || {
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in the pod's namespace")
+}
+
+/// (inbound, outbound) connections the proxy in `netns` counted, from its metrics on
+/// 127.0.0.1:15090.
+pub fn proxy_connections_in(netns: &std::path::Path) -> (u64, u64) {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let text = in_netns(netns, || {
+        let addr: std::net::SocketAddr = "127.0.0.1:15090".parse().unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /stats/prometheus HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    });
+    proxy_connections(&text)
 }
 
 /// A plain HTTP/1.0 GET; the body of a 200 answer, trimmed.
