@@ -101,10 +101,9 @@ pub fn add(
     pod_ref: &PodRef,
     pod: &Pod,
 ) -> Result<bool, CniError> {
-    let kubeconfig = Kubeconfig::load(&kubernetes.kubeconfig).map_err(k8s_error)?;
-    if !enrolled(&kubeconfig, kubernetes, pod_ref, pod)? {
+    let Some(kubeconfig) = enrolled(kubernetes, pod_ref, pod)? else {
         return Ok(false);
-    }
+    };
     let annotations = pairs(&pod.metadata.annotations);
     // A bad annotation is the pod's fault: code 7 naming it, before anything is touched.
     PodOverrides::from_annotations(refs(&annotations))
@@ -145,15 +144,16 @@ pub fn add(
 }
 
 /// Whether the pod is enrolled: its labels, its namespace's (read from the API server), the
-/// stanza's excluded namespaces.
+/// stanza's excluded namespaces. `Some` carries the kubeconfig loaded for the lookup, for the
+/// caller's further API calls; `None` is a pod that is not enrolled.
 fn enrolled(
-    kubeconfig: &Kubeconfig,
     kubernetes: &KubernetesConfig,
     pod_ref: &PodRef,
     pod: &Pod,
-) -> Result<bool, CniError> {
+) -> Result<Option<Kubeconfig>, CniError> {
+    let kubeconfig = Kubeconfig::load(&kubernetes.kubeconfig).map_err(k8s_error)?;
     let namespace =
-        k8s::fetch_namespace_with(kubeconfig, &pod_ref.namespace, &RetryPolicy::default())
+        k8s::fetch_namespace_with(&kubeconfig, &pod_ref.namespace, &RetryPolicy::default())
             .map_err(k8s_error)?;
     let (labels, annotations, ns_labels) = (
         pairs(&pod.metadata.labels),
@@ -173,10 +173,10 @@ fn enrolled(
         .map(String::as_str)
         .collect();
     match enrolment::decide(&facts, &excluded) {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok(Some(kubeconfig)),
         Err(why) => {
             tracing::info!(pod = %pod_ref, "not enrolled in ambient mode: {why:?}");
-            Ok(false)
+            Ok(None)
         }
     }
 }
@@ -190,8 +190,7 @@ pub fn check(
     pod_ref: &PodRef,
     pod: &Pod,
 ) -> Result<bool, CniError> {
-    let kubeconfig = Kubeconfig::load(&kubernetes.kubeconfig).map_err(k8s_error)?;
-    if !enrolled(&kubeconfig, kubernetes, pod_ref, pod)? {
+    if enrolled(kubernetes, pod_ref, pod)?.is_none() {
         return Ok(false);
     }
     let uid = required_uid(env, pod, pod_ref)?;

@@ -264,32 +264,17 @@ fn attempt(
     timeout: Duration,
 ) -> Result<Vec<u8>, FetchAttemptError> {
     let token = config.token.as_ref().map(|t| format!("Bearer {t}"));
+    let token = token.as_deref();
     let sent = match call {
-        Call::Get => {
-            let mut request = agent
-                .get(url)
-                .header("Accept", "application/json")
-                .config()
-                .timeout_global(Some(timeout))
-                .build();
-            if let Some(token) = &token {
-                request = request.header("Authorization", token);
-            }
-            request.call()
-        }
-        Call::MergePatch(body) => {
-            let mut request = agent
+        Call::Get => prepared(agent.get(url), token, timeout).call(),
+        Call::MergePatch(body) => prepared(
+            agent
                 .patch(url)
-                .header("Accept", "application/json")
-                .header("Content-Type", "application/merge-patch+json")
-                .config()
-                .timeout_global(Some(timeout))
-                .build();
-            if let Some(token) = &token {
-                request = request.header("Authorization", token);
-            }
-            request.send(body.as_bytes())
-        }
+                .header("Content-Type", "application/merge-patch+json"),
+            token,
+            timeout,
+        )
+        .send(body.as_bytes()),
     };
     let mut response = sent.map_err(|e| transport(config, e, timeout))?;
     let status = response.status().as_u16();
@@ -348,6 +333,23 @@ fn attempt(
 /// backoff applies).
 fn retry_after_seconds(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The headers and the timeout every API call carries.
+fn prepared<B>(
+    request: ureq::RequestBuilder<B>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> ureq::RequestBuilder<B> {
+    let request = request
+        .header("Accept", "application/json")
+        .config()
+        .timeout_global(Some(timeout))
+        .build();
+    match token {
+        Some(token) => request.header("Authorization", token),
+        None => request,
+    }
 }
 
 /// Connection failures and timeouts are transient; TLS failures (a certificate that does not
